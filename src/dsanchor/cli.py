@@ -1,0 +1,54 @@
+"""The ``dsanchor`` command line.
+
+Each subcommand lives in ``dsanchor.commands.<name>`` and exposes ``add_parser(subparsers)``, which
+registers its parser and sets ``func`` (called with the parsed namespace, returns an exit code).
+The library never imports this module or the commands.
+
+``main(argv=None)`` lets tests call the CLI in-process. A :class:`~dsanchor.errors.DsanchorError` is
+printed as one line on stderr and exits with status 2.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import sys
+
+from dsanchor import __version__
+from dsanchor.errors import DsanchorError
+
+# module name under dsanchor.commands, in the order ``dsanchor --help`` lists them
+COMMANDS: tuple[str, ...] = (
+    "data", "extract", "align", "hallucination", "train", "tune", "caption", "eval", "metrics", "mllm", "demo",
+)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="dsanchor", description="Dynamic Semantic Anchoring for fine-grained image-text alignment.")
+    parser.add_argument("--version", action="version", version=f"dsanchor {__version__}")
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+    for name in COMMANDS:
+        importlib.import_module(f"dsanchor.commands.{name}").add_parser(sub)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    if not getattr(args, "func", None):
+        parser.print_help()
+        return 2
+    try:
+        return int(args.func(args) or 0)
+    except DsanchorError as exc:
+        print(f"dsanchor {args.command}: error: {exc}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":  # python -m dsanchor.cli (torchrun uses this)
+    sys.exit(main())

@@ -1,0 +1,39 @@
+"""The one record type every loader returns (DESIGN.md "Records")."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["GRANULARITIES", "Caption", "ObjectAnnotation", "Sample"]
+
+GRANULARITIES: tuple[str, ...] = ("scene", "object", "relation")
+
+
+@dataclass(frozen=True)
+class ObjectAnnotation:
+    """One annotated object."""
+
+    name: str  # canonical name, e.g. "red cube" (synth) or "dog" (COCO)
+    box: tuple[float, float, float, float]  # x, y, w, h in pixels
+    attributes: tuple[str, ...] = ()  # e.g. ("large", "metal")
+
+
+@dataclass(frozen=True)
+class Caption:
+    """One caption of an image."""
+
+    text: str
+    granularity: str | None = None  # "scene", "object", "relation" or None when unknown
+
+
+@dataclass
+class Sample:
+    """One image with its captions and objects."""
+
+    image_id: int
+    image_path: str  # relative to the dataset root
+    width: int
+    height: int
+    captions: list[Caption] = field(default_factory=list)
+    objects: list[ObjectAnnotation] = field(default_factory=list)
+    split: str | None = None  # "train", "val", "test" or None when the dataset has no split
