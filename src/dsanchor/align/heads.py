@@ -1,0 +1,106 @@
+"""Alignment heads: project coarse, region and text features into one joint space of dimension D.
+
+Two scorings come out of the same space (DESIGN.md "Alignment heads"):
+
+* coarse score ``cos(t, c)`` with the scene vector c;
+* fine score ``cos(t, p(t))`` with ``p(t) = sum_j w_j r_j``, an attention pool of the region vectors
+  r_j whose weights ``w = softmax(s * cos(t, r_j))`` use the text as the query.
+
+Both are trained with symmetric InfoNCE (Oord et al. 2018; CLIP, Radford et al. 2021) so that each
+retrieves on its own and the choice of g matters. Region inputs are the RoI features concatenated
+with their normalised box (x, y, w, h, area), so relations such as "left of" are expressible.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from safetensors.torch import load_file, save_file
+from torch import nn
+from torch.nn import functional as F
+
+from dsanchor.config import config_from_dict, config_to_dict
+from dsanchor.errors import DataError
+
+__all__ = ["AlignConfig", "AlignmentHeads", "JointFeatures"]
+
+CONFIG_NAME = "heads_config.json"
+WEIGHTS_NAME = "heads.safetensors"
+BOX_FEATS = 5  # x, y, w, h, area
+
+
+@dataclass
+class AlignConfig:
+    coarse_dim: int = field(default=0, metadata={"help": "input size of the coarse vector (from the store)"})
+    region_dim: int = field(default=0, metadata={"help": "input size of a region vector (from the store)"})
+    text_dim: int = field(default=0, metadata={"help": "input size of a text vector (from the store)"})
+    dim: int = field(default=256, metadata={"help": "joint space dimension D"})
+    hidden: int = field(default=512, metadata={"help": "hidden width of each projection MLP"})
+    dropout: float = field(default=0.1, metadata={"help": "dropout inside the projections while training"})
+    init_temperature: float = field(default=0.07, metadata={"help": "initial InfoNCE temperature"})
+    init_pool_scale: float = field(default=10.0, metadata={"help": "initial scale s of the attention-pool softmax"})
+
+
+def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
+    return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout),
+                         nn.Linear(hidden, d_out))
+
+
+@dataclass
+class JointFeatures:
+    """Features in the joint space, unit-normalised."""
+
+    coarse: torch.Tensor  # (N, D)
+    regions: torch.Tensor  # (N, R, D), zero where masked
+    mask: torch.Tensor  # (N, R) bool
+
+
+class AlignmentHeads(nn.Module):
+    """Projection heads for coarse, regions and text (see module docstring)."""
+
+    def __init__(self, config: AlignConfig):
+        super().__init__()
+        self.config = config
+        c = config
+        self.coarse_proj = _mlp(c.coarse_dim, c.hidden, c.dim, c.dropout)
+        self.region_proj = _mlp(c.region_dim + BOX_FEATS, c.hidden, c.dim, c.dropout)
+        self.text_proj = _mlp(c.text_dim, c.hidden, c.dim, c.dropout)
+        self.logit_scale = nn.Parameter(torch.tensor(1.0 / c.init_temperature).log())
+        self.pool_scale = nn.Parameter(torch.tensor(float(c.init_pool_scale)).log())
+
+    def encode_text(self, text: torch.Tensor) -> torch.Tensor:
+        """(M, Dt) -> (M, D), unit norm."""
+        return F.normalize(self.text_proj(text), dim=-1)
+
+    def encode_images(self, coarse: torch.Tensor, regions: torch.Tensor, boxes: torch.Tensor,
+                      mask: torch.Tensor) -> JointFeatures:
+        """Project image features: coarse (N, Dc), regions (N, R, Dr), boxes (N, R, 4), mask (N, R)."""
+        area = (boxes[..., 2] * boxes[..., 3]).unsqueeze(-1)  # (N, R, 1)
+        r_in = torch.cat([regions, boxes, area], dim=-1)  # (N, R, Dr + 5)
+        r = F.normalize(self.region_proj(r_in), dim=-1) * mask.unsqueeze(-1)  # (N, R, D)
+        return JointFeatures(F.normalize(self.coarse_proj(coarse), dim=-1), r, mask.bool())
+
+    @property
+    def pool_s(self) -> torch.Tensor:
+        return self.pool_scale.exp()
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_NAME))
+        (out / CONFIG_NAME).write_text(json.dumps(config_to_dict(self.config), indent=2))
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> AlignmentHeads:
+        p = Path(path)
+        if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
+            raise DataError(p, f"not a saved alignment-heads run: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
+                               "(train one with `dsanchor align`)")
+        cfg = config_from_dict(AlignConfig, json.loads((p / CONFIG_NAME).read_text()), where=str(p / CONFIG_NAME))
+        model = cls(cfg)
+        model.load_state_dict(load_file(str(p / WEIGHTS_NAME)))
+        return model.eval()

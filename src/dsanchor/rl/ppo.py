@@ -1,0 +1,152 @@
+"""PPO training of the granularity controller with stable-baselines3 (Schulman et al. 2017).
+
+The policy is SB3's ``MlpPolicy`` with the controller's architecture (Tanh MLP, separate value net).
+Its mean action, clipped to [-1, 1] and rescaled, is exactly a ``"gaussian"``
+:class:`~dsanchor.controller.GranularityController`, so :func:`export_controller` copies the weights
+and the environment's state statistics without approximation.
+
+A run directory holds TensorBoard logs (``tb/``), periodic checkpoints (``checkpoints/``), the learning
+curve (``learning_curve.json``) and the exported controller (``controller/``). Rerunning with the same
+directory resumes from the newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from stable_baselines3 import PPO
+from stable_baselines3.common.callbacks import BaseCallback, CallbackList, CheckpointCallback
+from stable_baselines3.common.vec_env import DummyVecEnv
+from torch import nn
+
+from dsanchor.controller import ControllerConfig, GranularityController
+from dsanchor.rl.env import GranularityEnv, RewardConfig, RewardModel
+
+__all__ = ["PPOConfig", "train_ppo", "export_controller"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class PPOConfig:
+    timesteps: int = field(default=20_000, metadata={"help": "total environment steps"})
+    n_envs: int = field(default=8, metadata={"help": "vectorised environments"})
+    n_steps: int = field(default=256, metadata={"help": "steps per environment per rollout"})
+    batch_size: int = field(default=256, metadata={"help": "PPO minibatch size"})
+    n_epochs: int = field(default=10, metadata={"help": "PPO epochs per rollout"})
+    learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
+    ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus"})
+    clip_range: float = field(default=0.2, metadata={"help": "PPO clip range"})
+    hidden: int = field(default=64, metadata={"help": "width of the policy and value MLPs"})
+    layers: int = field(default=2, metadata={"help": "hidden layers of the policy and value MLPs"})
+    log_std_init: float = field(default=-0.5, metadata={"help": "initial log std of the action"})
+    checkpoint_every: int = field(default=5_000, metadata={"help": "steps between checkpoints"})
+    seed: int = field(default=0, metadata={"help": "random seed"})
+
+
+class _CurveCallback(BaseCallback):
+    """Records the mean reward (and mean g) of each rollout."""
+
+    def __init__(self, path: Path, curve: list[dict]):
+        super().__init__()
+        self.path, self.curve, self._r, self._g = path, curve, [], []
+
+    def _on_step(self) -> bool:
+        self._r.extend(np.asarray(self.locals["rewards"]).tolist())
+        self._g.extend(i.get("g", np.nan) for i in self.locals["infos"])
+        return True
+
+    def _on_rollout_end(self) -> None:
+        if self._r:
+            self.curve.append({"timesteps": int(self.num_timesteps), "mean_reward": float(np.mean(self._r)),
+                               "mean_g": float(np.nanmean(self._g))})
+            self.logger.record("dsa/mean_g", float(np.nanmean(self._g)))
+        self._r, self._g = [], []
+        self.path.write_text(json.dumps(self.curve))
+
+
+def _latest_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
+    best, steps = None, 0
+    for p in ckpt_dir.glob("ppo_*_steps.zip"):
+        m = re.search(r"_(\d+)_steps", p.name)
+        if m and int(m.group(1)) > steps:
+            best, steps = p, int(m.group(1))
+    return best, steps
+
+
+def export_controller(model: PPO, mean: torch.Tensor, std: torch.Tensor, config: PPOConfig) -> GranularityController:
+    """The PPO policy's mean action as a GranularityController (exact, see module docstring)."""
+    dim = int(mean.shape[0])
+    ctrl = GranularityController(ControllerConfig(state_dim=dim, hidden=config.hidden, layers=config.layers,
+                                                  distribution="gaussian", init_log_std=config.log_std_init))
+    pol = model.policy
+    src = [m for m in pol.mlp_extractor.policy_net if isinstance(m, nn.Linear)]
+    dst = [m for m in ctrl.body if isinstance(m, nn.Linear)]
+    with torch.no_grad():
+        for s, d in zip(src, dst, strict=True):
+            d.weight.copy_(s.weight)
+            d.bias.copy_(s.bias)
+        ctrl.head.weight.copy_(pol.action_net.weight)
+        ctrl.head.bias.copy_(pol.action_net.bias)
+        ctrl.log_std.copy_(pol.log_std.view(-1)[:1])
+    ctrl.set_normalization(mean, std)
+    return ctrl.eval()
+
+
+def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardConfig, config: PPOConfig,
+              out_dir: str | Path, progress: bool = True) -> tuple[GranularityController, dict]:
+    """Train PPO on a query pool and export the controller to ``out_dir/controller``.
+
+    Args:
+        states: (Q, S) raw states of the training queries.
+        reward_model: (R_acc, R_hall) of a query at a g.
+    Returns:
+        The controller and an info dict (training time, steps, learning curve path).
+    """
+    out = Path(out_dir)
+    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    mean, std = states.float().mean(0), states.float().std(0).clamp_min(1e-6)
+
+    def make(i: int):
+        return lambda: GranularityEnv(states, reward_model, reward, mean, std, seed=config.seed + i)
+
+    venv = DummyVecEnv([make(i) for i in range(config.n_envs)])
+    venv.seed(config.seed)
+    ckpt, done_steps = _latest_checkpoint(out / "checkpoints")
+    if ckpt is not None:
+        log.info("resuming PPO from %s (%d steps)", ckpt, done_steps)
+        model = PPO.load(ckpt, env=venv, device="cpu")
+    else:
+        torch.manual_seed(config.seed)
+        model = PPO("MlpPolicy", venv, learning_rate=config.learning_rate, n_steps=config.n_steps,
+                    batch_size=config.batch_size, n_epochs=config.n_epochs, gamma=0.0, gae_lambda=1.0,
+                    clip_range=config.clip_range, ent_coef=config.ent_coef, seed=config.seed, device="cpu",
+                    tensorboard_log=str(out / "tb"), verbose=0,
+                    policy_kwargs=dict(net_arch=dict(pi=[config.hidden] * config.layers,
+                                                     vf=[config.hidden] * config.layers),
+                                       activation_fn=nn.Tanh, log_std_init=config.log_std_init))
+    curve_path = out / "learning_curve.json"
+    curve = json.loads(curve_path.read_text()) if (ckpt is not None and curve_path.exists()) else []
+    callbacks = CallbackList([
+        CheckpointCallback(max(config.checkpoint_every // config.n_envs, 1), str(out / "checkpoints"), "ppo"),
+        _CurveCallback(curve_path, curve),
+    ])
+    t0 = time.perf_counter()
+    remaining = max(config.timesteps - done_steps, 0)
+    if remaining:
+        model.learn(remaining, callback=callbacks, reset_num_timesteps=ckpt is None, progress_bar=False,
+                    tb_log_name="ppo")
+    elapsed = time.perf_counter() - t0
+    ctrl = export_controller(model, mean, std, config)
+    ctrl.save_pretrained(out / "controller")
+    info = {"train_time_s": elapsed, "timesteps": int(model.num_timesteps), "resumed_from": done_steps,
+            "learning_curve": str(curve_path)}
+    (out / "train_info.json").write_text(json.dumps(info, indent=2))
+    return ctrl, info

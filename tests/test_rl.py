@@ -1,0 +1,110 @@
+import functools
+import multiprocessing as mp
+
+import numpy as np
+import optuna
+import pytest
+import torch
+from stable_baselines3.common.env_checker import check_env
+
+from dsanchor.retrieval import PairTerms
+from dsanchor.rl.env import GranularityEnv, RewardConfig, action_to_g, clipped_reward
+from dsanchor.rl.reward import AccuracyConfig, RetrievalReward
+from dsanchor.rl.tune import TuneConfig, run_parallel, run_study
+
+
+def test_action_rescaling():
+    assert action_to_g(np.array([-1.0])) == 0.0
+    assert action_to_g(np.array([1.0])) == 1.0
+    assert action_to_g(np.array([0.0])) == 0.5
+    assert action_to_g(np.array([-3.0])) == 0.0 and action_to_g(np.array([7.0])) == 1.0
+    assert action_to_g(0.5) == 0.75
+
+
+def test_clipped_reward_hand_cases():
+    cfg = RewardConfig(alpha=2.0, beta=1.0, clip_low=-1.0, clip_high=1.0)
+    assert clipped_reward(1.0, 0.0, cfg) == 1.0  # 2.0 clipped
+    assert clipped_reward(0.0, -0.5, cfg) == -0.5
+    assert clipped_reward(0.25, -0.25, cfg) == 0.25
+    assert clipped_reward(1.0, -1.0, RewardConfig(alpha=0.0, beta=1.0)) == -1.0  # alpha = 0: only hallucination
+    assert clipped_reward(0.3, -1.0, RewardConfig(alpha=1.0, beta=0.0)) == pytest.approx(0.3)  # beta = 0
+    assert clipped_reward(-5.0, 0.0, RewardConfig(alpha=1.0, beta=0.0, clip_low=-0.5)) == -0.5
+
+
+def _terms():
+    # 2 texts x 3 images. Text 0 belongs to image 0: coarse prefers image 1, fine prefers image 0.
+    fine = torch.tensor([[0.9, 0.1, 0.0], [0.0, 0.2, 0.8]])
+    coarse = torch.tensor([[0.2, 0.9, 0.1], [0.1, 0.0, 0.9]])
+    cross = torch.zeros(2, 3)
+    pos = torch.tensor([[True, False, False], [False, False, True]])
+    return PairTerms(fine=fine, coarse=coarse, cross=cross, entropy=torch.zeros(2, 3)), pos
+
+
+def test_retrieval_reward_hit_rank_and_hallucination():
+    terms, pos = _terms()
+    hall = torch.tensor([[0.0, 1.0, 0.5], [0.2, 0.0, 0.0]])
+    rr = RetrievalReward(terms, pos, hall, AccuracyConfig(k=1))
+    assert rr(0, 1.0) == (1.0, -0.0)  # fine: image 0 on top, no hallucination
+    assert rr(0, 0.0) == (0.0, -1.0)  # coarse: image 1 on top, it lacks the caption's objects
+    dense = RetrievalReward(terms, pos, None, AccuracyConfig(k=1, dense=True))
+    assert dense(0, 0.0) == (0.5, 0.0)
+    # image query 0 (pool index 2): captions ranked by score column 0; caption 0 is its positive
+    assert rr(2, 1.0)[0] == 1.0
+    assert len(rr) == 5
+
+
+def test_env_checks_and_is_deterministic():
+    terms, pos = _terms()
+    states = torch.randn(5, 4)
+    rr = RetrievalReward(terms, pos, None, AccuracyConfig(k=1))
+    env = GranularityEnv(states, rr, RewardConfig(), seed=3)
+    check_env(env)
+    a = [env.reset(seed=11)[1]["query"] for _ in range(1)] + [env.reset()[1]["query"] for _ in range(5)]
+    b = [env.reset(seed=11)[1]["query"] for _ in range(1)] + [env.reset()[1]["query"] for _ in range(5)]
+    assert a == b
+    _, r, term, trunc, info = env.step(np.array([1.0], dtype=np.float32))
+    assert term and not trunc and info["g"] == 1.0
+
+
+@pytest.mark.slow
+def test_tiny_ppo_beats_random_policy(tmp_path):
+    from dsanchor.rl.ppo import PPOConfig, train_ppo
+
+    torch.manual_seed(0)
+    states = torch.randn(256, 4)
+    target = torch.sigmoid(3 * states[:, 0]).numpy()
+
+    def reward_model(q, g):
+        return 1.0 - 2.0 * abs(g - target[q]), 0.0
+
+    ctrl, info = train_ppo(states, reward_model, RewardConfig(), PPOConfig(timesteps=3072, n_envs=4, n_steps=128,
+                                                                          batch_size=128), tmp_path)
+    g = ctrl(states).detach().numpy()
+    learned = np.mean([reward_model(q, g[q])[0] for q in range(256)])
+    rng = np.random.default_rng(0)
+    random = np.mean([reward_model(q, rng.uniform())[0] for q in range(256)])
+    assert learned > random + 0.2
+    assert (tmp_path / "controller" / "controller.safetensors").exists()
+    assert info["timesteps"] >= 3072
+    # rerun resumes from the last checkpoint and does not train again
+    _, info2 = train_ppo(states, reward_model, RewardConfig(), PPOConfig(timesteps=3072, n_envs=4, n_steps=128,
+                                                                        batch_size=128, checkpoint_every=512),
+                         tmp_path / "b")
+    assert info2["resumed_from"] == 0
+
+
+def quadratic_objective():
+    """Module level so spawned workers can build it."""
+    return lambda r: -((r.alpha - 1.2) ** 2) - (r.beta - 0.4) ** 2
+
+
+@pytest.mark.slow
+def test_two_processes_share_one_sqlite_study(tmp_path):
+    url = f"sqlite:///{tmp_path / 'study.db'}"
+    cfg = TuneConfig(trials=6, storage=url, study_name="shared", workers=2)
+    study = run_parallel(quadratic_objective, cfg)
+    numbers = [t.number for t in study.trials]
+    assert sorted(numbers) == list(range(6))  # no collisions, nothing lost
+    assert study.best_value <= 0
+    more = run_study(quadratic_objective(), cfg, 2)
+    assert len(more.trials) == 8
