@@ -1,0 +1,224 @@
+"""The dataset loader extension point, its registry, and the input checks every loader shares.
+
+``load_dataset(format, path, split=None, **options)`` returns ``list[Sample]``; ``list_formats()``
+names the formats. Each loader validates its files as it reads them and raises
+:class:`~dsanchor.errors.DataError` (file, field, what is wrong) for malformed JSON, a wrong top-level
+type, missing keys, unknown image ids, bad boxes, empty captions and file names that escape the root.
+Loading never opens images; :mod:`dsanchor.data.check` does.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+from abc import ABC, abstractmethod
+from pathlib import Path, PurePosixPath, PureWindowsPath
+from typing import Any, ClassVar
+
+from dsanchor.data.records import GRANULARITIES, Sample
+from dsanchor.errors import DataError
+
+__all__ = [
+    "DatasetLoader", "load_dataset", "list_formats", "create_loader", "read_json", "require_keys", "check_bbox",
+    "safe_relpath", "check_caption", "read_splits", "split_from_name", "filter_split", "SPLIT_NAMES",
+]
+
+SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
+
+
+class DatasetLoader(ABC):
+    """Reads one dataset format into :class:`Sample` records.
+
+    Subclasses set ``format``, ``Options`` (a dataclass of keyword options, each commented) and
+    implement :meth:`load`. ``root`` is the dataset folder; image paths in the samples are relative to
+    it (absolute only when an ``image_dir`` option points outside it).
+    """
+
+    format: ClassVar[str]
+    Options: ClassVar[type]
+
+    def __init__(self, path: str | Path, **options: Any):
+        names = [f.name for f in dataclasses.fields(self.Options)]
+        unknown = sorted(set(options) - set(names))
+        if unknown:
+            raise ValueError(f"unknown {self.format} loader options {unknown}; valid options are {names}")
+        self.options = self.Options(**options)
+        self.path = Path(path)
+        if not self.path.exists():
+            raise DataError(self.path, f"{self.format} dataset not found (no such file or folder)")
+
+    @property
+    @abstractmethod
+    def root(self) -> Path:
+        """The dataset folder that image paths are relative to."""
+
+    @abstractmethod
+    def load(self, split: str | None = None) -> list[Sample]:
+        """All samples, or those of ``split`` ("train", "val" or "test")."""
+
+    def relative_image_path(self, path: Path) -> str:
+        """``path`` relative to the root when it is inside it, else absolute."""
+        try:
+            return path.relative_to(self.root).as_posix()
+        except ValueError:
+            return str(path.resolve())
+
+
+def _registry() -> dict[str, type[DatasetLoader]]:
+    from dsanchor.data.clevr import ClevrLoader
+    from dsanchor.data.coco import CocoLoader, SynthLoader
+    from dsanchor.data.vg import VisualGenomeLoader
+
+    return {c.format: c for c in (ClevrLoader, CocoLoader, SynthLoader, VisualGenomeLoader)}
+
+
+def list_formats() -> list[str]:
+    """Names of the dataset formats ``load_dataset`` reads."""
+    return sorted(_registry())
+
+
+def create_loader(format: str, path: str | Path, **options: Any) -> DatasetLoader:
+    """The loader for ``format`` at ``path``; an unknown format raises ``ValueError`` listing the valid ones."""
+    reg = _registry()
+    if format not in reg:
+        raise ValueError(f"unknown dataset format {format!r}; valid formats are {sorted(reg)}")
+    return reg[format](path, **options)
+
+
+def load_dataset(format: str, path: str | Path, split: str | None = None, **options: Any) -> list[Sample]:
+    """Load a dataset as :class:`Sample` records.
+
+    Args:
+        format: one of :func:`list_formats` ("coco", "vg", "clevr", or "synth" for the generator's output).
+        path: the dataset folder (or, for COCO and CLEVR, one annotation file).
+        split: keep only "train", "val" or "test" samples; ``None`` keeps all.
+        **options: loader options, e.g. ``captions=``, ``instances=``, ``image_dir=`` (see each loader's
+            ``Options``).
+    """
+    return create_loader(format, path, **options).load(split)
+
+
+# ---- shared checks ------------------------------------------------------------------------------------------
+
+def read_json(path: Path, expect: type = dict) -> Any:
+    """Parse a JSON file whose top level must be ``expect`` (dict or list)."""
+    if not path.is_file():
+        raise DataError(path, "file not found")
+    try:
+        with open(path, encoding="utf-8") as fh:
+            data = json.load(fh)
+    except json.JSONDecodeError as exc:
+        raise DataError(path, f"not valid JSON: {exc.msg} at line {exc.lineno} column {exc.colno}") from None
+    except UnicodeDecodeError:
+        raise DataError(path, "not a UTF-8 JSON text file") from None
+    if not isinstance(data, expect):
+        want = "an object {...}" if expect is dict else "a list [...]"
+        raise DataError(path, f"top level must be {want}, found {type(data).__name__}")
+    return data
+
+
+def require_keys(obj: Any, keys: tuple[str, ...], path: Path, where: str, ints: tuple[str, ...] = ()) -> None:
+    """``obj`` must be a JSON object holding all ``keys``; those in ``ints`` must be integers."""
+    if not isinstance(obj, dict):
+        raise DataError(path, f"must be an object, found {type(obj).__name__}", where)
+    for k in keys:
+        if k not in obj:
+            raise DataError(path, f"missing required key {k!r}", where)
+    for k in ints:
+        if not isinstance(obj[k], int) or isinstance(obj[k], bool):
+            raise DataError(path, f"{k!r} must be an integer, found {obj[k]!r}", where)
+
+
+def check_bbox(box: Any, width: float, height: float, path: Path, where: str, tolerance: float) -> tuple[float, ...]:
+    """A valid [x, y, w, h] inside a ``width`` x ``height`` image (up to ``tolerance`` pixels past an edge)."""
+    if (not isinstance(box, (list, tuple)) or len(box) != 4
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
+        raise DataError(path, f"box must be four numbers [x, y, w, h], found {box!r}", where)
+    x, y, w, h = (float(v) for v in box)
+    if w < 0 or h < 0:
+        raise DataError(path, f"box {list(box)} has a negative width or height", where)
+    if x < -tolerance or y < -tolerance or x + w > width + tolerance or y + h > height + tolerance:
+        raise DataError(path, f"box {list(box)} lies outside the {width:g}x{height:g} image "
+                              f"(raise bbox_tolerance={tolerance:g} to accept small overshoots)", where)
+    return (x, y, w, h)
+
+
+def safe_relpath(name: Any, path: Path, where: str) -> str:
+    """An image file name that stays inside the dataset root (relative, no '..')."""
+    if not isinstance(name, str) or not name.strip():
+        raise DataError(path, f"image file name must be a non-empty string, found {name!r}", where)
+    if PurePosixPath(name).is_absolute() or PureWindowsPath(name).is_absolute() or PureWindowsPath(name).drive:
+        raise DataError(path, f"image file name {name!r} is absolute; it must be relative to the dataset root", where)
+    if ".." in PurePosixPath(name.replace("\\", "/")).parts:
+        raise DataError(path, f"image file name {name!r} escapes the dataset root with '..'", where)
+    return name
+
+
+def check_caption(text: Any, path: Path, where: str) -> str:
+    """A non-empty caption string, stripped."""
+    if not isinstance(text, str):
+        raise DataError(path, f"caption must be a string, found {type(text).__name__}", where)
+    if not text.strip():
+        raise DataError(path, "empty caption; every caption needs text", where)
+    return text.strip()
+
+
+def check_granularity(value: Any, path: Path, where: str) -> str | None:
+    """``None`` or one of scene/object/relation."""
+    if value is None or value in GRANULARITIES:
+        return value
+    raise DataError(path, f"granularity must be one of {list(GRANULARITIES)}, found {value!r}", where)
+
+
+def split_from_name(name: str) -> str | None:
+    """"train2017" -> "train", "CLEVR_val_scenes" -> "val"; None when the name says no split."""
+    low = name.lower()
+    for s in SPLIT_NAMES:
+        if low.startswith(s) or f"_{s}" in low:
+            return s
+    return None
+
+
+def read_splits(path: Path) -> dict[int, str]:
+    """Image id -> split from ``{"train": [ids], "val": [...], "test": [...]}`` or a Karpathy file.
+
+    Karpathy's ``dataset_coco.json`` lists ``images[]`` with ``cocoid`` (or ``imgid``) and ``split``;
+    its "restval" images count as train, as in the Karpathy training recipe.
+    """
+    data = read_json(path, dict)
+    out: dict[int, str] = {}
+    if "images" in data:
+        if not isinstance(data["images"], list):
+            raise DataError(path, "must be a list of images", "images")
+        for k, im in enumerate(data["images"]):
+            require_keys(im, ("split",), path, f"images[{k}]")
+            image_id = im.get("cocoid", im.get("imgid", im.get("id")))
+            if not isinstance(image_id, int):
+                raise DataError(path, "missing an integer 'cocoid' or 'imgid'", f"images[{k}]")
+            if im["split"] not in (*SPLIT_NAMES, "restval"):
+                raise DataError(path, f"split must be one of {[*SPLIT_NAMES, 'restval']}, found {im['split']!r}",
+                                f"images[{k}].split")
+            out[image_id] = "train" if im["split"] == "restval" else im["split"]
+        return out
+    unknown = sorted(set(data) - set(SPLIT_NAMES) - {"restval"})
+    if unknown:
+        raise DataError(path, f"unknown split names {unknown}; expected keys among {list(SPLIT_NAMES)}")
+    for name, ids in data.items():
+        if not isinstance(ids, list) or not all(isinstance(i, int) for i in ids):
+            raise DataError(path, "must be a list of integer image ids", name)
+        out.update({i: "train" if name == "restval" else name for i in ids})
+    return out
+
+
+def filter_split(samples: list[Sample], split: str | None, path: Path) -> list[Sample]:
+    """Samples of ``split`` (all when None); a split the data does not have is an error."""
+    if split is None:
+        return samples
+    if split not in SPLIT_NAMES:
+        raise DataError(path, f"unknown split {split!r}; valid splits are {list(SPLIT_NAMES)}")
+    present = sorted({s.split for s in samples if s.split})
+    if split not in present:
+        have = f"the splits present are {present}" if present else "the dataset has no split information"
+        raise DataError(path, f"no images in split {split!r}; {have}")
+    return [s for s in samples if s.split == split]
