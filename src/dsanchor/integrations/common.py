@@ -1,0 +1,195 @@
+"""Model-independent parts of the Hugging Face integration: the handle, the g source and the coarse tap.
+
+Every supported model is hooked the same way (the per-family modules say where):
+
+1. :class:`CoarseTap` records ``V_coarse``, the vision encoder's hidden state number ``coarse_layer`` in
+   transformers' ``hidden_states`` numbering (0 is the input of the first encoder layer, k >= 1 the
+   output of layer k), with a forward hook on that encoder layer. It does not rely on
+   ``output_hidden_states``, so it works whether or not the model asks its vision tower for them.
+2. A hook at the family's seam takes ``V_fine`` (the features the model already feeds onwards), makes
+   ``V_coarse`` the same shape, and replaces ``V_fine`` by :meth:`DSAHandle.mix`, i.e.
+   :func:`dsanchor.anchoring.anchor` with g from a fixed value or from the controller.
+
+Removing the hooks (:meth:`DSAHandle.detach`) restores the model exactly; nothing else is changed.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+
+import torch
+from torch import nn
+from torch.utils.hooks import RemovableHandle
+
+from dsanchor.anchoring import anchor, check_g
+from dsanchor.errors import ConfigError
+
+__all__ = ["StateFn", "DSAHandle", "CoarseTap", "default_state", "find_encoder_layers", "replace_last_hidden_state"]
+
+# state_fn(v_fine, v_coarse) -> state (B, S); both inputs (B, N, D) after being shaped alike
+StateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+
+ATTR = "_dsanchor_dsa"  # the model attribute holding the attached handle while DSA is on
+
+
+def default_state(v_fine: torch.Tensor, v_coarse: torch.Tensor) -> torch.Tensor:
+    """The default controller state: ``concat(mean_tokens(V_coarse), mean_tokens(V_fine))``.
+
+    Args:
+        v_fine: ``(B, N, D)`` features the model already uses.
+        v_coarse: ``(B, N, D)`` early-layer features shaped like ``v_fine``.
+
+    Returns:
+        ``(B, 2 * D)``.
+    """
+    return torch.cat([v_coarse.mean(dim=1), v_fine.mean(dim=1)], dim=-1)  # (B, 2D)
+
+
+def find_encoder_layers(vision: nn.Module) -> nn.ModuleList:
+    """The list of transformer layers of a vision encoder (``...encoder.layers``)."""
+    for path in ("vision_model.encoder.layers", "encoder.layers"):
+        mod: nn.Module | None = vision
+        for part in path.split("."):
+            mod = getattr(mod, part, None)
+        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            return mod
+    for name, mod in vision.named_modules():
+        if name.endswith("layers") and isinstance(mod, nn.ModuleList) and len(mod) > 0:
+            return mod
+    raise ConfigError(f"cannot find the encoder layers of vision module {type(vision).__name__}; "
+                      "attach_dsa supports CLIP-, SigLIP-, BLIP-2- and IDEFICS-style vision encoders")
+
+
+class CoarseTap:
+    """Records hidden state number ``coarse_layer`` of a vision encoder on every forward.
+
+    Args:
+        layers: the encoder's layers (``L`` of them); hidden state k is the input of layer 0 for k = 0
+            and the output of layer k - 1 otherwise, as in transformers' ``hidden_states``.
+        coarse_layer: k in ``[-(L + 1), L]``; negative values count from the end like a Python index.
+    """
+
+    def __init__(self, layers: nn.ModuleList, coarse_layer: int):
+        n = len(layers)
+        if not -(n + 1) <= coarse_layer <= n:
+            raise ConfigError(f"coarse_layer={coarse_layer} is out of range: the vision encoder has {n} layers, "
+                              f"so hidden-state indices go from 0 (embeddings) to {n}")
+        self.index = coarse_layer % (n + 1)
+        self.value: torch.Tensor | None = None
+        if self.index == 0:
+            self.hook = layers[0].register_forward_pre_hook(self._record_input, with_kwargs=True)
+        else:
+            self.hook = layers[self.index - 1].register_forward_hook(self._record_output)
+
+    def _record_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
+        self.value = args[0] if args else kwargs["hidden_states"]  # (B, N, D)
+
+    def _record_output(self, module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
+        self.value = output[0] if isinstance(output, (tuple, list)) else output  # (B, N, D)
+
+    def pop(self) -> torch.Tensor:
+        """The last recorded hidden state, cleared so a stale one is never mixed in."""
+        if self.value is None:
+            raise RuntimeError("DSA: the vision encoder's coarse layer did not run before the visual features "
+                               "were used; this model's call path is not supported by attach_dsa")
+        value, self.value = self.value, None
+        return value
+
+    def remove(self) -> None:
+        self.hook.remove()
+        self.value = None
+
+
+def replace_last_hidden_state(output, new: torch.Tensor):
+    """Put ``new`` in place of a vision output's ``last_hidden_state`` (ModelOutput or tuple)."""
+    if isinstance(output, tuple):
+        return (new,) + tuple(output[1:])
+    output["last_hidden_state"] = new  # ModelOutput keeps the key and the attribute in sync
+    return output
+
+
+class DSAHandle:
+    """What :func:`dsanchor.integrations.attach_dsa` returns: the source of g, the hooks and the last g.
+
+    Attributes:
+        model_type: "llava", "blip2" or "idefics".
+        coarse_layer: the vision hidden-state index that supplies V_coarse.
+        feature_dim: D, the feature size of V_fine at the seam (the default state has 2 * D values).
+        last_g: ``(n_images,)`` float32 on CPU, the g of each image in the last vision call; ``None`` before one.
+    """
+
+    def __init__(self, model: nn.Module, model_type: str, controller_or_g: nn.Module | float, coarse_layer: int,
+                 feature_dim: int, state_fn: StateFn | None = None):
+        self.model = model
+        self.model_type = model_type
+        self.coarse_layer = coarse_layer
+        self.feature_dim = feature_dim
+        self.state_fn: StateFn = state_fn or default_state
+        self.last_g: torch.Tensor | None = None
+        self._hooks: list[RemovableHandle | CoarseTap] = []
+        if isinstance(controller_or_g, nn.Module):
+            self.controller: nn.Module | None = controller_or_g
+            self.fixed_g: float | None = None
+            self.state_dim = getattr(getattr(controller_or_g, "config", None), "state_dim", None)
+            if state_fn is None and self.state_dim is not None and self.state_dim != 2 * feature_dim:
+                raise ConfigError(
+                    f"the controller expects state_dim={self.state_dim}, but the default DSA state of this "
+                    f"{model_type} model is concat(mean V_coarse, mean V_fine) = 2 x {feature_dim} = "
+                    f"{2 * feature_dim} values; use a controller with state_dim={2 * feature_dim} or pass state_fn")
+        elif isinstance(controller_or_g, (int, float)) and not isinstance(controller_or_g, bool):
+            check_g(float(controller_or_g), 1)
+            self.controller, self.fixed_g, self.state_dim = None, float(controller_or_g), None
+        else:
+            raise ConfigError(f"attach_dsa needs a GranularityController (an nn.Module) or a float g in [0, 1]; "
+                              f"got {type(controller_or_g).__name__}")
+
+    @property
+    def attached(self) -> bool:
+        return bool(self._hooks)
+
+    def add(self, *hooks: RemovableHandle | CoarseTap) -> None:
+        self._hooks.extend(hooks)
+
+    def granularity(self, v_fine: torch.Tensor, v_coarse: torch.Tensor) -> torch.Tensor:
+        """g for each image: ``(B,)`` float32, from the fixed value or the controller."""
+        batch = v_fine.shape[0]
+        if self.controller is None:
+            return torch.full((batch,), self.fixed_g, dtype=torch.float32)
+        state = self.state_fn(v_fine, v_coarse)  # (B, S)
+        if self.state_dim is not None and (state.dim() != 2 or state.shape[-1] != self.state_dim):
+            raise ConfigError(f"the DSA state has shape {tuple(state.shape)} but the controller expects "
+                              f"(B, {self.state_dim}); make state_fn return {self.state_dim} values per image")
+        param = next(self.controller.parameters(), None)
+        if param is not None:
+            state = state.to(param.device, param.dtype)
+        return self.controller(state).reshape(batch).float()  # (B,)
+
+    def mix(self, v_fine: torch.Tensor, v_coarse: torch.Tensor) -> torch.Tensor:
+        """``V' = g * V_fine + (1 - g) * V_coarse`` with g from :meth:`granularity`; records :attr:`last_g`.
+
+        Args:
+            v_fine: ``(B, N, D)``.
+            v_coarse: ``(B, N, D)``, already shaped like ``v_fine``.
+        """
+        g = self.granularity(v_fine, v_coarse)  # (B,)
+        self.last_g = g.detach().float().cpu()
+        return anchor(v_fine, v_coarse, g.to(v_fine.device))  # (B, N, D)
+
+    def detach(self) -> None:
+        """Remove every hook so the model behaves exactly as before; calling it again does nothing."""
+        for hook in self._hooks:
+            hook.remove()
+        self._hooks.clear()
+        if getattr(self.model, ATTR, None) is self:
+            delattr(self.model, ATTR)
+
+    def __enter__(self) -> DSAHandle:
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.detach()
+
+    def __repr__(self) -> str:
+        g = f"g={self.fixed_g}" if self.controller is None else f"controller={type(self.controller).__name__}"
+        return (f"DSAHandle({self.model_type}, {g}, coarse_layer={self.coarse_layer}, "
+                f"attached={self.attached})")
