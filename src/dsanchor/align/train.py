@@ -20,7 +20,7 @@ from dsanchor.align.heads import AlignConfig, AlignmentHeads, JointFeatures
 from dsanchor.features.types import ImageFeatures, TextFeatures
 from dsanchor.retrieval import pair_terms
 
-__all__ = ["AlignTrainConfig", "train_heads", "embed_images", "evaluate_heads"]
+__all__ = ["AlignTrainConfig", "train_heads", "embed_images", "evaluate_heads", "evaluate_by_granularity"]
 
 log = logging.getLogger(__name__)
 
@@ -61,18 +61,9 @@ def embed_images(heads: AlignmentHeads, images: ImageFeatures, idx: torch.Tensor
                                images.mask[sel])
 
 
-@torch.no_grad()
 def evaluate_heads(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatures, k: int = 10) -> dict:
     """Text-to-image R@k of coarse-only and fine-only scoring (the early-stopping signal)."""
-    from dsanchor.metrics.retrieval import recall_at_k
-
-    heads.eval()
-    joint = embed_images(heads, images)
-    t = heads.encode_text(texts.embeddings.float())
-    terms = pair_terms(t, joint, heads.pool_s)
-    pos = texts.image_ids.view(-1, 1) == images.image_ids.view(1, -1)
-    return {"coarse": recall_at_k(terms.coarse, pos, ks=(k,))[f"R@{k}"],
-            "fine": recall_at_k(terms.fine, pos, ks=(k,))[f"R@{k}"]}
+    return evaluate_by_granularity(heads, images, texts, k)["all"]
 
 
 def _epoch(heads, opt, images, texts, order, cfg, captions_of, id_to_row) -> float:
@@ -134,3 +125,24 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
     heads.load_state_dict(best_state)
     heads.eval()
     return heads, {"history": history, "best_val_mean_R@10": best, "train_time_s": time.perf_counter() - t0}
+
+
+@torch.no_grad()
+def evaluate_by_granularity(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatures,
+                            k: int = 10) -> dict:
+    """Text-to-image R@k of coarse-only and fine-only scoring, overall and per caption granularity."""
+    from dsanchor.features.types import GRANULARITY_CODES
+    from dsanchor.metrics.retrieval import recall_at_k
+
+    heads.eval()
+    t = heads.encode_text(texts.embeddings.float())
+    terms = pair_terms(t, embed_images(heads, images), heads.pool_s)
+    pos = texts.image_ids.view(-1, 1) == images.image_ids.view(1, -1)
+    groups = {"all": torch.ones(len(texts), dtype=torch.bool)}
+    groups.update({n: texts.granularity == c for n, c in GRANULARITY_CODES.items()})
+    out = {}
+    for name, sel in groups.items():
+        if sel.any():
+            out[name] = {"coarse": recall_at_k(terms.coarse[sel], pos[sel], ks=(k,))[f"R@{k}"],
+                         "fine": recall_at_k(terms.fine[sel], pos[sel], ks=(k,))[f"R@{k}"], "n": int(sel.sum())}
+    return out

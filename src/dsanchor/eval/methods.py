@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
+from dsanchor.metrics.retrieval import median_rank, ranks_of_first_positive, recall_at_k
 
 from dsanchor.controller import GranularityController
 from dsanchor.eval.views import SplitView
 from dsanchor.features.types import GRANULARITY_CODES
-from dsanchor.metrics.retrieval import median_rank, ranks_of_first_positive, recall_at_k
 from dsanchor.retrieval import anchored_scores
 
 __all__ = ["EvalConfig", "MethodG", "g_grid", "retrieval_metrics", "fixed_g", "controller_g", "oracle_g",

@@ -60,7 +60,7 @@ class RetrievalReward:
         terms, pos = self._row(q)
         scores = _cos(*terms, g)
         best_pos = scores[pos].max() if pos.any() else -np.inf
-        rank = 1 + int((scores > best_pos).sum())  # ties count in the query's favour, as in recall_at_k
+        rank = 1 + int((scores[~pos] >= best_pos).sum())  # pessimistic ties, as in metrics.retrieval
         r_acc = 1.0 / rank if self.config.dense else float(rank <= self.config.k)
         if self.hall is None:
             return r_acc, 0.0

@@ -1,0 +1,118 @@
+"""Evaluate every retrieval method on the same features and heads (the rows of results.json)."""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import dataclass, field
+
+import torch
+from dsanchor.metrics.retrieval import recall_at_k
+
+from dsanchor.align.heads import AlignmentHeads
+from dsanchor.controller import ControllerConfig, GranularityController
+from dsanchor.eval.methods import (
+    EvalConfig,
+    MethodG,
+    controller_g,
+    fixed_g,
+    g_grid,
+    oracle_g,
+    retrieval_metrics,
+    select_fixed_g,
+)
+from dsanchor.eval.views import SplitView, prepare_view
+from dsanchor.experiment import guess_vocabulary, hallucination_matrices, hallucination_rates
+from dsanchor.features.store import FeatureStore
+from dsanchor.gate import GateConfig, train_gate
+from dsanchor.retrieval import anchored_scores, pair_terms, two_stage_scores
+from dsanchor.state import StateConfig, text_to_image_states
+
+__all__ = ["RetrievalEval", "evaluate_retrieval", "timing_per_query"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class RetrievalEval:
+    """What :func:`evaluate_retrieval` returns."""
+
+    methods: dict  # method name -> results.json row (retrieval part)
+    g: dict[str, MethodG]  # method name -> g of every test query
+    val_curve: list  # fixed-g R@K on val (selects fixed_best)
+    test_curve: list  # fixed-g R@K on test (for the plot)
+    two_stage: dict  # exact vs two-stage R@K at M
+    extra: dict = field(default_factory=dict)  # gate training info, vocabulary, ...
+
+
+@torch.no_grad()
+def timing_per_query(view: SplitView, heads: AlignmentHeads, controller: GranularityController | None,
+                     state: StateConfig, repeats: int = 3) -> dict[str, float]:
+    """Milliseconds per text query to score the whole test gallery, for each kind of method."""
+    s = float(heads.pool_s)
+    q = len(view.texts)
+
+    def best_of(fn) -> float:
+        times = []
+        for _ in range(repeats):
+            t0 = time.perf_counter()
+            fn()
+            times.append(time.perf_counter() - t0)
+        return 1000.0 * min(times) / max(q, 1)
+
+    coarse = best_of(lambda: view.text @ view.joint.coarse.T)
+    terms = best_of(lambda: anchored_scores(pair_terms(view.text, view.joint, s), 0.5))
+    out = {"coarse": coarse, "fine": terms, "fixed": terms}
+    st = best_of(lambda: text_to_image_states(view.text, view.joint, view.terms, s, state))
+    out["state"] = st
+    if controller is not None:
+        out["controller"] = best_of(lambda: controller(view.states_t2i))
+        out["dsa"] = terms + st + out["controller"]
+    return out
+
+
+def _two_stage(view: SplitView, heads: AlignmentHeads, g: MethodG, config: EvalConfig) -> dict:
+    ks = config.ks
+    exact = recall_at_k(anchored_scores(view.terms, g.t2i.view(-1, 1)), view.positives, ks)
+    two = recall_at_k(two_stage_scores(view.text, view.joint, float(heads.pool_s), g.t2i, config.two_stage_m),
+                      view.positives, ks)
+    return {"M": config.two_stage_m, "exact": exact, "two_stage": two,
+            "loss": {k: exact[k] - two[k] for k in exact}}
+
+
+def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalConfig, state: StateConfig,
+                       controller: GranularityController | None = None, gate: GateConfig | None = None,
+                       split: str = "test") -> RetrievalEval:
+    """All methods on ``split``; fixed_best and the gradient gate are fit on val."""
+    val = prepare_view(heads, store.images("val"), store.texts("val"), state)
+    test = prepare_view(heads, store.images(split), store.texts(split), state)
+    vocabulary = guess_vocabulary(test.images)
+    hall = hallucination_matrices(test, vocabulary)
+    g_best, val_curve = select_fixed_g(val, config)
+    gate_ctrl, gate_info = train_gate(val, ControllerConfig(state_dim=val.states_t2i.shape[1]), gate or GateConfig())
+    gs: dict[str, MethodG] = {"coarse": fixed_g(test, 0.0), "fine": fixed_g(test, 1.0),
+                              "fixed_best": fixed_g(test, g_best), "gate_grad": controller_g(test, gate_ctrl)}
+    if controller is not None:
+        gs["dsa_ppo"] = controller_g(test, controller)
+    gs["oracle"] = oracle_g(test, config.grid)
+    timing = timing_per_query(test, heads, controller or gate_ctrl, state)  # both are the same network
+    ms = {"coarse": timing["coarse"], "fine": timing["fine"], "fixed_best": timing["fixed"],
+          "gate_grad": timing["dsa"], "dsa_ppo": timing["dsa"]}
+    methods = {}
+    for name, g in gs.items():
+        row = retrieval_metrics(test, g, config.ks)
+        row.update(hallucination_rates(test, g, hall))
+        if ms.get(name) is not None:
+            row["ms_per_query"] = ms[name]
+        methods[name] = row
+    methods["fixed_best"]["g"] = g_best
+    methods["oracle"]["upper_bound"] = True
+    test_curve = []
+    for g in g_grid(config.grid).tolist():
+        m = retrieval_metrics(test, fixed_g(test, g), config.ks)
+        test_curve.append({"g": g, "t2i": m["t2i"], "i2t": m["i2t"]})
+    ref = "dsa_ppo" if "dsa_ppo" in gs else "fixed_best"
+    two = {"method": ref, **_two_stage(test, heads, gs[ref], config)}
+    extra = {"vocabulary": vocabulary, "gate": gate_info, "timing_ms": timing,
+             "n_images": len(test.images), "n_captions": len(test.texts)}
+    return RetrievalEval(methods, gs, val_curve, test_curve, two, extra)
