@@ -56,4 +56,4 @@ def train_gate(view, controller_config: ControllerConfig, config: GateConfig) ->
         loss.backward()
         opt.step()
     ctrl.eval()
-    return ctrl, {"train_time_s": time.perf_counter() - t0, "final_loss": float(loss)}
+    return ctrl, {"train_time_s": time.perf_counter() - t0, "final_loss": float(loss.detach())}

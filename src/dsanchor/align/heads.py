@@ -38,7 +38,7 @@ class AlignConfig:
     region_dim: int = field(default=0, metadata={"help": "input size of a region vector (from the store)"})
     text_dim: int = field(default=0, metadata={"help": "input size of a text vector (from the store)"})
     dim: int = field(default=256, metadata={"help": "joint space dimension D"})
-    hidden: int = field(default=512, metadata={"help": "hidden width of each projection MLP"})
+    hidden: int = field(default=256, metadata={"help": "hidden width of each projection MLP"})
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the projections while training"})
     init_temperature: float = field(default=0.07, metadata={"help": "initial InfoNCE temperature"})
     init_pool_scale: float = field(default=10.0, metadata={"help": "initial scale s of the attention-pool softmax"})
@@ -79,9 +79,11 @@ class AlignmentHeads(nn.Module):
                       mask: torch.Tensor) -> JointFeatures:
         """Project image features: coarse (N, Dc), regions (N, R, Dr), boxes (N, R, 4), mask (N, R)."""
         area = (boxes[..., 2] * boxes[..., 3]).unsqueeze(-1)  # (N, R, 1)
-        r_in = torch.cat([regions, boxes, area], dim=-1)  # (N, R, Dr + 5)
-        r = F.normalize(self.region_proj(r_in), dim=-1) * mask.unsqueeze(-1)  # (N, R, D)
-        return JointFeatures(F.normalize(self.coarse_proj(coarse), dim=-1), r, mask.bool())
+        mask = mask.bool()
+        r_in = torch.cat([regions[mask], boxes[mask], area[mask]], dim=-1)  # (V, Dr + 5), valid regions only
+        r = regions.new_zeros(*mask.shape, self.config.dim)  # (N, R, D), zero where masked
+        r[mask] = F.normalize(self.region_proj(r_in), dim=-1)
+        return JointFeatures(F.normalize(self.coarse_proj(coarse), dim=-1), r, mask)
 
     @property
     def pool_s(self) -> torch.Tensor:

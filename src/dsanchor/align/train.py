@@ -86,7 +86,7 @@ def _epoch(heads, opt, images, texts, order, cfg, captions_of, id_to_row) -> flo
         opt.zero_grad()
         loss.backward()
         opt.step()
-        total += float(loss) * len(b)
+        total += float(loss.detach()) * len(b)
         n += len(b)
     return total / max(n, 1)
 
@@ -116,6 +116,7 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
         score = (val["coarse"] + val["fine"]) / 2
         history.append({"epoch": epoch, "loss": loss, "val_R@10_coarse": val["coarse"], "val_R@10_fine": val["fine"]})
         bar.set_postfix(loss=f"{loss:.3f}", val_coarse=f"{val['coarse']:.3f}", val_fine=f"{val['fine']:.3f}")
+        log.debug("align epoch %d: loss %.4f val R@10 coarse %.3f fine %.3f", epoch, loss, val["coarse"], val["fine"])
         if score > best + 1e-4:
             best, best_state, bad = score, copy.deepcopy(heads.state_dict()), 0
         else:

@@ -1,0 +1,103 @@
+"""PNG plots for report.md (matplotlib, Agg backend)."""
+
+from __future__ import annotations
+
+import json
+import textwrap
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import torch  # noqa: E402
+from PIL import Image  # noqa: E402
+
+from dsanchor.features.types import GRANULARITY_CODES  # noqa: E402
+
+__all__ = ["plot_g_distribution", "plot_recall_vs_g", "plot_learning_curve", "plot_examples"]
+
+
+def plot_g_distribution(g_t2i: torch.Tensor, granularity: torch.Tensor, path: str | Path, title: str) -> Path:
+    """Histogram of the controller's g for each caption granularity."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    bins = torch.linspace(0, 1, 26).numpy()
+    for name, code in GRANULARITY_CODES.items():
+        sel = granularity == code
+        if sel.any():
+            ax.hist(g_t2i[sel].numpy(), bins=bins, alpha=0.55, label=f"{name} (mean {g_t2i[sel].mean():.2f})")
+    ax.set_xlabel("g (0 = coarse / scene, 1 = fine / objects)")
+    ax.set_ylabel("text queries")
+    ax.set_title(title)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_recall_vs_g(curve: list[dict], methods: dict, path: str | Path, k: int = 10) -> Path:
+    """Text-to-image R@k for each fixed g on the test split, with DSA and the oracle as lines."""
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    key = f"R@{k}"
+    ax.plot([c["g"] for c in curve], [c["t2i"][key] for c in curve], "o-", label="fixed g", color="tab:gray")
+    styles = {"dsa_ppo": ("tab:red", "-"), "gate_grad": ("tab:blue", "--"), "oracle": ("tab:green", ":")}
+    for name, (color, ls) in styles.items():
+        if name in methods:
+            label = name + (" (upper bound)" if name == "oracle" else "")
+            ax.axhline(methods[name]["t2i"][key], color=color, ls=ls, label=label)
+    ax.set_xlabel("g")
+    ax.set_ylabel(f"text→image {key}")
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_learning_curve(curve_json: str | Path, path: str | Path, title: str = "PPO learning curve") -> Path:
+    """Mean reward and mean g per PPO rollout."""
+    curve = json.loads(Path(curve_json).read_text())
+    fig, ax = plt.subplots(figsize=(6, 3.5))
+    steps = [c["timesteps"] for c in curve]
+    ax.plot(steps, [c["mean_reward"] for c in curve], color="tab:red", label="mean reward")
+    ax.set_xlabel("environment steps")
+    ax.set_ylabel("mean reward")
+    ax2 = ax.twinx()
+    ax2.plot(steps, [c["mean_g"] for c in curve], color="tab:blue", ls="--", label="mean g")
+    ax2.set_ylabel("mean g")
+    ax.set_title(title)
+    fig.legend(loc="lower right")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_examples(examples: list[dict], path: str | Path) -> Path:
+    """A grid: one row per query (caption, g), then its top-3 images; a green frame marks the true image.
+
+    Each example is ``{"caption", "granularity", "g", "top": [(image_path, is_positive), ...]}``.
+    """
+    rows = len(examples)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
+    for r, ex in enumerate(examples):
+        for c in range(3):
+            ax = axes[r][c]
+            ax.set_xticks([])
+            ax.set_yticks([])
+            if c >= len(ex["top"]):
+                ax.axis("off")
+                continue
+            img_path, hit = ex["top"][c]
+            ax.imshow(Image.open(img_path).convert("RGB"))
+            for side in ax.spines.values():
+                side.set_edgecolor("tab:green" if hit else "tab:red")
+                side.set_linewidth(3 if hit else 1)
+            ax.set_xlabel(f"#{c + 1}" + (" ✓" if hit else ""), fontsize=8)
+        caption = "\n".join(textwrap.wrap(ex["caption"], 60))
+        axes[r][0].set_title(f"[{ex['granularity']}, g={ex['g']:.2f}] {caption}", fontsize=8, loc="left")
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
