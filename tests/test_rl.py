@@ -1,8 +1,6 @@
-import functools
-import multiprocessing as mp
+import dataclasses
 
 import numpy as np
-import optuna
 import pytest
 import torch
 from stable_baselines3.common.env_checker import check_env
@@ -67,7 +65,7 @@ def test_env_checks_and_is_deterministic():
 
 
 @pytest.mark.slow
-def test_tiny_ppo_beats_random_policy(tmp_path):
+def test_tiny_ppo_beats_random_policy_and_resumes(tmp_path):
     from dsanchor.rl.ppo import PPOConfig, train_ppo
 
     torch.manual_seed(0)
@@ -77,20 +75,18 @@ def test_tiny_ppo_beats_random_policy(tmp_path):
     def reward_model(q, g):
         return 1.0 - 2.0 * abs(g - target[q]), 0.0
 
-    ctrl, info = train_ppo(states, reward_model, RewardConfig(), PPOConfig(timesteps=3072, n_envs=4, n_steps=128,
-                                                                          batch_size=128), tmp_path)
+    cfg = PPOConfig(timesteps=1536, n_envs=4, n_steps=128, batch_size=128, checkpoint_every=512)
+    _, first = train_ppo(states, reward_model, RewardConfig(), cfg, tmp_path)
+    assert first["resumed_from"] == 0
+    # a rerun with more steps resumes from the newest checkpoint instead of starting over
+    ctrl, info = train_ppo(states, reward_model, RewardConfig(), dataclasses.replace(cfg, timesteps=3072), tmp_path)
+    assert info["resumed_from"] >= 1024 and info["timesteps"] >= 3072
     g = ctrl(states).detach().numpy()
     learned = np.mean([reward_model(q, g[q])[0] for q in range(256)])
     rng = np.random.default_rng(0)
     random = np.mean([reward_model(q, rng.uniform())[0] for q in range(256)])
     assert learned > random + 0.2
     assert (tmp_path / "controller" / "controller.safetensors").exists()
-    assert info["timesteps"] >= 3072
-    # rerun resumes from the last checkpoint and does not train again
-    _, info2 = train_ppo(states, reward_model, RewardConfig(), PPOConfig(timesteps=3072, n_envs=4, n_steps=128,
-                                                                        batch_size=128, checkpoint_every=512),
-                         tmp_path / "b")
-    assert info2["resumed_from"] == 0
 
 
 def quadratic_objective():

@@ -64,12 +64,11 @@ def heads_stage(features: Path, out: Path, config, seed: int) -> None:
 
 
 def detector_stage(features: Path, out: Path, config, seed: int) -> None:
-    from dsanchor.hallucination import (DetectorConfig, DetectorTrainConfig, ObjectVocabulary, PopeConfig,
+    from dsanchor.hallucination import (DetectorConfig, DetectorTrainConfig, PopeConfig,
                                         dataset_stats, evaluate_pope, train_detector)
 
     store = _store(features)
-    names, emb = store.object_vocabulary()
-    vocab = ObjectVocabulary(list(names), emb)
+    vocab = store.object_vocabulary()
     train_img, val_img, test_img = (store.images(s) for s in ("train", "val", "test"))
     stats = dataset_stats(vocab, train_img)
     train = DetectorTrainConfig(epochs=config.detector_epochs, seed=seed)
@@ -97,10 +96,7 @@ def _rl_view(store, heads, state, detector, images, texts):
 
 
 def _vocab(store):
-    from dsanchor.hallucination import ObjectVocabulary
-
-    names, emb = store.object_vocabulary()
-    return ObjectVocabulary(list(names), emb)
+    return store.object_vocabulary()
 
 
 def _ppo(config, seed: int, steps: int):

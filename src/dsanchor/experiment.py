@@ -62,25 +62,30 @@ def split_halves(images: ImageFeatures, seed: int = 0) -> tuple[torch.Tensor, to
 
 
 def hallucination_matrices(view: SplitView, vocabulary: str, detector=None, object_vocab=None) -> HallMatrices:
-    """Ground-truth and (with a detector) estimated hallucination of every (caption, image) pair."""
-    from dsanchor.hallucination.mentions import caption_objects
+    """Ground-truth and (with a detector) estimated hallucination of every (caption, image) pair.
 
+    A mention is grounded as CHAIR grounds it (synth: a bare "cube" by any "<colour> cube").
+    """
+    from dsanchor.hallucination.mentions import caption_objects, hallucination_shares
+    from dsanchor.metrics.chair import get_vocabulary
+
+    vocab = get_vocabulary(vocabulary)
     named = [caption_objects(c, vocabulary) for c in view.texts.captions]
     t, n = len(view.texts), len(view.images)
     gt = torch.zeros(t, n, dtype=torch.bool)
-    present = [set(objs) for objs in view.images.objects]
+    present = [vocab.canonical_objects(objs) for objs in view.images.objects]
     for m, objs in enumerate(named):
         if objs:
-            gt[m] = torch.tensor([not set(objs) <= present[j] for j in range(n)])
+            gt[m] = torch.tensor([not all(vocab.grounded(o, present[j]) for o in objs) for j in range(n)])
     est = None
     if detector is not None:
         index = object_vocab.index()
         prob = detector.presence_matrix(view.images, object_vocab.embeddings.float())  # (N, V)
         est = torch.zeros(t, n)
         for m, objs in enumerate(named):
-            rows = sorted({index[o] for o in objs if o in index})
-            if rows:
-                est[m] = (1.0 - prob[:, rows]).mean(1)
+            shares = hallucination_shares(prob, objs, index, vocabulary) if objs else None
+            if shares is not None:
+                est[m] = shares
     return HallMatrices(gt, est, torch.tensor([bool(o) for o in named]))
 
 

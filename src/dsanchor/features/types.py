@@ -6,10 +6,11 @@ Later stages read only these, never images.
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import NamedTuple
 
 import torch
 
-__all__ = ["GRANULARITY_CODES", "ImageFeatures", "TextFeatures"]
+__all__ = ["GRANULARITY_CODES", "ImageFeatures", "TextFeatures", "ObjectVocabulary"]
 
 # integer code of each caption granularity in the store; -1 is unknown
 GRANULARITY_CODES: dict[str, int] = {"scene": 0, "object": 1, "relation": 2}
@@ -42,3 +43,14 @@ class TextFeatures:
 
     def __len__(self) -> int:
         return int(self.image_ids.shape[0])
+
+
+class ObjectVocabulary(NamedTuple):
+    """Every distinct object name of a dataset with its text-encoder embedding (from the feature store)."""
+
+    names: list[str]  # (V,)
+    embeddings: torch.Tensor  # (V, Dt)
+
+    def index(self) -> dict[str, int]:
+        """Name -> row."""
+        return {n: i for i, n in enumerate(self.names)}

@@ -1,0 +1,134 @@
+"""``dsanchor hallucination``: train and evaluate the object-hallucination detector on a feature store.
+
+    dsanchor hallucination train --features FEATS --out DIR [--config YAML] [config flags]
+    dsanchor hallucination eval  --features FEATS --detector DIR [--split test] [--out POPE.json]
+
+``train`` writes the detector (safetensors + JSON config), the resolved config (``config.yaml``,
+sections ``detector``, ``detector_train``, ``pope``) and ``detector_metrics.json`` with the val and test
+POPE numbers and the training time. ``eval`` prints a POPE table per negative sampling.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+
+from dsanchor.commands._common import add_common, set_threads, write_json, yaml_of
+from dsanchor.config import add_config_args, resolve_config, save_resolved
+from dsanchor.errors import ConfigError
+
+log = logging.getLogger(__name__)
+
+METRICS_NAME = "detector_metrics.json"
+VAL_FRACTION = 0.1  # share of the train split held out for early stopping when the store has no val split
+
+
+def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dsanchor.hallucination import DetectorConfig, DetectorTrainConfig, PopeConfig
+
+    p = sub.add_parser("hallucination", help="train / evaluate the object-hallucination detector (POPE)")
+    hsub = p.add_subparsers(dest="hallucination_command", metavar="ACTION", required=True)
+
+    t = hsub.add_parser("train", help="train the detector on annotated objects and POPE-style negatives")
+    t.add_argument("--features", required=True, help="feature store written by `dsanchor extract`")
+    t.add_argument("--out", required=True, help="run directory for the detector")
+    add_common(t)
+    add_config_args(t, DetectorConfig, skip=("coarse_dim", "region_dim", "text_dim"))
+    add_config_args(t, DetectorTrainConfig)
+    add_config_args(t, PopeConfig, prefix="pope_")
+    t.set_defaults(func=run_train)
+
+    e = hsub.add_parser("eval", help="POPE accuracy, precision, recall, F1 and yes-ratio of a trained detector")
+    e.add_argument("--features", required=True, help="feature store written by `dsanchor extract`")
+    e.add_argument("--detector", required=True, help="directory written by `dsanchor hallucination train`")
+    e.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="images to ask about")
+    e.add_argument("--out", default=None, help="write the POPE numbers to this JSON file")
+    add_common(e)
+    add_config_args(e, PopeConfig, prefix="pope_")
+    e.set_defaults(func=run_eval)
+
+
+def format_pope(results: dict[str, dict[str, float]]) -> str:
+    """A POPE table, one row per sampling."""
+    keys = ("accuracy", "precision", "recall", "f1", "yes_ratio")
+    lines = [f"{'sampling':<12}" + "".join(f"{k:>10}" for k in keys) + f"{'n':>7}"]
+    for s, m in results.items():
+        lines.append(f"{s:<12}" + "".join(f"{m[k]:>10.3f}" for k in keys) + f"{int(m['n']):>7}")
+    return "\n".join(lines)
+
+
+def _vocabulary(store):
+    from dsanchor.hallucination import ObjectVocabulary
+
+    names, embeddings = store.object_vocabulary()
+    return ObjectVocabulary(list(names), embeddings)
+
+
+def run_train(args: argparse.Namespace) -> int:
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.hallucination import (
+        DetectorConfig,
+        DetectorTrainConfig,
+        PopeConfig,
+        dataset_stats,
+        evaluate_pope,
+        holdout,
+        train_detector,
+    )
+
+    set_threads(args)
+    y = yaml_of(args)
+    cfg = resolve_config(DetectorConfig, args, y, section="detector")
+    train_cfg = resolve_config(DetectorTrainConfig, args, y, section="detector_train")
+    pope = resolve_config(PopeConfig, args, y, prefix="pope_", section="pope")
+    store = FeatureStore(args.features)
+    d = store.dims
+    cfg = dataclasses.replace(cfg, coarse_dim=d["coarse"], region_dim=d["region"], text_dim=d["text"])
+    vocab = _vocabulary(store)
+    train, val, test = store.images("train"), store.images("val"), store.images("test")
+    if len(train) == 0:
+        raise ConfigError(f"{args.features}: the store has no train images; extract a dataset with splits")
+    if not any(val.objects):
+        log.warning("no val images with objects; holding out %.0f%% of train for early stopping", 100 * VAL_FRACTION)
+        train, val = holdout(train, VAL_FRACTION, train_cfg.seed)
+    detector, info = train_detector(train, val, vocab, cfg, train_cfg, pope)
+    detector.save_pretrained(args.out)
+    save_resolved(args.out, detector=detector.config, detector_train=train_cfg, pope=pope,
+                  features=str(args.features))
+    stats = dataset_stats(vocab, train, val, test)
+    info = {"train_time_s": info.pop("train_time_s"), "val": evaluate_pope(detector, val, vocab, stats, pope),
+            **({"test": evaluate_pope(detector, test, vocab, stats, pope)} if any(test.objects) else {}),
+            "n_images": {"train": len(train), "val": len(val), "test": len(test)},
+            "vocabulary_size": len(vocab.names), **info}
+    write_json(f"{args.out}/{METRICS_NAME}", info)
+    print(f"detector saved to {args.out} ({info['train_time_s']:.1f}s, best epoch {info['best_epoch']})")
+    for split in ("val", "test"):
+        if split in info:
+            print(f"POPE on {split} ({len(val) if split == 'val' else len(test)} images):")
+            print(format_pope(info[split]))
+    return 0
+
+
+def run_eval(args: argparse.Namespace) -> int:
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.hallucination import HallucinationDetector, PopeConfig, dataset_stats, evaluate_pope
+
+    set_threads(args)
+    pope = resolve_config(PopeConfig, args, yaml_of(args), prefix="pope_", section="pope")
+    store = FeatureStore(args.features)
+    detector = HallucinationDetector.from_pretrained(args.detector)
+    vocab = _vocabulary(store)
+    if vocab.embeddings.shape[1] != detector.config.text_dim:
+        raise ConfigError(f"{args.detector}: the detector expects {detector.config.text_dim}-d phrase embeddings "
+                          f"but {args.features} has {vocab.embeddings.shape[1]}-d; use features of the same encoder")
+    images = store.images(None if args.split == "all" else args.split)
+    if not any(images.objects):
+        raise ConfigError(f"{args.features}: no {args.split} images with ground-truth objects to ask about")
+    every = [o for i in range(store.num_shards) for o in store.shard_strings(i)["objects"]]  # (N,) all splits
+    results = evaluate_pope(detector, images, vocab, dataset_stats(vocab, every), pope)
+    print(f"POPE on {args.split} ({len(images)} images):")
+    print(format_pope(results))
+    if args.out:
+        write_json(args.out, {"split": args.split, "features": str(args.features), "pope": results})
+    return 0
