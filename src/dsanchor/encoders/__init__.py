@@ -1,0 +1,79 @@
+"""Encoders: images -> coarse + region vectors, texts -> vectors (DESIGN.md "Encoders").
+
+``create_encoder(name, **config)`` builds a backend by name; ``list_encoders()`` names them. Backend
+modules import their heavy libraries (transformers, sentence-transformers) only when a backend is
+built, so importing this package is cheap.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from dsanchor.config import config_from_dict
+from dsanchor.encoders.base import EncoderBackend, EncoderConfig, EncoderDims, ImageEncoding, pool_coarse
+from dsanchor.encoders.clip import CLIPEncoder, CLIPEncoderConfig, save_tiny_clip
+from dsanchor.encoders.effnet_minilm import EffnetMiniLMConfig, EffnetMiniLMEncoder
+from dsanchor.encoders.regions import RegionConfig, propose_boxes, roi_align, roi_vectors, sample_boxes
+from dsanchor.encoders.transforms import ImageTransform, load_rgb
+
+__all__ = [
+    "CLIPEncoder",
+    "CLIPEncoderConfig",
+    "DEFAULT_ENCODER",
+    "EffnetMiniLMConfig",
+    "EffnetMiniLMEncoder",
+    "EncoderBackend",
+    "EncoderConfig",
+    "EncoderDims",
+    "ImageEncoding",
+    "ImageTransform",
+    "RegionConfig",
+    "create_encoder",
+    "encoder_config_class",
+    "list_encoders",
+    "load_rgb",
+    "pool_coarse",
+    "propose_boxes",
+    "roi_align",
+    "roi_vectors",
+    "sample_boxes",
+    "save_tiny_clip",
+]
+
+DEFAULT_ENCODER = "effnet-minilm"
+
+_ENCODERS: dict[str, type[EncoderBackend]] = {
+    EffnetMiniLMEncoder.name: EffnetMiniLMEncoder,
+    CLIPEncoder.name: CLIPEncoder,
+}
+
+
+def list_encoders() -> list[str]:
+    """Names of the registered encoder backends, default first."""
+    return list(_ENCODERS)
+
+
+def _backend(name: str) -> type[EncoderBackend]:
+    if name not in _ENCODERS:
+        raise ValueError(f"unknown encoder {name!r}; valid encoders are: {', '.join(_ENCODERS)}")
+    return _ENCODERS[name]
+
+
+def encoder_config_class(name: str) -> type[EncoderConfig]:
+    """The config dataclass of backend ``name``."""
+    return _backend(name).config_class
+
+
+def create_encoder(name: str = DEFAULT_ENCODER, config: EncoderConfig | None = None,
+                   **overrides: Any) -> EncoderBackend:
+    """Build encoder backend ``name`` from its config, or from keyword overrides of its defaults.
+
+    Example:
+        ``create_encoder("clip", model_path="weights/clip-vit-b32", coarse_layer=4)``
+    """
+    cls = _backend(name)
+    if config is None:
+        config = config_from_dict(cls.config_class, overrides, where=f"encoder {name}")
+    elif overrides:
+        raise ValueError("pass either a config or keyword overrides, not both")
+    return cls(config)
