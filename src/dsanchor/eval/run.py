@@ -49,7 +49,7 @@ class RetrievalEval:
 def timing_per_query(view: SplitView, heads: AlignmentHeads, controller: GranularityController | None,
                      state: StateConfig, repeats: int = 3) -> dict[str, float]:
     """Milliseconds per text query to score the whole test gallery, for each kind of method."""
-    s = float(heads.pool_s)
+    s = heads.pool_s.item()
     q = len(view.texts)
 
     def best_of(fn) -> float:
@@ -74,7 +74,7 @@ def timing_per_query(view: SplitView, heads: AlignmentHeads, controller: Granula
 def _two_stage(view: SplitView, heads: AlignmentHeads, g: MethodG, config: EvalConfig) -> dict:
     ks = config.ks
     exact = recall_at_k(anchored_scores(view.terms, g.t2i.view(-1, 1)), view.positives, ks)
-    two = recall_at_k(two_stage_scores(view.text, view.joint, float(heads.pool_s), g.t2i, config.two_stage_m),
+    two = recall_at_k(two_stage_scores(view.text, view.joint, heads.pool_s.item(), g.t2i, config.two_stage_m),
                       view.positives, ks)
     return {"M": config.two_stage_m, "exact": exact, "two_stage": two,
             "loss": {k: exact[k] - two[k] for k in exact}}

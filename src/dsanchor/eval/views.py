@@ -40,7 +40,7 @@ def prepare_view(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatur
     heads.eval()
     joint = embed_images(heads, images)
     text = heads.encode_text(texts.embeddings.float())
-    s = float(heads.pool_s)
+    s = heads.pool_s.item()
     terms = pair_terms(text, joint, s)
     return SplitView(
         images=images, texts=texts, joint=joint, text=text, terms=terms,

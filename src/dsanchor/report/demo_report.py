@@ -119,7 +119,7 @@ def _examples(store, texts, images, g_t2i: torch.Tensor, seed_dir: Path, per_kin
     heads = AlignmentHeads.from_pretrained(seed_dir / "heads")
     with torch.no_grad():
         t = heads.encode_text(texts.embeddings.float())
-        terms = pair_terms(t, embed_images(heads, images), float(heads.pool_s))
+        terms = pair_terms(t, embed_images(heads, images), heads.pool_s.item())
         scores = anchored_scores(terms, g_t2i.view(-1, 1))
     root = Path(store.manifest["source"]["root"])
     paths = store.image_paths("test")

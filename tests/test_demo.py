@@ -1,0 +1,54 @@
+"""End-to-end smoke test of `dsanchor demo` on a few synthetic scenes, and the results.json helpers."""
+
+import json
+
+import pytest
+
+from dsanchor.cli import main
+from dsanchor.report.results import METHOD_ORDER, build_results, main_table, merge_seeds
+
+TINY = ["--scenes", "60", "--align-epochs", "2", "--detector-epochs", "2", "--tune-trials", "2",
+        "--tune-timesteps", "512", "--ppo-timesteps", "1024", "--caption-steps", "20",
+        "--caption-ppo-timesteps", "512", "--workers", "0", "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_demo_end_to_end_and_reuse(tmp_path, capsys):
+    out = tmp_path / "demo"
+    assert main(["demo", "--out", str(out), *TINY]) == 0
+    res = json.loads((out / "results.json").read_text())
+    assert set(res["methods"]) == set(METHOD_ORDER)  # every row filled
+    for name, row in res["methods"].items():
+        for direction in ("t2i", "i2t"):
+            assert all(0.0 <= row[direction][k] <= 1.0 for k in ("R@1", "R@5", "R@10"))
+        assert row["t2i"]["R@1"] <= row["t2i"]["R@5"] <= row["t2i"]["R@10"]
+        assert {"BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s"} <= set(row), name
+        assert set(row["by_granularity"]) <= {"scene", "object", "relation"}
+    assert res["methods"]["oracle"]["t2i"]["R@10"] >= res["methods"]["fixed_best"]["t2i"]["R@10"]
+    assert set(res["pope"]) == {"random", "popular", "adversarial"}
+    assert {"synth", "extract", "align", "detector", "tune", "ppo", "caption", "eval", "total"} <= set(res["timing_s"])
+    report = (out / "report.md").read_text()
+    assert "| dsa_ppo |" in report and "oracle (upper bound)" in report
+    for png in ("g_by_granularity.png", "recall_vs_g.png", "ppo_curve.png", "examples.png"):
+        assert (out / png).stat().st_size > 1000
+    capsys.readouterr()
+    assert main(["demo", "--out", str(out), *TINY]) == 0  # a rerun reuses every stage
+    assert capsys.readouterr().out.count("reused") == 8
+
+
+def _row(r10):
+    return {"t2i": {"R@1": r10 / 2, "R@5": r10, "R@10": r10}, "i2t": {"R@1": 0.1, "R@5": 0.2, "R@10": 0.3},
+            "by_granularity": {"scene": {"t2i_R@10": r10, "mean_g": 0.2}}, "ms_per_query": 0.01}
+
+
+def test_merge_seeds_means_and_stds():
+    a = build_results("synth", "test", 10, 50, [0], {"coarse": _row(0.2), "fine": _row(0.4)})
+    b = build_results("synth", "test", 10, 50, [1], {"coarse": _row(0.4), "fine": _row(0.4)})
+    m = merge_seeds([a, b])
+    assert m["seeds"] == [0, 1] and m["n_images"] == 10 and "n_images_std" not in m
+    assert m["methods"]["coarse"]["t2i"]["R@10"] == pytest.approx(0.3)
+    assert m["methods"]["coarse"]["t2i"]["R@10_std"] == pytest.approx(0.1)
+    assert m["methods"]["fine"]["t2i"]["R@10_std"] == pytest.approx(0.0)
+    assert "gate_grad" not in m["methods"]  # a method that did not run is absent, not zero
+    table = main_table(m)
+    assert "0.300 ± 0.100" in table and "gate_grad" not in table
