@@ -39,8 +39,16 @@ from dsanchor.encoders.base import EncoderBackend
 from dsanchor.encoders.regions import RegionConfig, pad_boxes, sample_boxes
 from dsanchor.encoders.transforms import ImageTransform, load_rgb
 from dsanchor.errors import ConfigError, DataError
-from dsanchor.features.store import (FORMAT_VERSION, OBJECTS_NAMES, OBJECTS_TENSORS, TIMING, ShardData, StoreWriter,
-                                     atomic_write_bytes, atomic_write_text)
+from dsanchor.features.store import (
+    FORMAT_VERSION,
+    OBJECTS_NAMES,
+    OBJECTS_TENSORS,
+    TIMING,
+    ShardData,
+    StoreWriter,
+    atomic_write_bytes,
+    atomic_write_text,
+)
 from dsanchor.features.types import GRANULARITY_CODES
 
 __all__ = ["ExtractConfig", "ExtractResult", "ImageBoxDataset", "TextCache", "build_plan", "extract_features",
