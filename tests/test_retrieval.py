@@ -64,3 +64,11 @@ def test_two_stage_equals_exact_when_m_covers_gallery():
     two2 = two_stage_scores(text, img, 5.0, g, m=2)
     top2 = terms.coarse.topk(2, dim=1).indices
     assert torch.equal(two2.topk(2, dim=1).indices.sort(1).values, top2.sort(1).values)
+
+
+def test_precomputed_gallery_gives_same_terms():
+    text, img = _toy()
+    plain = pair_terms(text, img, 6.0)
+    cached = pair_terms(text, JointFeatures(img.coarse, img.regions, img.mask).precompute(), 6.0)
+    for a, b in zip(plain, cached, strict=True):
+        assert torch.allclose(a, b, atol=1e-6)

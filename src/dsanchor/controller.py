@@ -55,7 +55,7 @@ class GranularityController(nn.Module):
         self.config = config
         dims = [config.state_dim] + [config.hidden] * config.layers
         blocks: list[nn.Module] = []
-        for d_in, d_out in zip(dims[:-1], dims[1:]):
+        for d_in, d_out in zip(dims[:-1], dims[1:], strict=False):
             blocks += [nn.Linear(d_in, d_out), nn.Tanh()]
         self.body = nn.Sequential(*blocks)
         n_out = 1 if config.distribution == "gaussian" else 2

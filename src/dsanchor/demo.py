@@ -29,8 +29,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import torch
-
 __all__ = ["DemoConfig", "run_demo"]
 
 
@@ -93,8 +91,16 @@ def _quiet_progress() -> None:
 
 def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
     """Run every stage and write results.json, report.md and the plots. Returns the merged results."""
-    from dsanchor.demo_stages import (caption_stage, detector_stage, eval_stage, extract_stage, heads_stage,
-                                      ppo_stage, synth_stage, tune_stage)
+    from dsanchor.demo_stages import (
+        caption_stage,
+        detector_stage,
+        eval_stage,
+        extract_stage,
+        heads_stage,
+        ppo_stage,
+        synth_stage,
+        tune_stage,
+    )
     from dsanchor.report.demo_report import write_report
     from dsanchor.report.results import merge_seeds
 
@@ -121,16 +127,16 @@ def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
                    lambda d, s=seed: detector_stage(out / "features", d, config, s), "detector")
         tune_key = {**heads_key, **det_key, "trials": cfg["tune_trials"], "steps": cfg["tune_timesteps"]}
         stages.run(f"tune alpha, beta (seed {seed})", sd / "tune", tune_key,
-                   lambda d, s=seed: tune_stage(out / "features", sd, d, config, s), "tune")
+                   lambda d, s=seed, sd=sd: tune_stage(out / "features", sd, d, config, s), "tune")
         ppo_key = {**tune_key, "steps": cfg["ppo_timesteps"]}
         stages.run(f"PPO controller (seed {seed})", sd / "ppo", ppo_key,
-                   lambda d, s=seed: ppo_stage(out / "features", sd, d, config, s), "ppo")
+                   lambda d, s=seed, sd=sd: ppo_stage(out / "features", sd, d, config, s), "ppo")
         cap_key = {**heads_key, **det_key, "steps": cfg["caption_steps"], "ppo_steps": cfg["caption_ppo_timesteps"]}
         stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
-                   lambda d, s=seed: caption_stage(out / "features", sd, d, config, s), "caption")
+                   lambda d, s=seed, sd=sd: caption_stage(out / "features", sd, d, config, s), "caption")
         eval_key = {**ppo_key, **cap_key}
         stages.run(f"evaluate (seed {seed})", sd / "eval", eval_key,
-                   lambda d, s=seed: eval_stage(out / "features", sd, d, config, s), "eval")
+                   lambda d, s=seed, sd=sd: eval_stage(out / "features", sd, d, config, s), "eval")
         per_seed.append(json.loads((sd / "eval" / "results.json").read_text()))
     times = {k: round(v, 2) for k, v in stages.times.items()}
     times["total"] = round(sum(times.values()), 2)  # every stage's own time, reused ones included

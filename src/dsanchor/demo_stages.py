@@ -64,8 +64,14 @@ def heads_stage(features: Path, out: Path, config, seed: int) -> None:
 
 
 def detector_stage(features: Path, out: Path, config, seed: int) -> None:
-    from dsanchor.hallucination import (DetectorConfig, DetectorTrainConfig, PopeConfig,
-                                        dataset_stats, evaluate_pope, train_detector)
+    from dsanchor.hallucination import (
+        DetectorConfig,
+        DetectorTrainConfig,
+        PopeConfig,
+        dataset_stats,
+        evaluate_pope,
+        train_detector,
+    )
 
     store = _store(features)
     vocab = store.object_vocabulary()
@@ -135,9 +141,19 @@ def ppo_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> N
 
 
 def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> None:
-    from dsanchor.captioning import (CaptionGateConfig, CaptionRLConfig, CaptionTrainConfig, DecodeConfig,
-                                     DecoderConfig, VocabConfig, Vocabulary, evaluate_captioning,
-                                     fit_caption_methods, prepare_caption_split, train_decoder)
+    from dsanchor.captioning import (
+        CaptionGateConfig,
+        CaptionRLConfig,
+        CaptionTrainConfig,
+        DecodeConfig,
+        DecoderConfig,
+        VocabConfig,
+        Vocabulary,
+        evaluate_captioning,
+        fit_caption_methods,
+        prepare_caption_split,
+        train_decoder,
+    )
     from dsanchor.captioning.controller import DetectorHallucination
     from dsanchor.experiment import guess_vocabulary
 

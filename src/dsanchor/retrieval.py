@@ -62,8 +62,9 @@ def pair_terms(text: torch.Tensor, images: JointFeatures, pool_s: float, chunk: 
 
     Differentiable; wrap it in ``torch.no_grad()`` for evaluation.
     """
-    gram = torch.einsum("nrd,nkd->nrk", images.regions, images.regions)  # (N, R, R)
-    rc = torch.einsum("nrd,nd->nr", images.regions, images.coarse)  # (N, R)
+    gram = images.gram if images.gram is not None else \
+        torch.einsum("nrd,nkd->nrk", images.regions, images.regions)  # (N, R, R)
+    rc = images.rc if images.rc is not None else torch.einsum("nrd,nd->nr", images.regions, images.coarse)  # (N, R)
     n_valid = images.mask.sum(-1).clamp_min(2).float()  # (N,)
     out = []
     for start in range(0, text.shape[0], chunk):
@@ -74,7 +75,7 @@ def pair_terms(text: torch.Tensor, images: JointFeatures, pool_s: float, chunk: 
         pc = (w * rc.unsqueeze(0)).sum(-1)  # (t, N)
         ent = -(w * w.clamp_min(1e-12).log()).sum(-1) / n_valid.log()  # (t, N)
         out.append((t @ images.coarse.T, tp / norm_p, pc / norm_p, ent))
-    return PairTerms(*(torch.cat(parts) for parts in zip(*out)))
+    return PairTerms(*(torch.cat(parts) for parts in zip(*out, strict=False)))
 
 
 def anchored_scores(terms: PairTerms, g: torch.Tensor | float) -> torch.Tensor:
@@ -150,7 +151,10 @@ def two_stage_scores(text: torch.Tensor, images: JointFeatures, pool_s: float, g
     out = coarse - 4.0  # non-candidates: below every cosine, in coarse order
     g_t = torch.as_tensor(g, dtype=text.dtype)
     for q in range(text.shape[0]):
-        sub = JointFeatures(images.coarse[top[q]], images.regions[top[q]], images.mask[top[q]])
+        sel = top[q]
+        gram = None if images.gram is None else images.gram[sel]
+        rc = None if images.rc is None else images.rc[sel]
+        sub = JointFeatures(images.coarse[sel], images.regions[sel], images.mask[sel], gram, rc)
         terms = pair_terms(text[q:q + 1], sub, pool_s)
         gq = g_t if g_t.dim() == 0 else g_t[q]
         out[q, top[q]] = anchored_scores(terms, gq)[0]

@@ -56,6 +56,15 @@ class JointFeatures:
     coarse: torch.Tensor  # (N, D)
     regions: torch.Tensor  # (N, R, D), zero where masked
     mask: torch.Tensor  # (N, R) bool
+    gram: torch.Tensor | None = None  # (N, R, R) region-region products, cached by precompute()
+    rc: torch.Tensor | None = None  # (N, R) region-scene products, cached by precompute()
+
+    def precompute(self) -> JointFeatures:
+        """Cache the per-image products that every query reuses (for a gallery scored many times)."""
+        with torch.no_grad():
+            self.gram = torch.einsum("nrd,nkd->nrk", self.regions, self.regions)  # (N, R, R)
+            self.rc = torch.einsum("nrd,nd->nr", self.regions, self.coarse)  # (N, R)
+        return self
 
 
 class AlignmentHeads(nn.Module):

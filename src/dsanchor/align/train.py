@@ -13,7 +13,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from torch.nn import functional as F
 from tqdm.auto import tqdm
 
 from dsanchor.align.heads import AlignConfig, AlignmentHeads, JointFeatures
@@ -103,7 +102,7 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
     opt = torch.optim.AdamW(heads.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     gen = torch.Generator().manual_seed(train.seed)
     captions_of: dict[int, set[str]] = {}
-    for c, iid in zip(texts.captions, texts.image_ids.tolist()):
+    for c, iid in zip(texts.captions, texts.image_ids.tolist(), strict=False):
         captions_of.setdefault(iid, set()).add(c)
     id_to_row = {iid: r for r, iid in enumerate(images.image_ids.tolist())}
     best, best_state, bad, history = -1.0, None, 0, []

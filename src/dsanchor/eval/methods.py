@@ -15,11 +15,11 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 
 import torch
-from dsanchor.metrics.retrieval import median_rank, ranks_of_first_positive, recall_at_k
 
 from dsanchor.controller import GranularityController
 from dsanchor.eval.views import SplitView
 from dsanchor.features.types import GRANULARITY_CODES
+from dsanchor.metrics.retrieval import median_rank, ranks_of_first_positive, recall_at_k
 from dsanchor.retrieval import anchored_scores
 
 __all__ = ["EvalConfig", "MethodG", "g_grid", "retrieval_metrics", "fixed_g", "controller_g", "oracle_g",
@@ -67,7 +67,7 @@ def _ranks(view: SplitView, g: MethodG) -> tuple[torch.Tensor, torch.Tensor]:
 def oracle_g(view: SplitView, grid: int) -> MethodG:
     """Per query, the grid g with the best rank of its first positive (ties: the g closest to 0.5)."""
     gs = g_grid(grid)
-    ranks_t, ranks_i = zip(*(_ranks(view, fixed_g(view, float(g))) for g in gs))
+    ranks_t, ranks_i = zip(*(_ranks(view, fixed_g(view, float(g))) for g in gs), strict=False)
     tie = (gs - 0.5).abs() * 1e-3  # prefer central g among equal ranks
     best_t = (torch.stack(ranks_t, 1).float() + tie).argmin(1)  # (T,)
     best_i = (torch.stack(ranks_i, 1).float() + tie).argmin(1)  # (N,)

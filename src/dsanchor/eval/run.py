@@ -7,7 +7,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from dsanchor.metrics.retrieval import recall_at_k
 
 from dsanchor.align.heads import AlignmentHeads
 from dsanchor.controller import ControllerConfig, GranularityController
@@ -25,6 +24,7 @@ from dsanchor.eval.views import SplitView, prepare_view
 from dsanchor.experiment import guess_vocabulary, hallucination_matrices, hallucination_rates
 from dsanchor.features.store import FeatureStore
 from dsanchor.gate import GateConfig, train_gate
+from dsanchor.metrics.retrieval import recall_at_k
 from dsanchor.retrieval import anchored_scores, pair_terms, two_stage_scores
 from dsanchor.state import StateConfig, text_to_image_states
 

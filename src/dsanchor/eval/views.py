@@ -38,7 +38,7 @@ class SplitView:
 def prepare_view(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatures,
                  state: StateConfig) -> SplitView:
     heads.eval()
-    joint = embed_images(heads, images)
+    joint = embed_images(heads, images).precompute()  # the gallery is scored by every query
     text = heads.encode_text(texts.embeddings.float())
     s = heads.pool_s.item()
     terms = pair_terms(text, joint, s)

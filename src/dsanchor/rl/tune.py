@@ -78,6 +78,7 @@ def run_parallel(make_objective: Callable[[], Callable[[RewardConfig], float]], 
     ``make_objective`` must be picklable (a module-level function or a functools.partial of one); each
     worker builds its own objective.
     """
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
     optuna.create_study(study_name=config.study_name, storage=config.storage, direction="maximize",
                         load_if_exists=True)
     per = [config.trials // config.workers + (i < config.trials % config.workers) for i in range(config.workers)]
