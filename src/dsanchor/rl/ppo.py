@@ -36,12 +36,12 @@ log = logging.getLogger(__name__)
 
 @dataclass
 class PPOConfig:
-    timesteps: int = field(default=20_000, metadata={"help": "total environment steps"})
+    timesteps: int = field(default=65_536, metadata={"help": "total environment steps"})
     n_envs: int = field(default=8, metadata={"help": "vectorised environments"})
-    n_steps: int = field(default=256, metadata={"help": "steps per environment per rollout"})
+    n_steps: int = field(default=128, metadata={"help": "steps per environment per rollout"})
     batch_size: int = field(default=256, metadata={"help": "PPO minibatch size"})
     n_epochs: int = field(default=10, metadata={"help": "PPO epochs per rollout"})
-    learning_rate: float = field(default=3e-4, metadata={"help": "Adam learning rate"})
+    learning_rate: float = field(default=1e-3, metadata={"help": "Adam learning rate"})
     ent_coef: float = field(default=0.0, metadata={"help": "entropy bonus"})
     clip_range: float = field(default=0.2, metadata={"help": "PPO clip range"})
     hidden: int = field(default=64, metadata={"help": "width of the policy and value MLPs"})
