@@ -52,3 +52,10 @@ def test_merge_seeds_means_and_stds():
     assert "gate_grad" not in m["methods"]  # a method that did not run is absent, not zero
     table = main_table(m)
     assert "0.300 ± 0.100" in table and "gate_grad" not in table
+
+
+def test_caption_g_does_not_overwrite_retrieval_g():
+    ret = {"fixed_best": {**_row(0.3), "g": 0.45}}
+    cap = {"fixed_best": {"BLEU-4": 0.3, "CIDEr": 0.5, "CHAIR_i": 0.1, "CHAIR_s": 0.2, "g": 0.1, "mean_g": 0.1}}
+    row = build_results("synth", "test", 1, 5, [0], ret, cap)["methods"]["fixed_best"]
+    assert row["g"] == 0.45 and row["caption_g"] == 0.1 and row["caption_mean_g"] == 0.1 and row["CIDEr"] == 0.5

@@ -17,10 +17,8 @@ def build_results(dataset: str, split: str, n_images: int, n_captions: int, seed
     methods: dict[str, dict] = {}
     for name in METHOD_ORDER:
         row = dict(retrieval.get(name, {}))
-        if captioning and name in captioning:
-            row.update({k: v for k, v in captioning[name].items() if k != "mean_g"})
-            if "mean_g" in captioning[name]:
-                row["caption_mean_g"] = captioning[name]["mean_g"]
+        if captioning and name in captioning:  # g and mean_g of captioning get a caption_ prefix
+            row.update({(f"caption_{k}" if k in ("g", "mean_g") else k): v for k, v in captioning[name].items()})
         if row:
             methods[name] = row
     out: dict[str, Any] = {"dataset": dataset, "split": split, "n_images": n_images, "n_captions": n_captions,
