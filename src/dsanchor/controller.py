@@ -17,16 +17,13 @@ Saved as safetensors + JSON config (``save_pretrained`` / ``from_pretrained``); 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 
-from dsanchor.config import config_from_dict, config_to_dict
-from dsanchor.errors import ConfigError, DataError
+from dsanchor.checkpoint import PretrainedMixin
+from dsanchor.errors import ConfigError
 
 __all__ = ["ControllerConfig", "GranularityController"]
 
@@ -43,8 +40,14 @@ class ControllerConfig:
     init_log_std: float = field(default=-0.5, metadata={"help": "initial log std of the gaussian head"})
 
 
-class GranularityController(nn.Module):
+class GranularityController(PretrainedMixin, nn.Module):
     """MLP policy over the granularity g (DESIGN.md "Controller")."""
+
+    config_class = ControllerConfig
+    config_name = CONFIG_NAME
+    weights_name = WEIGHTS_NAME
+    display_name = "controller"
+    made_by = "dsanchor train"
 
     def __init__(self, config: ControllerConfig):
         super().__init__()
@@ -93,21 +96,3 @@ class GranularityController(nn.Module):
             conc = 1.0 + nn.functional.softplus(out)
             return conc[:, 0] / conc.sum(dim=1)
         return (out[:, 0].clamp(-1.0, 1.0) + 1.0) / 2.0
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_NAME))
-        (out / CONFIG_NAME).write_text(json.dumps(config_to_dict(self.config), indent=2))
-        return out
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> GranularityController:
-        p = Path(path)
-        if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
-            raise DataError(p, f"not a saved controller: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
-                               "(write one with `dsanchor train`)")
-        cfg = config_from_dict(ControllerConfig, json.loads((p / CONFIG_NAME).read_text()), where=str(p / CONFIG_NAME))
-        model = cls(cfg)
-        model.load_state_dict(load_file(str(p / WEIGHTS_NAME)))
-        return model.eval()

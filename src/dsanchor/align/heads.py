@@ -13,19 +13,15 @@ with their normalised box (x, y, w, h, area), so relations such as "left of" are
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from dsanchor.config import config_from_dict, config_to_dict
-from dsanchor.errors import DataError
+from dsanchor.checkpoint import PretrainedMixin
 
-__all__ = ["AlignConfig", "AlignmentHeads", "JointFeatures"]
+__all__ = ["AlignConfig", "AlignmentHeads", "JointFeatures", "projection_mlp", "BOX_FEATS"]
 
 CONFIG_NAME = "heads_config.json"
 WEIGHTS_NAME = "heads.safetensors"
@@ -44,7 +40,8 @@ class AlignConfig:
     init_pool_scale: float = field(default=10.0, metadata={"help": "initial scale s of the attention-pool softmax"})
 
 
-def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
+def projection_mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
+    """LayerNorm -> Linear -> GELU -> Dropout -> Linear: the projection used by the heads and the detector."""
     return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout),
                          nn.Linear(hidden, d_out))
 
@@ -67,16 +64,22 @@ class JointFeatures:
         return self
 
 
-class AlignmentHeads(nn.Module):
+class AlignmentHeads(PretrainedMixin, nn.Module):
     """Projection heads for coarse, regions and text (see module docstring)."""
+
+    config_class = AlignConfig
+    config_name = CONFIG_NAME
+    weights_name = WEIGHTS_NAME
+    display_name = "alignment-heads run"
+    made_by = "dsanchor align"
 
     def __init__(self, config: AlignConfig):
         super().__init__()
         self.config = config
         c = config
-        self.coarse_proj = _mlp(c.coarse_dim, c.hidden, c.dim, c.dropout)
-        self.region_proj = _mlp(c.region_dim + BOX_FEATS, c.hidden, c.dim, c.dropout)
-        self.text_proj = _mlp(c.text_dim, c.hidden, c.dim, c.dropout)
+        self.coarse_proj = projection_mlp(c.coarse_dim, c.hidden, c.dim, c.dropout)
+        self.region_proj = projection_mlp(c.region_dim + BOX_FEATS, c.hidden, c.dim, c.dropout)
+        self.text_proj = projection_mlp(c.text_dim, c.hidden, c.dim, c.dropout)
         self.logit_scale = nn.Parameter(torch.tensor(1.0 / c.init_temperature).log())
         self.pool_scale = nn.Parameter(torch.tensor(float(c.init_pool_scale)).log())
 
@@ -97,21 +100,3 @@ class AlignmentHeads(nn.Module):
     @property
     def pool_s(self) -> torch.Tensor:
         return self.pool_scale.exp()
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_NAME))
-        (out / CONFIG_NAME).write_text(json.dumps(config_to_dict(self.config), indent=2))
-        return out
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> AlignmentHeads:
-        p = Path(path)
-        if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
-            raise DataError(p, f"not a saved alignment-heads run: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
-                               "(train one with `dsanchor align`)")
-        cfg = config_from_dict(AlignConfig, json.loads((p / CONFIG_NAME).read_text()), where=str(p / CONFIG_NAME))
-        model = cls(cfg)
-        model.load_state_dict(load_file(str(p / WEIGHTS_NAME)))
-        return model.eval()

@@ -17,24 +17,22 @@ Saved as safetensors + JSON config (``save_pretrained`` / ``from_pretrained``); 
 
 from __future__ import annotations
 
-import json
 from dataclasses import dataclass, field
-from pathlib import Path
 
 import torch
-from safetensors.torch import load_file, save_file
 from torch import nn
 from torch.nn import functional as F
 
-from dsanchor.config import config_from_dict, config_to_dict
-from dsanchor.errors import ConfigError, DataError
+from dsanchor.align.heads import BOX_FEATS
+from dsanchor.align.heads import projection_mlp as _mlp
+from dsanchor.checkpoint import PretrainedMixin
+from dsanchor.errors import ConfigError
 from dsanchor.features.types import ImageFeatures, ObjectVocabulary
 
 __all__ = ["DetectorConfig", "HallucinationDetector", "ObjectVocabulary"]
 
 CONFIG_NAME = "detector_config.json"
 WEIGHTS_NAME = "detector.safetensors"
-BOX_FEATS = 5  # x, y, w, h, area
 
 
 @dataclass
@@ -49,13 +47,16 @@ class DetectorConfig:
     chunk_pairs: int = field(default=8192, metadata={"help": "image-phrase pairs scored at once (bounds memory)"})
 
 
-def _mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
-    return nn.Sequential(nn.LayerNorm(d_in), nn.Linear(d_in, hidden), nn.GELU(), nn.Dropout(dropout),
-                         nn.Linear(hidden, d_out))
 
 
-class HallucinationDetector(nn.Module):
+class HallucinationDetector(PretrainedMixin, nn.Module):
     """Object-presence classifier over stored image features (see module docstring; POPE, Li et al. 2023)."""
+
+    config_class = DetectorConfig
+    config_name = CONFIG_NAME
+    weights_name = WEIGHTS_NAME
+    display_name = "hallucination detector"
+    made_by = "dsanchor hallucination train"
 
     def __init__(self, config: DetectorConfig):
         super().__init__()
@@ -176,21 +177,3 @@ class HallucinationDetector(nn.Module):
             out[s:s + len(local)] = torch.sigmoid(logits).cpu()
         self.train(was_training)
         return out
-
-    def save_pretrained(self, path: str | Path) -> Path:
-        out = Path(path)
-        out.mkdir(parents=True, exist_ok=True)
-        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(out / WEIGHTS_NAME))
-        (out / CONFIG_NAME).write_text(json.dumps(config_to_dict(self.config), indent=2))
-        return out
-
-    @classmethod
-    def from_pretrained(cls, path: str | Path) -> HallucinationDetector:
-        p = Path(path)
-        if not (p / CONFIG_NAME).is_file() or not (p / WEIGHTS_NAME).is_file():
-            raise DataError(p, f"not a saved hallucination detector: expected {CONFIG_NAME} and {WEIGHTS_NAME} "
-                               "(train one with `dsanchor hallucination train`)")
-        cfg = config_from_dict(DetectorConfig, json.loads((p / CONFIG_NAME).read_text()), where=str(p / CONFIG_NAME))
-        model = cls(cfg)
-        model.load_state_dict(load_file(str(p / WEIGHTS_NAME)))
-        return model.eval()
