@@ -9,7 +9,7 @@ from dsanchor.config import add_config_args, resolve_config
 def add_parser(sub) -> None:
     from dsanchor.demo import DemoConfig
 
-    p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 10 minutes on 2 cores)")
+    p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 4 minutes on 2 idle cores)")
     p.add_argument("--out", default="runs/demo", help="output directory (rerun to reuse finished stages)")
     add_common(p)
     add_config_args(p, DemoConfig)
