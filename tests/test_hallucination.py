@@ -278,7 +278,7 @@ def test_cli_train_and_eval(tmp_path, monkeypatch, capsys):
     vocab = _vocab()
     _write_store(tmp_path / "feats", vocab)
     # the hand-made store has no encoder; give it the synthetic phrase embeddings as its object vocabulary
-    monkeypatch.setattr(FeatureStore, "object_vocabulary", lambda self: (vocab.names, vocab.embeddings))
+    monkeypatch.setattr(FeatureStore, "object_vocabulary", lambda self: vocab)
     run = tmp_path / "det"
     assert _cli(["hallucination", "train", "--features", str(tmp_path / "feats"), "--out", str(run),
                  "--epochs", "2", "--dim", "16", "--hidden", "32", "--pope-per-image", "2"]) == 0

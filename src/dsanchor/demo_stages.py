@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import dataclasses
 import functools
 import json
 from pathlib import Path
@@ -96,18 +95,6 @@ def _rl_inputs(features: Path, seed_dir: Path):
             HallucinationDetector.from_pretrained(seed_dir / "detector"))
 
 
-def _rl_view(store, heads, state, detector, images, texts):
-    from dsanchor.eval.views import prepare_view
-    from dsanchor.experiment import guess_vocabulary, hallucination_matrices
-
-    view = prepare_view(heads, images, texts, state)
-    return view, hallucination_matrices(view, guess_vocabulary(images), detector, _vocab(store))
-
-
-def _vocab(store):
-    return store.object_vocabulary()
-
-
 def _ppo(config, seed: int, steps: int):
     from dsanchor.rl.ppo import PPOConfig
 
@@ -115,13 +102,13 @@ def _ppo(config, seed: int, steps: int):
 
 
 def tune_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> None:
-    from dsanchor.experiment import split_halves, subset, tune_objective
+    from dsanchor.experiment import rl_view, split_halves, subset, tune_objective
     from dsanchor.rl.reward import AccuracyConfig
     from dsanchor.rl.tune import TuneConfig, best_reward, run_parallel, write_best
 
     store, heads, state, det = _rl_inputs(features, seed_dir)
     images, texts = store.images("val"), store.texts("val")
-    halves = [_rl_view(store, heads, state, det, *subset(images, texts, keep)) for keep in split_halves(images, seed)]
+    halves = [rl_view(store, heads, state, det, *subset(images, texts, keep)) for keep in split_halves(images, seed)]
     cfg = TuneConfig(trials=config.tune_trials, workers=config.tune_workers, seed=seed,
                      storage=f"sqlite:///{(out / 'study.db').resolve()}", study_name=f"demo-seed{seed}")
     make = functools.partial(tune_objective, halves[0], halves[1], AccuracyConfig(**ACCURACY),
@@ -131,12 +118,12 @@ def tune_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> 
 
 
 def ppo_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> None:
-    from dsanchor.experiment import train_retrieval_controller
+    from dsanchor.experiment import rl_view, train_retrieval_controller
     from dsanchor.rl.reward import AccuracyConfig
     from dsanchor.rl.tune import read_best
 
     store, heads, state, det = _rl_inputs(features, seed_dir)
-    view, hall = _rl_view(store, heads, state, det, store.images("val"), store.texts("val"))
+    view, hall = rl_view(store, heads, state, det, store.images("val"), store.texts("val"))
     reward = read_best(seed_dir / "tune")
     ppo = _ppo(config, seed, config.ppo_timesteps)
     save_resolved(out, reward=reward, ppo=ppo, accuracy=AccuracyConfig(**ACCURACY), state=state, split="val")
@@ -168,8 +155,8 @@ def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) 
     decoder, info = train_decoder(splits["train"][0], splits["val"][0], vocab, DecoderConfig(), train_cfg)
     decoder.save_pretrained(out / "decoder", vocab)
     vocabulary = guess_vocabulary(splits["test"][1])
-    hall = DetectorHallucination(det, splits["val"][1], _vocab(store), vocabulary)
-    ppo = dataclasses.replace(_ppo(config, seed, config.caption_ppo_timesteps))
+    hall = DetectorHallucination(det, splits["val"][1], store.object_vocabulary(), vocabulary)
+    ppo = _ppo(config, seed, config.caption_ppo_timesteps)
     decode = DecodeConfig()
     methods = fit_caption_methods(decoder, vocab, splits["val"][0], splits["test"][0], CaptionRLConfig(), ppo,
                                   CaptionGateConfig(seed=seed), decode, out, hall)

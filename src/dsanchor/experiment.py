@@ -20,7 +20,7 @@ from dsanchor.rl.env import RewardConfig
 from dsanchor.rl.ppo import PPOConfig, train_ppo
 from dsanchor.rl.reward import AccuracyConfig, RetrievalReward
 
-__all__ = ["HallMatrices", "guess_vocabulary", "subset", "split_halves", "hallucination_matrices",
+__all__ = ["HallMatrices", "guess_vocabulary", "rl_view", "subset", "split_halves", "hallucination_matrices",
            "hallucination_rates", "train_retrieval_controller", "tune_objective"]
 
 _SYNTH_NAME = re.compile(r"^(gray|red|blue|green|brown|purple|cyan|yellow) (cube|sphere|cylinder)$")
@@ -87,6 +87,20 @@ def hallucination_matrices(view: SplitView, vocabulary: str, detector=None, obje
             if shares is not None:
                 est[m] = shares
     return HallMatrices(gt, est, torch.tensor([bool(o) for o in named]))
+
+
+def rl_view(store, heads, state, detector, images: ImageFeatures, texts: TextFeatures):
+    """(view, hallucination matrices) of some images and their captions, for RL training or tuning.
+
+    Args:
+        store: the feature store (for the object vocabulary). heads: alignment heads. state: StateConfig.
+        detector: a hallucination detector, or None (then only the ground-truth matrix is filled).
+    """
+    from dsanchor.eval.views import prepare_view
+
+    view = prepare_view(heads, images, texts, state)
+    vocab = store.object_vocabulary() if detector is not None else None
+    return view, hallucination_matrices(view, guess_vocabulary(images), detector, vocab)
 
 
 @torch.no_grad()

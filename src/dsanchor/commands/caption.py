@@ -162,11 +162,10 @@ def _estimator(args: argparse.Namespace, store, images, vocabulary: str):
     if not args.detector:
         return None
     from dsanchor.captioning.controller import DetectorHallucination
-    from dsanchor.hallucination import HallucinationDetector, ObjectVocabulary
+    from dsanchor.hallucination import HallucinationDetector
 
-    names, embeddings = store.object_vocabulary()
     return DetectorHallucination(HallucinationDetector.from_pretrained(args.detector), images,
-                                 ObjectVocabulary(list(names), embeddings), vocabulary)
+                                 store.object_vocabulary(), vocabulary)
 
 
 def run_eval(args: argparse.Namespace) -> int:

@@ -58,13 +58,6 @@ def format_pope(results: dict[str, dict[str, float]]) -> str:
     return "\n".join(lines)
 
 
-def _vocabulary(store):
-    from dsanchor.hallucination import ObjectVocabulary
-
-    names, embeddings = store.object_vocabulary()
-    return ObjectVocabulary(list(names), embeddings)
-
-
 def run_train(args: argparse.Namespace) -> int:
     from dsanchor.features.store import FeatureStore
     from dsanchor.hallucination import (
@@ -85,7 +78,7 @@ def run_train(args: argparse.Namespace) -> int:
     store = FeatureStore(args.features)
     d = store.dims
     cfg = dataclasses.replace(cfg, coarse_dim=d["coarse"], region_dim=d["region"], text_dim=d["text"])
-    vocab = _vocabulary(store)
+    vocab = store.object_vocabulary()
     train, val, test = store.images("train"), store.images("val"), store.images("test")
     if len(train) == 0:
         raise ConfigError(f"{args.features}: the store has no train images; extract a dataset with splits")
@@ -118,7 +111,7 @@ def run_eval(args: argparse.Namespace) -> int:
     pope = resolve_config(PopeConfig, args, yaml_of(args), prefix="pope_", section="pope")
     store = FeatureStore(args.features)
     detector = HallucinationDetector.from_pretrained(args.detector)
-    vocab = _vocabulary(store)
+    vocab = store.object_vocabulary()
     if vocab.embeddings.shape[1] != detector.config.text_dim:
         raise ConfigError(f"{args.detector}: the detector expects {detector.config.text_dim}-d phrase embeddings "
                           f"but {args.features} has {vocab.embeddings.shape[1]}-d; use features of the same encoder")

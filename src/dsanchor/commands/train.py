@@ -49,18 +49,8 @@ def load_rl_inputs(args, y):
             resolve_config(StateConfig, args, y, section="state"), detector)
 
 
-def rl_view(store, heads, state, detector, images, texts):
-    """(view, hallucination matrices) of some images and their captions."""
-    from dsanchor.eval.views import prepare_view
-    from dsanchor.experiment import guess_vocabulary, hallucination_matrices
-
-    view = prepare_view(heads, images, texts, state)
-    vocab = store.object_vocabulary() if detector is not None else None
-    return view, hallucination_matrices(view, guess_vocabulary(images), detector, vocab)
-
-
 def run(args) -> int:
-    from dsanchor.experiment import train_retrieval_controller
+    from dsanchor.experiment import rl_view, train_retrieval_controller
     from dsanchor.rl.env import RewardConfig
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.reward import AccuracyConfig

@@ -26,8 +26,8 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     import dataclasses
 
-    from dsanchor.commands.train import load_rl_inputs, rl_view
-    from dsanchor.experiment import split_halves, subset, tune_objective
+    from dsanchor.commands.train import load_rl_inputs
+    from dsanchor.experiment import rl_view, split_halves, subset, tune_objective
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.reward import AccuracyConfig
     from dsanchor.rl.tune import TuneConfig, best_reward, run_parallel, write_best
