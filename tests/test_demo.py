@@ -27,8 +27,11 @@ def test_demo_end_to_end_and_reuse(tmp_path, capsys):
     assert res["methods"]["oracle"]["t2i"]["R@10"] >= res["methods"]["fixed_best"]["t2i"]["R@10"]
     assert set(res["pope"]) == {"random", "popular", "adversarial"}
     assert {"synth", "extract", "align", "detector", "tune", "ppo", "caption", "eval", "total"} <= set(res["timing_s"])
+    pair = res["paired"]["pairs"]["dsa_ppo-fine"]["t2i"]
+    assert pair["lo"] <= pair["diff"] <= pair["hi"] and pair["n_queries"] == res["n_captions"]
+    assert (out / "seed0" / "eval" / "hits.safetensors").exists()
     report = (out / "report.md").read_text()
-    assert "| dsa_ppo |" in report and "oracle (upper bound)" in report
+    assert "| dsa_ppo |" in report and "oracle (upper bound)" in report and "| dsa_ppo − fine |" in report
     for png in ("g_by_granularity.png", "recall_vs_g.png", "ppo_curve.png", "examples.png"):
         assert (out / png).stat().st_size > 1000
     capsys.readouterr()

@@ -101,6 +101,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
         synth_stage,
         tune_stage,
     )
+    from dsanchor.eval.compare import compare_methods, load_hits
     from dsanchor.report.demo_report import write_report
     from dsanchor.report.results import merge_seeds
 
@@ -134,13 +135,17 @@ def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
         cap_key = {**heads_key, **det_key, "steps": cfg["caption_steps"], "ppo_steps": cfg["caption_ppo_timesteps"]}
         stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
                    lambda d, s=seed, sd=sd: caption_stage(out / "features", sd, d, config, s), "caption")
-        eval_key = {**ppo_key, **cap_key}
+        eval_key = {**ppo_key, **cap_key, "format": 2}  # format 2 writes hits.safetensors
         stages.run(f"evaluate (seed {seed})", sd / "eval", eval_key,
                    lambda d, s=seed, sd=sd: eval_stage(out / "features", sd, d, config, s), "eval")
         per_seed.append(json.loads((sd / "eval" / "results.json").read_text()))
     times = {k: round(v, 2) for k, v in stages.times.items()}
     times["total"] = round(sum(times.values()), 2)  # every stage's own time, reused ones included
-    results = merge_seeds(per_seed) if len(per_seed) > 1 else per_seed[0]
+    if len(per_seed) > 1:  # one paired bootstrap over the stacked seeds (intervals do not average)
+        hits = load_hits([out / f"seed{s}" / "eval" / "hits.safetensors" for s in range(config.seeds)])
+        results = merge_seeds(per_seed, compare_methods(hits, per_seed[0]["paired"]["k"]))
+    else:
+        results = per_seed[0]
     results["timing_s"] = times
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_report(out, results, config)

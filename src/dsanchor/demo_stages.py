@@ -170,6 +170,7 @@ def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) 
 def eval_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> None:
     from dsanchor.align.heads import AlignmentHeads
     from dsanchor.controller import GranularityController
+    from dsanchor.eval.compare import compare_methods, save_hits
     from dsanchor.eval.methods import EvalConfig
     from dsanchor.eval.run import evaluate_retrieval
     from dsanchor.gate import GateConfig
@@ -179,7 +180,8 @@ def eval_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> 
     store = _store(features)
     heads = AlignmentHeads.from_pretrained(seed_dir / "heads")
     ctrl = GranularityController.from_pretrained(seed_dir / "ppo" / "controller")
-    res = evaluate_retrieval(store, heads, EvalConfig(), StateConfig(), ctrl, GateConfig(seed=seed))
+    cfg = EvalConfig()
+    res = evaluate_retrieval(store, heads, cfg, StateConfig(), ctrl, GateConfig(seed=seed))
     captioning = json.loads((seed_dir / "caption" / "caption_metrics.json").read_text())["methods"]
     pope = json.loads((seed_dir / "detector" / "detector_metrics.json").read_text())["test"]
     enc_ms = store.timing.get("text_ms_per_item")
@@ -188,8 +190,9 @@ def eval_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> 
         ctrl_ms = res.extra["timing_ms"]["state"] + res.extra["timing_ms"]["controller"]
         overhead = {"controller_ms": ctrl_ms, "encoder_ms": enc_ms, "ratio": ctrl_ms / enc_ms}
     results = build_results("synth", "test", res.extra["n_images"], res.extra["n_captions"], [seed], res.methods,
-                            captioning, pope, overhead)
+                            captioning, pope, overhead, paired=compare_methods(res.hits, cfg.select_k, seed=seed))
     _json(out / "results.json", results)
+    save_hits(out / "hits.safetensors", res.hits)
     save_file({f"{k}.{d}": getattr(v, d).contiguous() for k, v in res.g.items() for d in ("t2i", "i2t")},
               str(out / "g.safetensors"))
     _json(out / "eval_details.json", {"val_curve": res.val_curve, "test_curve": res.test_curve,

@@ -40,11 +40,12 @@ def load_controller(path: str | None):
 
 def run(args) -> int:
     from dsanchor.align.heads import AlignmentHeads
+    from dsanchor.eval.compare import compare_methods, save_hits
     from dsanchor.eval.methods import EvalConfig
     from dsanchor.eval.run import evaluate_retrieval
     from dsanchor.features.store import FeatureStore
     from dsanchor.gate import GateConfig
-    from dsanchor.report.results import build_results, granularity_table, main_table
+    from dsanchor.report.results import build_results, granularity_table, main_table, paired_table
     from dsanchor.state import StateConfig
 
     set_threads(args)
@@ -62,14 +63,15 @@ def run(args) -> int:
         pope = json.loads((Path(args.detector) / "detector_metrics.json").read_text()).get("test")
     results = build_results(store.manifest.get("dataset", {}).get("name", "unknown"), args.split,
                             res.extra["n_images"], res.extra["n_captions"], [gate.seed], res.methods,
-                            captioning, pope)
+                            captioning, pope, paired=compare_methods(res.hits, cfg.select_k, seed=gate.seed))
     out = Path(args.out)
     save_resolved(out, eval=cfg, state=state, gate=gate, features=args.features, heads=args.heads,
                   controller=args.controller)
     write_json(out / "results.json", results)
+    save_hits(out / "hits.safetensors", res.hits)
     write_json(out / "eval_details.json", {"val_curve": res.val_curve, "test_curve": res.test_curve,
                                            "two_stage": res.two_stage, **res.extra})
-    table = main_table(results) + "\n\n" + granularity_table(results)
+    table = main_table(results) + "\n\n" + granularity_table(results) + "\n\n" + paired_table(results)
     (out / "results.md").write_text(table + "\n")
     print(table)
     ts = res.two_stage

@@ -10,6 +10,7 @@ import torch
 
 from dsanchor.align.heads import AlignmentHeads
 from dsanchor.controller import ControllerConfig, GranularityController
+from dsanchor.eval.compare import query_hits
 from dsanchor.eval.methods import (
     EvalConfig,
     MethodG,
@@ -42,6 +43,7 @@ class RetrievalEval:
     val_curve: list  # fixed-g R@K on val (selects fixed_best)
     test_curve: list  # fixed-g R@K on test (for the plot)
     two_stage: dict  # exact vs two-stage R@K at M
+    hits: dict  # method name -> {"t2i": (T,) bool, "i2t": (N,) bool} hit@select_k of every test query
     extra: dict = field(default_factory=dict)  # gate training info, vocabulary, ...
 
 
@@ -113,6 +115,7 @@ def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalC
         test_curve.append({"g": g, "t2i": m["t2i"], "i2t": m["i2t"]})
     ref = "dsa_ppo" if "dsa_ppo" in gs else "fixed_best"
     two = {"method": ref, **_two_stage(test, heads, gs[ref], config)}
+    hits = {name: query_hits(test, g, config.select_k) for name, g in gs.items()}
     extra = {"vocabulary": vocabulary, "gate": gate_info, "timing_ms": timing,
              "n_images": len(test.images), "n_captions": len(test.texts)}
-    return RetrievalEval(methods, gs, val_curve, test_curve, two, extra)
+    return RetrievalEval(methods, gs, val_curve, test_curve, two, hits, extra)

@@ -10,7 +10,7 @@ from pathlib import Path
 import torch
 from safetensors.torch import load_file
 
-from dsanchor.report.results import granularity_table, main_table
+from dsanchor.report.results import granularity_table, main_table, paired_table
 
 __all__ = ["write_report", "reading"]
 
@@ -43,6 +43,18 @@ def _compare(results: dict, a: str, b: str, *keys: str) -> str:
     return f"{a} {va:.3f} vs {b} {vb:.3f} ({d:+.3f}{verdict})"
 
 
+def _paired(results: dict, a: str, b: str) -> str:
+    """'a − b: +d, 95% CI [lo, hi]: a is better / not shown better / worse' from results["paired"]."""
+    paired = results.get("paired", {})
+    r = paired.get("pairs", {}).get(f"{a}-{b}", {}).get("t2i")
+    if r is None:
+        return ""
+    verdict = ("the interval is above 0" if r["lo"] > 0 else
+               "the interval is below 0" if r["hi"] < 0 else "the interval contains 0 (no significant difference)")
+    level = int(round(100 * paired["level"]))
+    return f"{a} − {b} {r['diff']:+.3f}, {level}% CI [{r['lo']:+.3f}, {r['hi']:+.3f}]: {verdict}"
+
+
 def reading(results: dict) -> list[str]:
     """Plain statements computed from the numbers (no hand-written claims)."""
     m = results["methods"]
@@ -52,6 +64,9 @@ def reading(results: dict) -> list[str]:
         "Against the strong baselines: " + _compare(results, "dsa_ppo", "fixed_best", "t2i", "R@10") + "; "
         + _compare(results, "dsa_ppo", "gate_grad", "t2i", "R@10") + ".",
     ]
+    tests = [s for s in (_paired(results, "dsa_ppo", b) for b in ("coarse", "fine", "fixed_best", "gate_grad")) if s]
+    if tests:
+        lines.append("Paired bootstrap over the test queries (text→image R@10): " + "; ".join(tests) + ".")
     fb, pp, orc = (_get(m.get(k, {}), "t2i", "R@10") for k in ("fixed_best", "dsa_ppo", "oracle"))
     if None not in (fb, pp, orc) and orc - fb > 1e-9:
         lines.append(f"PPO captures {(pp - fb) / (orc - fb):.0%} of the oracle's gain over fixed_best "
@@ -152,6 +167,12 @@ def write_report(out: Path, results: dict, config) -> Path:
         main_table(results), "",
         "## Text→image R@10 per caption granularity", "", granularity_table(results), "",
     ]
+    if "paired" in results:
+        lines += ["## Paired differences on the test queries", "",
+                  "Per-query hit@K of two methods on the same test queries, differenced and averaged (over seeds "
+                  "too); the interval is a paired bootstrap over the queries (`dsanchor.eval.compare`). "
+                  "p(diff <= 0) is the share of bootstrap draws in which the first method is not better.", "",
+                  paired_table(results), ""]
     if "pope" in results:
         lines += ["## Hallucination detector (POPE, test images)", "", _pope_table(results["pope"]), ""]
     lines += ["## Reading", ""] + [f"- {s}" for s in reading(results)] + [""]

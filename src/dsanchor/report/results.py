@@ -5,14 +5,15 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["METHOD_ORDER", "build_results", "merge_seeds", "main_table", "granularity_table"]
+__all__ = ["METHOD_ORDER", "build_results", "merge_seeds", "main_table", "granularity_table", "paired_table"]
 
 METHOD_ORDER = ("coarse", "fine", "fixed_best", "gate_grad", "dsa_ppo", "oracle")
 
 
 def build_results(dataset: str, split: str, n_images: int, n_captions: int, seeds: list[int],
                   retrieval: dict, captioning: dict | None = None, pope: dict | None = None,
-                  overhead: dict | None = None, timing_s: dict | None = None) -> dict[str, Any]:
+                  overhead: dict | None = None, timing_s: dict | None = None,
+                  paired: dict | None = None) -> dict[str, Any]:
     """Assemble one seed's results. A method that did not run is absent, never zero-filled."""
     methods: dict[str, dict] = {}
     for name in METHOD_ORDER:
@@ -29,6 +30,8 @@ def build_results(dataset: str, split: str, n_images: int, n_captions: int, seed
         out["overhead"] = overhead
     if timing_s:
         out["timing_s"] = timing_s
+    if paired:
+        out["paired"] = paired
     return out
 
 
@@ -55,9 +58,16 @@ def _merge(items: list[Any]) -> Any:
     return first
 
 
-def merge_seeds(per_seed: list[dict]) -> dict:
-    """Mean over seeds, with a sibling ``<key>_std`` for every number (DESIGN.md results.json)."""
+def merge_seeds(per_seed: list[dict], paired: dict | None = None) -> dict:
+    """Mean over seeds, with a sibling ``<key>_std`` for every number (DESIGN.md results.json).
+
+    Bootstrap intervals do not average: ``paired`` (from :func:`dsanchor.eval.compare.compare_methods` on
+    the stacked per-seed hits) replaces the per-seed sections; without it they are dropped.
+    """
+    per_seed = [{k: v for k, v in r.items() if k != "paired"} for r in per_seed]
     merged = _merge(per_seed)
+    if paired:
+        merged["paired"] = paired
     merged["seeds"] = [s for r in per_seed for s in r["seeds"]]
     for key in ("n_images", "n_captions"):
         merged[key] = per_seed[0][key]
@@ -112,4 +122,23 @@ def granularity_table(results: dict) -> str:
             r = row.get("by_granularity", {}).get(g, {})
             cells += [_fmt(r, "t2i_R@10"), _fmt(r, "mean_g", digits=2)]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_table(results: dict) -> str:
+    """Paired differences of R@K with their bootstrap intervals (``results["paired"]``)."""
+    paired = results.get("paired")
+    if not paired:
+        return ""
+    k, level = paired["k"], int(round(100 * paired["level"]))
+    lines = [f"| comparison | t2i R@{k} diff [{level}% CI] | p(diff <= 0) | "
+             f"i2t R@{k} diff [{level}% CI] | p(diff <= 0) |",
+             "|---|---|---|---|---|"]
+    for name, dirs in paired["pairs"].items():
+        cells = []
+        for d in ("t2i", "i2t"):
+            r = dirs[d]
+            spread = f" (seed std {r['diff_std']:.3f})" if "diff_std" in r else ""
+            cells += [f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]{spread}", f"{r['p_le_0']:.3f}"]
+        lines.append(f"| {name.replace('-', ' − ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
