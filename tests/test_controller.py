@@ -42,3 +42,66 @@ def test_errors(tmp_path):
         ctrl(torch.zeros(2, 4))
     with pytest.raises(DataError, match="not a saved controller"):
         GranularityController.from_pretrained(tmp_path)
+
+
+def _query_states(n_types: int = 3, per: int = 40, seed: int = 0):
+    """Query states [text(6) | image(5) | direction] from n_types text and n_types image clusters."""
+    from dsanchor.state import query_states
+
+    gen = torch.Generator().manual_seed(seed)
+    t_centers, i_centers = torch.randn(n_types, 6, generator=gen), torch.randn(n_types, 5, generator=gen)
+    t_type = torch.arange(n_types).repeat_interleave(per)
+    i_type = torch.arange(n_types).repeat_interleave(per // 2)
+    text = t_centers[t_type] + 0.05 * torch.randn(len(t_type), 6, generator=gen)
+    coarse = i_centers[i_type] + 0.05 * torch.randn(len(i_type), 5, generator=gen)
+    s_t, s_i = query_states(text, coarse)
+    return s_t, s_i, t_type, i_type
+
+
+def test_query_state_layout():
+    s_t, s_i, _, _ = _query_states()
+    assert s_t.shape[1] == s_i.shape[1] == 12
+    assert torch.all(s_t[:, 6:] == 0) and torch.all(s_i[:, :6] == 0) and torch.all(s_i[:, -1] == 1)
+    assert torch.allclose(s_t[:, :6].norm(dim=1), torch.ones(len(s_t)))
+
+
+def test_spherical_kmeans_recovers_separated_clusters():
+    from dsanchor.controller import spherical_kmeans
+
+    s_t, _, t_type, _ = _query_states(n_types=4)
+    cent = spherical_kmeans(s_t[:, :6], 4, seed=1)
+    assign = (torch.nn.functional.normalize(s_t[:, :6], dim=-1) @ cent.T).argmax(1)
+    for c in range(4):  # every true cluster maps to exactly one centroid, and different clusters to different ones
+        assert assign[t_type == c].unique().numel() == 1
+    assert assign.unique().numel() == 4
+
+
+def test_codebook_controller_encodes_query_types_and_round_trips(tmp_path):
+    s_t, s_i, t_type, i_type = _query_states()
+    ctrl = GranularityController(ControllerConfig(state_dim=12, hidden=8, codebook=3, text_dim=6))
+    states = torch.cat([s_t, s_i])
+    ctrl.fit_inputs(states, seed=0)
+    code = ctrl.encode(states).argmax(1)
+    assert ctrl.encode(states).shape == (len(states), 6) and torch.all(ctrl.encode(states).sum(1) == 1)
+    assert torch.all(code[: len(s_t)] < 3) and torch.all(code[len(s_t):] >= 3)  # text and image codes apart
+    for c in range(3):
+        assert code[: len(s_t)][t_type == c].unique().numel() == 1
+        assert code[len(s_t):][i_type == c].unique().numel() == 1
+    assert torch.equal(ctrl.state_std, torch.ones(6))  # one-hot codes are not standardised
+    g = ctrl(states)
+    ctrl.save_pretrained(tmp_path)
+    loaded = GranularityController.from_pretrained(tmp_path)
+    assert torch.equal(loaded.text_centroids, ctrl.text_centroids) and torch.equal(loaded(states), g)
+
+
+def test_codebook_errors():
+    with pytest.raises(ConfigError, match="codebook controller"):
+        GranularityController(ControllerConfig(state_dim=12, codebook=3))  # no text_dim
+    with pytest.raises(ConfigError, match="no codebook"):
+        GranularityController(ControllerConfig(state_dim=12)).fit_codebook(torch.zeros(4, 12))
+    from dsanchor.state import StateConfig
+
+    with pytest.raises(ConfigError, match="unknown state kind"):
+        StateConfig(state_kind="bogus")
+    with pytest.raises(ConfigError, match="codebook 0"):
+        StateConfig(state_kind="summary", codebook=8)

@@ -89,6 +89,27 @@ def test_tiny_ppo_beats_random_policy_and_resumes(tmp_path):
     assert (tmp_path / "controller" / "controller.safetensors").exists()
 
 
+@pytest.mark.slow
+def test_ppo_with_a_codebook_learns_one_g_per_query_type(tmp_path):
+    from dsanchor.rl.ppo import PPOConfig, train_ppo
+    from dsanchor.state import query_states
+
+    gen = torch.Generator().manual_seed(0)
+    centers = torch.randn(2, 6, generator=gen)
+    kind = torch.arange(2).repeat_interleave(64)
+    s_t, _ = query_states(centers[kind] + 0.05 * torch.randn(128, 6, generator=gen), torch.randn(1, 5))
+    target = np.where(kind.numpy() == 0, 0.15, 0.85)  # the best g depends only on the query type
+
+    def reward_model(q, g):
+        return 1.0 - 2.0 * abs(g - target[q]), 0.0
+
+    cfg = PPOConfig(timesteps=4096, n_envs=4, n_steps=128, batch_size=128, checkpoint_every=10**9)
+    ctrl, _ = train_ppo(s_t, reward_model, RewardConfig(), cfg, tmp_path, codebook=2, text_dim=6)
+    g = ctrl(s_t).detach()
+    assert g[kind == 0].std() < 1e-6 and g[kind == 1].std() < 1e-6  # one g per type
+    assert g[kind == 0].mean() < 0.4 and g[kind == 1].mean() > 0.6
+
+
 def quadratic_objective():
     """Module level so spawned workers can build it."""
     return lambda r: -((r.alpha - 1.2) ** 2) - (r.beta - 0.4) ** 2

@@ -12,6 +12,11 @@ Two output heads:
   (clip(mu, -1, 1) + 1) / 2. This is exactly what an SB3 PPO policy with a Box(-1, 1) action space
   and an environment that rescales the action computes, so a PPO policy exports to it without loss.
 
+With ``codebook = k > 0`` the controller first maps a query state ``[text | image | direction]``
+(:func:`dsanchor.state.query_states`) to the one-hot of its nearest text or image centroid (cosine),
+so the MLP sees one of 2k query types. The centroids are buffers, fit by :meth:`fit_codebook` (spherical
+k-means with k-means++ seeding) on the training queries, and saved with the weights.
+
 Saved as safetensors + JSON config (``save_pretrained`` / ``from_pretrained``); loading never unpickles.
 """
 
@@ -25,7 +30,7 @@ from torch import nn
 from dsanchor.checkpoint import PretrainedMixin
 from dsanchor.errors import ConfigError
 
-__all__ = ["ControllerConfig", "GranularityController"]
+__all__ = ["ControllerConfig", "GranularityController", "spherical_kmeans"]
 
 CONFIG_NAME = "controller_config.json"
 WEIGHTS_NAME = "controller.safetensors"
@@ -38,6 +43,37 @@ class ControllerConfig:
     layers: int = field(default=2, metadata={"help": "number of hidden layers"})
     distribution: str = field(default="gaussian", metadata={"help": "output head: gaussian (PPO-exact) or beta"})
     init_log_std: float = field(default=-0.5, metadata={"help": "initial log std of the gaussian head"})
+    codebook: int = field(default=0, metadata={"help": "query-type codebook size k (0: the MLP reads the state)"})
+    text_dim: int = field(default=0, metadata={"help": "size of the text part of a query state (with a codebook)"})
+
+
+@torch.no_grad()
+def spherical_kmeans(x: torch.Tensor, k: int, seed: int = 0, iters: int = 50) -> torch.Tensor:
+    """k unit centroids of the rows of ``x`` (cosine k-means, k-means++ seeding). Returns (k, D).
+
+    With fewer than k distinct rows, the remaining centroids repeat existing ones (they are never nearest
+    first, so they stay unused).
+    """
+    x = nn.functional.normalize(x.float(), dim=-1)
+    gen = torch.Generator().manual_seed(seed)
+    n = x.shape[0]
+    if n == 0:
+        raise ConfigError("cannot fit a codebook on zero queries")
+    cent = [x[int(torch.randint(n, (1,), generator=gen))]]
+    for _ in range(1, k):
+        d = (1.0 - x @ torch.stack(cent).T).clamp_min(0).min(1).values  # cosine distance to the nearest
+        p = d / d.sum() if d.sum() > 0 else torch.full((n,), 1.0 / n)
+        cent.append(x[int(torch.multinomial(p, 1, generator=gen))])
+    c = torch.stack(cent)
+    for _ in range(iters):
+        assign = (x @ c.T).argmax(1)
+        new = torch.zeros_like(c).index_add_(0, assign, x)
+        used = torch.bincount(assign, minlength=k) > 0
+        new = torch.where(used.unsqueeze(1), nn.functional.normalize(new, dim=-1), c)
+        if torch.allclose(new, c):
+            break
+        c = new
+    return c
 
 
 class GranularityController(PretrainedMixin, nn.Module):
@@ -56,7 +92,18 @@ class GranularityController(PretrainedMixin, nn.Module):
         if config.distribution not in ("gaussian", "beta"):
             raise ConfigError(f"unknown controller distribution {config.distribution!r}; use 'gaussian' or 'beta'")
         self.config = config
-        dims = [config.state_dim] + [config.hidden] * config.layers
+        in_dim = config.state_dim
+        if config.codebook:
+            image_dim = config.state_dim - config.text_dim - 1
+            if config.codebook < 0 or config.text_dim <= 0 or image_dim <= 0:
+                raise ConfigError(f"a codebook controller needs codebook > 0 and 0 < text_dim < state_dim - 1 "
+                                  f"(a query state [text | image | direction]); got codebook={config.codebook}, "
+                                  f"text_dim={config.text_dim}, state_dim={config.state_dim}")
+            self.register_buffer("text_centroids", torch.zeros(config.codebook, config.text_dim))
+            self.register_buffer("image_centroids", torch.zeros(config.codebook, image_dim))
+            in_dim = 2 * config.codebook
+        self.input_dim = in_dim
+        dims = [in_dim] + [config.hidden] * config.layers
         blocks: list[nn.Module] = []
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=False):
             blocks += [nn.Linear(d_in, d_out), nn.Tanh()]
@@ -64,22 +111,63 @@ class GranularityController(PretrainedMixin, nn.Module):
         n_out = 1 if config.distribution == "gaussian" else 2
         self.head = nn.Linear(dims[-1], n_out)
         self.log_std = nn.Parameter(torch.full((1,), float(config.init_log_std)))
-        self.register_buffer("state_mean", torch.zeros(config.state_dim))
-        self.register_buffer("state_std", torch.ones(config.state_dim))
+        self.register_buffer("state_mean", torch.zeros(in_dim))
+        self.register_buffer("state_std", torch.ones(in_dim))
+
+    @torch.no_grad()
+    def fit_codebook(self, states: torch.Tensor, seed: int = 0) -> None:
+        """Fit the text and image centroids on training query states (rows with direction 0 / 1)."""
+        if not self.config.codebook:
+            raise ConfigError("this controller has no codebook (ControllerConfig.codebook = 0)")
+        states = self._check(states)
+        dt, k = self.config.text_dim, self.config.codebook
+        is_image = states[:, -1] > 0.5
+        for rows, part, buf in ((~is_image, slice(0, dt), self.text_centroids),
+                                (is_image, slice(dt, -1), self.image_centroids)):
+            if rows.any():
+                buf.copy_(spherical_kmeans(states[rows, part], k, seed))
+
+    @torch.no_grad()
+    def fit_inputs(self, states: torch.Tensor, seed: int = 0) -> None:
+        """Fit what the controller reads from training states: the codebook (if any) and the standardisation.
+
+        One-hot codes are not standardised (mean 0, std 1): a code rare in training would otherwise be
+        blown up at test time.
+        """
+        if self.config.codebook:
+            self.fit_codebook(states, seed)
+            self.set_normalization(torch.zeros(self.input_dim), torch.ones(self.input_dim))
+        else:
+            s = self._check(states).float()
+            self.set_normalization(s.mean(0), s.std(0))
+
+    def _check(self, state: torch.Tensor) -> torch.Tensor:
+        if state.dim() != 2 or state.shape[1] != self.config.state_dim:
+            raise ConfigError(f"controller expects states of shape (B, {self.config.state_dim}); "
+                              f"got {tuple(state.shape)} (was it trained with another --state-kind or feature store?)")
+        return state
+
+    def encode(self, state: torch.Tensor) -> torch.Tensor:
+        """What the MLP reads: the state itself, or with a codebook the (B, 2k) one-hot query type."""
+        state = self._check(state)
+        if not self.config.codebook:
+            return state
+        dt, k = self.config.text_dim, self.config.codebook
+        code_t = (nn.functional.normalize(state[:, :dt], dim=-1) @ self.text_centroids.T).argmax(1)
+        code_i = (nn.functional.normalize(state[:, dt:-1], dim=-1) @ self.image_centroids.T).argmax(1) + k
+        code = torch.where(state[:, -1] > 0.5, code_i, code_t)
+        return nn.functional.one_hot(code, 2 * k).to(self.state_mean.dtype)
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
-        """Store the state statistics used to standardise raw states."""
+        """Store the statistics used to standardise the encoded states (:meth:`encode`)."""
         self.state_mean.copy_(mean)
         self.state_std.copy_(std.clamp_min(1e-6))
 
-    def normalize(self, state: torch.Tensor) -> torch.Tensor:
-        return (state - self.state_mean) / self.state_std
+    def normalize(self, encoded: torch.Tensor) -> torch.Tensor:
+        return (encoded - self.state_mean) / self.state_std
 
     def _raw(self, state: torch.Tensor) -> torch.Tensor:
-        if state.dim() != 2 or state.shape[1] != self.config.state_dim:
-            raise ConfigError(f"controller expects states of shape (B, {self.config.state_dim}); "
-                              f"got {tuple(state.shape)}")
-        return self.head(self.body(self.normalize(state)))  # (B, 1) or (B, 2)
+        return self.head(self.body(self.normalize(self.encode(state))))  # (B, 1) or (B, 2)
 
     def distribution(self, state: torch.Tensor) -> torch.distributions.Distribution:
         """The distribution over the action: g itself for beta, the [-1, 1] action for gaussian."""

@@ -35,6 +35,7 @@ __all__ = ["DemoConfig", "run_demo"]
 @dataclass
 class DemoConfig:
     scenes: int = field(default=1000, metadata={"help": "synthetic scenes (split 60/20/20)"})
+    data_seed: int = field(default=0, metadata={"help": "seed of the synthetic scenes (another: a fresh benchmark)"})
     seeds: int = field(default=1, metadata={"help": "training seeds; with several, numbers are mean ± std"})
     image_size: int = field(default=224, metadata={"help": "synthetic image size in pixels"})
     align_epochs: int = field(default=12, metadata={"help": "maximum epochs of the alignment heads"})
@@ -104,6 +105,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
     from dsanchor.eval.compare import compare_methods, load_hits
     from dsanchor.report.demo_report import write_report
     from dsanchor.report.results import merge_seeds
+    from dsanchor.state import StateConfig
 
     _quiet_progress()
     out = Path(out_dir)
@@ -111,7 +113,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
     cfg = dataclasses.asdict(config)
     stages = _Stages(out, 2 + 6 * config.seeds)
     t_start = time.perf_counter()
-    data_key = {"scenes": config.scenes, "image_size": config.image_size, "seed": 0}
+    data_key = {"scenes": config.scenes, "image_size": config.image_size, "seed": config.data_seed}
     stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, config), "synth")
     feat_key = {"data": data_key, "encoder": "effnet-minilm"}
     stages.run("extract features", out / "features", feat_key,
@@ -126,7 +128,8 @@ def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
         det_key = {**key, "epochs": cfg["detector_epochs"]}
         stages.run(f"hallucination det. (seed {seed})", sd / "detector", det_key,
                    lambda d, s=seed: detector_stage(out / "features", d, config, s), "detector")
-        tune_key = {**heads_key, **det_key, "trials": cfg["tune_trials"], "steps": cfg["tune_timesteps"]}
+        tune_key = {**heads_key, **det_key, "trials": cfg["tune_trials"], "steps": cfg["tune_timesteps"],
+                    "state": dataclasses.asdict(StateConfig())}  # the controller's state shapes tuning too
         stages.run(f"tune alpha, beta (seed {seed})", sd / "tune", tune_key,
                    lambda d, s=seed, sd=sd: tune_stage(out / "features", sd, d, config, s), "tune")
         ppo_key = {**tune_key, "steps": cfg["ppo_timesteps"]}

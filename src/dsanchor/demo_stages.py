@@ -27,7 +27,7 @@ def _json(path: Path, data) -> None:
 def synth_stage(out: Path, config) -> None:
     from dsanchor.data import SynthConfig, generate_synth
 
-    generate_synth(out, SynthConfig(scenes=config.scenes, seed=0, image_size=config.image_size,
+    generate_synth(out, SynthConfig(scenes=config.scenes, seed=config.data_seed, image_size=config.image_size,
                                     split_fractions=SPLITS, workers=config.workers))
 
 

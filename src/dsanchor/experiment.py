@@ -124,7 +124,8 @@ def train_retrieval_controller(view: SplitView, hall: HallMatrices | None, rewar
     states = torch.cat([view.states_t2i, view.states_i2t])
     est = None if hall is None else hall.est
     model = RetrievalReward(view.terms, view.positives, est, accuracy)
-    return train_ppo(states, model, reward, ppo, out_dir, progress=progress)
+    return train_ppo(states, model, reward, ppo, out_dir, progress=progress, codebook=view.state.codebook,
+                     text_dim=view.text_dim)
 
 
 def _objective_value(view: SplitView, g: MethodG, hall: HallMatrices, k: int) -> float:

@@ -15,7 +15,7 @@ import torch
 from dsanchor.controller import ControllerConfig, GranularityController
 from dsanchor.retrieval import anchored_scores
 
-__all__ = ["GateConfig", "train_gate", "fit_normalization"]
+__all__ = ["GateConfig", "train_gate"]
 
 
 @dataclass
@@ -32,17 +32,11 @@ def _nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
     return (torch.logsumexp(logits, dim=1) - lse_pos)[keep].mean()
 
 
-def fit_normalization(controller: GranularityController, *states: torch.Tensor) -> None:
-    """Set the controller's state statistics from training states."""
-    allstates = torch.cat(states)
-    controller.set_normalization(allstates.mean(0), allstates.std(0))
-
-
 def train_gate(view, controller_config: ControllerConfig, config: GateConfig) -> tuple[GranularityController, dict]:
     """Train a controller on ``view`` (a :class:`~dsanchor.eval.views.SplitView`) by gradient descent."""
     torch.manual_seed(config.seed)
     ctrl = GranularityController(controller_config)
-    fit_normalization(ctrl, view.states_t2i, view.states_i2t)
+    ctrl.fit_inputs(torch.cat([view.states_t2i, view.states_i2t]), config.seed)
     opt = torch.optim.Adam(ctrl.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     pos = view.positives
     t0 = time.perf_counter()

@@ -27,7 +27,7 @@ from dsanchor.features.store import FeatureStore
 from dsanchor.gate import GateConfig, train_gate
 from dsanchor.metrics.retrieval import recall_at_k
 from dsanchor.retrieval import anchored_scores, pair_terms, two_stage_scores
-from dsanchor.state import StateConfig, text_to_image_states
+from dsanchor.state import StateConfig, query_states, text_to_image_states
 
 __all__ = ["RetrievalEval", "evaluate_retrieval", "timing_per_query"]
 
@@ -65,7 +65,10 @@ def timing_per_query(view: SplitView, heads: AlignmentHeads, controller: Granula
     coarse = best_of(lambda: view.text @ view.joint.coarse.T)
     terms = best_of(lambda: anchored_scores(pair_terms(view.text, view.joint, s), 0.5))
     out = {"coarse": coarse, "fine": terms, "fixed": terms}
-    st = best_of(lambda: text_to_image_states(view.text, view.joint, view.terms, s, state))
+    if state.state_kind == "query":
+        st = best_of(lambda: query_states(view.texts.embeddings, view.images.coarse[:0]))
+    else:
+        st = best_of(lambda: text_to_image_states(view.text, view.joint, view.terms, s, state))
     out["state"] = st
     if controller is not None:
         out["controller"] = best_of(lambda: controller(view.states_t2i))
@@ -91,7 +94,8 @@ def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalC
     vocabulary = guess_vocabulary(test.images)
     hall = hallucination_matrices(test, vocabulary)
     g_best, val_curve = select_fixed_g(val, config)
-    gate_ctrl, gate_info = train_gate(val, ControllerConfig(state_dim=val.states_t2i.shape[1]), gate or GateConfig())
+    gate_cfg = ControllerConfig(state_dim=val.states_t2i.shape[1], codebook=state.codebook, text_dim=val.text_dim)
+    gate_ctrl, gate_info = train_gate(val, gate_cfg, gate or GateConfig())
     gs: dict[str, MethodG] = {"coarse": fixed_g(test, 0.0), "fine": fixed_g(test, 1.0),
                               "fixed_best": fixed_g(test, g_best), "gate_grad": controller_g(test, gate_ctrl)}
     if controller is not None:

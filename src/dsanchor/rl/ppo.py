@@ -29,7 +29,7 @@ from torch import nn
 from dsanchor.controller import ControllerConfig, GranularityController
 from dsanchor.rl.env import GranularityEnv, RewardConfig, RewardModel
 
-__all__ = ["PPOConfig", "train_ppo", "export_controller"]
+__all__ = ["PPOConfig", "train_ppo", "controller_for", "export_controller"]
 
 log = logging.getLogger(__name__)
 
@@ -81,11 +81,19 @@ def _latest_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
     return best, steps
 
 
-def export_controller(model: PPO, mean: torch.Tensor, std: torch.Tensor, config: PPOConfig) -> GranularityController:
-    """The PPO policy's mean action as a GranularityController (exact, see module docstring)."""
-    dim = int(mean.shape[0])
-    ctrl = GranularityController(ControllerConfig(state_dim=dim, hidden=config.hidden, layers=config.layers,
-                                                  distribution="gaussian", init_log_std=config.log_std_init))
+def controller_for(states: torch.Tensor, config: PPOConfig, codebook: int = 0, text_dim: int = 0,
+                   ) -> GranularityController:
+    """A controller shaped like the PPO policy, its inputs (codebook, standardisation) fit on ``states``."""
+    ctrl = GranularityController(ControllerConfig(state_dim=int(states.shape[1]), hidden=config.hidden,
+                                                  layers=config.layers, distribution="gaussian",
+                                                  init_log_std=config.log_std_init, codebook=codebook,
+                                                  text_dim=text_dim))
+    ctrl.fit_inputs(states, config.seed)
+    return ctrl
+
+
+def export_controller(model: PPO, ctrl: GranularityController) -> GranularityController:
+    """Copy the PPO policy's mean action into ``ctrl`` (from :func:`controller_for`; exact, see module docstring)."""
     pol = model.policy
     src = [m for m in pol.mlp_extractor.policy_net if isinstance(m, nn.Linear)]
     dst = [m for m in ctrl.body if isinstance(m, nn.Linear)]
@@ -96,26 +104,30 @@ def export_controller(model: PPO, mean: torch.Tensor, std: torch.Tensor, config:
         ctrl.head.weight.copy_(pol.action_net.weight)
         ctrl.head.bias.copy_(pol.action_net.bias)
         ctrl.log_std.copy_(pol.log_std.view(-1)[:1])
-    ctrl.set_normalization(mean, std)
     return ctrl.eval()
 
 
 def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardConfig, config: PPOConfig,
-              out_dir: str | Path, progress: bool = True) -> tuple[GranularityController, dict]:
+              out_dir: str | Path, progress: bool = True, codebook: int = 0,
+              text_dim: int = 0) -> tuple[GranularityController, dict]:
     """Train PPO on a query pool and export the controller to ``out_dir/controller``.
 
     Args:
         states: (Q, S) raw states of the training queries.
         reward_model: (R_acc, R_hall) of a query at a g.
+        codebook, text_dim: a query-type codebook of this size over query states whose text part has
+            ``text_dim`` columns (:mod:`dsanchor.state`); the policy then sees the one-hot query type.
     Returns:
         The controller and an info dict (training time, steps, learning curve path).
     """
     out = Path(out_dir)
     (out / "checkpoints").mkdir(parents=True, exist_ok=True)
-    mean, std = states.float().mean(0), states.float().std(0).clamp_min(1e-6)
+    ctrl = controller_for(states, config, codebook, text_dim)
+    with torch.no_grad():
+        obs = ctrl.encode(states.float())  # what the policy reads; the env standardises it like ctrl does
 
     def make(i: int):
-        return lambda: GranularityEnv(states, reward_model, reward, mean, std, seed=config.seed + i)
+        return lambda: GranularityEnv(obs, reward_model, reward, ctrl.state_mean, ctrl.state_std, seed=config.seed + i)
 
     venv = DummyVecEnv([make(i) for i in range(config.n_envs)])
     venv.seed(config.seed)
@@ -144,7 +156,7 @@ def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardCon
         model.learn(remaining, callback=callbacks, reset_num_timesteps=ckpt is None, progress_bar=False,
                     tb_log_name="ppo")
     elapsed = time.perf_counter() - t0
-    ctrl = export_controller(model, mean, std, config)
+    ctrl = export_controller(model, ctrl)
     ctrl.save_pretrained(out / "controller")
     info = {"train_time_s": elapsed, "timesteps": int(model.num_timesteps), "resumed_from": done_steps,
             "learning_curve": str(curve_path)}
