@@ -105,3 +105,19 @@ def test_codebook_errors():
         StateConfig(state_kind="bogus")
     with pytest.raises(ConfigError, match="codebook 0"):
         StateConfig(state_kind="summary", codebook=8)
+
+
+def test_codebook_inference_table_matches_the_mlp_and_follows_updates():
+    s_t, s_i, _, _ = _query_states()
+    states = torch.cat([s_t, s_i])
+    torch.manual_seed(0)
+    ctrl = GranularityController(ControllerConfig(state_dim=12, hidden=8, codebook=3, text_dim=6))
+    ctrl.fit_inputs(states, seed=0)
+    with torch.no_grad():
+        fast = ctrl(states)  # table lookup
+    slow = ctrl(states).detach()  # with gradients: through the MLP
+    assert torch.allclose(fast, slow, atol=1e-6)
+    with torch.no_grad():
+        ctrl.head.bias.add_(0.3)  # an in-place update (as an optimizer step) must refresh the table
+        assert torch.allclose(ctrl(states), ctrl._mean_g(ctrl._raw(states)), atol=1e-6)
+        assert not torch.allclose(ctrl(states), fast)

@@ -147,16 +147,32 @@ class GranularityController(PretrainedMixin, nn.Module):
                               f"got {tuple(state.shape)} (was it trained with another --state-kind or feature store?)")
         return state
 
+    def code(self, state: torch.Tensor) -> torch.Tensor:
+        """(B,) query type of each state: its nearest text centroid (0..k-1) or image centroid (k..2k-1).
+
+        The nearest centroid by cosine is the argmax of the dot product (unit centroids; scaling the query
+        does not change the argmax), so the query part needs no normalisation.
+        """
+        state = self._check(state)
+        dt, k = self.config.text_dim, self.config.codebook
+        code_t = (state[:, :dt] @ self.text_centroids.T).argmax(1)
+        code_i = (state[:, dt:-1] @ self.image_centroids.T).argmax(1) + k
+        return torch.where(state[:, -1] > 0.5, code_i, code_t)
+
     def encode(self, state: torch.Tensor) -> torch.Tensor:
         """What the MLP reads: the state itself, or with a codebook the (B, 2k) one-hot query type."""
-        state = self._check(state)
         if not self.config.codebook:
-            return state
-        dt, k = self.config.text_dim, self.config.codebook
-        code_t = (nn.functional.normalize(state[:, :dt], dim=-1) @ self.text_centroids.T).argmax(1)
-        code_i = (nn.functional.normalize(state[:, dt:-1], dim=-1) @ self.image_centroids.T).argmax(1) + k
-        code = torch.where(state[:, -1] > 0.5, code_i, code_t)
-        return nn.functional.one_hot(code, 2 * k).to(self.state_mean.dtype)
+            return self._check(state)
+        return nn.functional.one_hot(self.code(state), 2 * self.config.codebook).to(self.state_mean.dtype)
+
+    def _code_table(self) -> torch.Tensor:
+        """(2k,) mean g of every query type, recomputed only when a parameter or buffer has changed."""
+        key = tuple((id(t), t._version) for t in (*self.parameters(), *self.buffers()))
+        if getattr(self, "_table_key", None) != key:
+            eye = torch.eye(self.input_dim, dtype=self.state_mean.dtype)
+            self._table = self._mean_g(self.head(self.body(self.normalize(eye))))
+            self._table_key = key
+        return self._table
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Store the statistics used to standardise the encoded states (:meth:`encode`)."""
@@ -178,8 +194,16 @@ class GranularityController(PretrainedMixin, nn.Module):
         return torch.distributions.Normal(out[:, 0], self.log_std.exp().expand(out.shape[0]))
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
-        """The mean g for each state. Args: state ``(B, state_dim)``. Returns ``(B,)`` in [0, 1]."""
-        out = self._raw(state)
+        """The mean g for each state. Args: state ``(B, state_dim)``. Returns ``(B,)`` in [0, 1].
+
+        With a codebook and no gradient (inference), g is read from a table of the 2k query types.
+        """
+        if self.config.codebook and not torch.is_grad_enabled():
+            return self._code_table()[self.code(state)]
+        return self._mean_g(self._raw(state))
+
+    def _mean_g(self, out: torch.Tensor) -> torch.Tensor:
+        """Mean g from the head's output (B, 1) or (B, 2)."""
         if self.config.distribution == "beta":
             conc = 1.0 + nn.functional.softplus(out)
             return conc[:, 0] / conc.sum(dim=1)
