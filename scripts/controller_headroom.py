@@ -30,11 +30,10 @@ import torch
 
 def _hits_by_g(view, grid: torch.Tensor, k: int) -> torch.Tensor:
     """(T, G) t2i hit@k of every query at every g of the grid."""
-    from dsanchor.metrics.retrieval import ranks_of_first_positive
-    from dsanchor.retrieval import anchored_scores
+    from dsanchor.eval.compare import query_hits
+    from dsanchor.eval.methods import fixed_g
 
-    cols = [ranks_of_first_positive(anchored_scores(view.terms, float(g)), view.positives) <= k for g in grid]
-    return torch.stack(cols, 1)
+    return torch.stack([query_hits(view, fixed_g(view, float(g)), k)["t2i"] for g in grid], 1)
 
 
 def _per_granularity_g(hits: torch.Tensor, gran: torch.Tensor, grid: torch.Tensor) -> dict[int, int]:
