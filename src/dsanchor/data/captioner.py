@@ -12,7 +12,9 @@ Every statement is true of the scene and only robust facts are stated: counts ar
 a strict majority, "most common" a strict plurality of at least two, crowded/spread use thresholds on
 the mean pairwise ground distance with a gap between them, "more objects in the left half" needs a
 clear margin, and relations need a clear separation along the direction. Word variants come from
-CLEVR's synonyms. The same scene and seed always give the same captions.
+CLEVR's synonyms. The same scene and seed always give the same captions. Each caption carries the
+structured fact it states (:mod:`dsanchor.data.facts`), so that :func:`dsanchor.data.holds` can decide
+for any other scene whether the caption is true of it too.
 """
 
 from __future__ import annotations
@@ -24,13 +26,13 @@ from typing import Any
 
 import numpy as np
 
+from dsanchor.data.facts import CLEVR_IMAGE_WIDTH, mean_pairwise_distance, object_fact, side_counts
 from dsanchor.data.records import Caption
 from dsanchor.data.scene import RELATIONS, clevr_vocabulary, object_key, scene_directions
 
-__all__ = ["CaptionerConfig", "caption_counts", "caption_scene", "describe_object", "mean_pairwise_distance",
-           "side_counts", "NUMBER_WORDS", "CLEVR_IMAGE_WIDTH"]
+__all__ = ["CaptionerConfig", "caption_counts", "caption_scene", "describe_object", "NUMBER_WORDS",
+           "CLEVR_IMAGE_WIDTH"]
 
-CLEVR_IMAGE_WIDTH = 480  # real CLEVR images are 480 x 320; used when a scene does not say its width
 NUMBER_WORDS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten",
                 "eleven", "twelve", "thirteen", "fourteen", "fifteen", "sixteen", "seventeen", "eighteen",
                 "nineteen", "twenty")
@@ -93,39 +95,23 @@ def describe_object(obj: dict[str, Any], rng: np.random.Generator) -> str:
                      _pick(rng, v.words(obj["shape"]))])
 
 
-def mean_pairwise_distance(scene: dict[str, Any]) -> float:
-    """Mean ground-plane distance between object centres, in scene units (0 with fewer than two)."""
-    xy = np.array([o["3d_coords"][:2] for o in scene["objects"]], dtype=np.float64).reshape(-1, 2)
-    if len(xy) < 2:
-        return 0.0
-    d = np.linalg.norm(xy[:, None] - xy[None], axis=-1)  # (N, N)
-    return float(d[np.triu_indices(len(xy), 1)].mean())
-
-
-def side_counts(scene: dict[str, Any], width: float, center_band: float) -> tuple[int, int, int]:
-    """Objects clearly in the left half, clearly in the right half, and near the centre line."""
-    xs = np.array([o["pixel_coords"][0] for o in scene["objects"]], dtype=np.float64)
-    band = center_band * width
-    left = int((xs < width / 2 - band).sum())
-    right = int((xs > width / 2 + band).sum())
-    return left, right, len(xs) - left - right
-
-
-# ---- scene facts: each returns zero or more caption makers, one per true statement -------------------------
+# ---- scene facts: each returns zero or more (fact, caption maker) pairs, one per true statement -------------
 
 Maker = Callable[[np.random.Generator], str]
+Stated = tuple[dict[str, Any], Maker]  # the fact (see dsanchor.data.facts) and a maker of its wordings
 
 
 def _things(rng: np.random.Generator) -> str:
     return _plural(_pick(rng, clevr_vocabulary().words("thing")))
 
 
-def _count_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[Maker]:
+def _count_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[Stated]:
+    fact = {"type": "count", "n": len(scene["objects"])}
     if len(scene["objects"]) == 1:
-        return [lambda r: f"There is only one {_pick(r, clevr_vocabulary().words('thing'))} in the scene."]
+        return [(fact, lambda r: f"There is only one {_pick(r, clevr_vocabulary().words('thing'))} in the scene.")]
     n = _number(len(scene["objects"]))
-    return [lambda r: _pick(r, (f"There are {n} {_things(r)} in the scene.", f"The image shows {n} {_things(r)}.",
-                                f"A scene with exactly {n} {_things(r)}."))]
+    return [(fact, lambda r: _pick(r, (f"There are {n} {_things(r)} in the scene.", f"The image shows {n} {_things(r)}.",
+                                       f"A scene with exactly {n} {_things(r)}.")))]
 
 
 _ALL = {"shape": ("All of the {t} in the scene are {w}.", "The scene contains only {w}."),
@@ -135,7 +121,7 @@ _COMMON = {"color": "{W} is the most common color in the scene.",
            "shape": "{W} are the most common shape in the image."}
 
 
-def _majority_facts(scene: dict[str, Any], attribute: str) -> list[Maker]:
+def _majority_facts(scene: dict[str, Any], attribute: str) -> list[Stated]:
     """All (every object), most (a strict majority) or the most common (a strict plurality of two or more)."""
     counts = Counter(o[attribute] for o in scene["objects"]).most_common()
     n = len(scene["objects"])
@@ -144,11 +130,11 @@ def _majority_facts(scene: dict[str, Any], attribute: str) -> list[Maker]:
     if n < 2 or c1 == c2:
         return []
     if c1 == n:
-        templates = _ALL["shape" if attribute == "shape" else "other"]
+        kind, templates = "all", _ALL["shape" if attribute == "shape" else "other"]
     elif 2 * c1 > n:
-        templates = _MOST
+        kind, templates = "most", _MOST
     elif c1 >= 2 and attribute in _COMMON:
-        templates = (_COMMON[attribute],)
+        kind, templates = "most_common", (_COMMON[attribute],)
     else:
         return []
 
@@ -157,48 +143,53 @@ def _majority_facts(scene: dict[str, Any], attribute: str) -> list[Maker]:
         word = _plural(word) if attribute == "shape" else word
         return _pick(r, templates).format(t=_things(r), w=word, W=word.capitalize())
 
-    return [make]
+    return [({"type": kind, "attribute": attribute, "value": top}, make)]
 
 
-def _absent_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[Maker]:
+def _absent_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[Stated]:
     v = clevr_vocabulary()
     shapes = {o["shape"] for o in scene["objects"]}
     colors = {o["color"] for o in scene["objects"]}
-    makers: list[Maker] = []
+    out: list[Stated] = []
     for s in v.shapes:
         if s not in shapes:
-            makers.append(lambda r, s=s: _pick(r, (f"There are no {_plural(_pick(r, v.words(s)))} in the scene.",
-                                                   f"The image contains no {_plural(_pick(r, v.words(s)))}.")))
+            out.append(({"type": "absent", "attribute": "shape", "value": s}, lambda r, s=s: _pick(r, (
+                f"There are no {_plural(_pick(r, v.words(s)))} in the scene.",
+                f"The image contains no {_plural(_pick(r, v.words(s)))}."))))
     for c in v.colors:
         if c not in colors:
-            makers.append(lambda r, c=c: f"None of the {_things(r)} in the image are {c}.")
-    return makers
+            out.append(({"type": "absent", "attribute": "color", "value": c},
+                        lambda r, c=c: f"None of the {_things(r)} in the image are {c}."))
+    return out
 
 
-def _spread_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[Maker]:
+def _spread_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[Stated]:
     if len(scene["objects"]) < 3:
         return []
     d = mean_pairwise_distance(scene)
     if d < cfg.crowded_below:
-        return [lambda r: _pick(r, (f"The {_things(r)} are crowded together in one part of the scene.",
-                                    f"The {_things(r)} in the image are clustered close together."))]
+        return [({"type": "crowded", "below": cfg.crowded_below}, lambda r: _pick(r, (
+            f"The {_things(r)} are crowded together in one part of the scene.",
+            f"The {_things(r)} in the image are clustered close together.")))]
     if d > cfg.spread_above:
-        return [lambda r: _pick(r, (f"The {_things(r)} are spread out across the scene.",
-                                    f"The {_things(r)} are scattered far apart over the image."))]
+        return [({"type": "spread", "above": cfg.spread_above}, lambda r: _pick(r, (
+            f"The {_things(r)} are spread out across the scene.",
+            f"The {_things(r)} are scattered far apart over the image.")))]
     return []
 
 
-def _side_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[Maker]:
+def _side_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[Stated]:
     left, right, mid = side_counts(scene, width, cfg.center_band)
     for side, other, a, b in (("left", "right", left, right), ("right", "left", right, left)):
         if a - (b + mid) >= cfg.side_margin:
-            return [lambda r, s=side, o=other: _pick(r, (
+            fact = {"type": "side", "side": side, "margin": cfg.side_margin, "center_band": cfg.center_band}
+            return [(fact, lambda r, s=side, o=other: _pick(r, (
                 f"The {s} half of the image contains more {_things(r)} than the {o} half.",
-                f"More {_things(r)} are in the {s} half of the scene than in the {o} half."))]
+                f"More {_things(r)} are in the {s} half of the scene than in the {o} half.")))]
     return []
 
 
-def _scene_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[list[Maker]]:
+def _scene_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> list[list[Stated]]:
     """True scene-level statements, grouped by kind of fact (count, colour, ...)."""
     groups = [_count_facts(scene, cfg, width), _absent_facts(scene, cfg, width), _spread_facts(scene, cfg, width),
               _side_facts(scene, cfg, width), _majority_facts(scene, "color") + _majority_facts(scene, "shape"),
@@ -207,12 +198,12 @@ def _scene_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> l
 
 
 def _scene_captions(scene: dict[str, Any], cfg: CaptionerConfig, width: float, n: int,
-                    rng: np.random.Generator) -> list[str]:
+                    rng: np.random.Generator) -> list[tuple[str, dict[str, Any]]]:
     """One fact from each of ``n`` different kinds where possible (the count fact always exists), then
     further facts of the same kinds; a fact repeats only when its kind has no unused one left."""
     groups = _scene_facts(scene, cfg, width)
     order = [groups[k] for k in rng.permutation(len(groups))]
-    out: list[str] = []
+    out: list[tuple[str, dict[str, Any]]] = []
     used: set[tuple[int, int]] = set()
     while len(out) < n:
         for g, group in enumerate(order):
@@ -221,7 +212,8 @@ def _scene_captions(scene: dict[str, Any], cfg: CaptionerConfig, width: float, n
             fresh = [k for k in range(len(group)) if (g, k) not in used] or list(range(len(group)))
             k = fresh[int(rng.integers(len(fresh)))]
             used.add((g, k))
-            out.append(group[k](rng))
+            fact, make = group[k]
+            out.append((make(rng), fact))
     return out
 
 
@@ -234,13 +226,15 @@ def _preferred_objects(scene: dict[str, Any], rng: np.random.Generator) -> list[
     return sorted(order, key=lambda i: keys[object_key(scene["objects"][i])] > 1)
 
 
-def _object_captions(scene: dict[str, Any], n: int, rng: np.random.Generator) -> list[str]:
+def _object_captions(scene: dict[str, Any], n: int, rng: np.random.Generator) -> list[tuple[str, dict[str, Any]]]:
     objs = scene["objects"]
     order = _preferred_objects(scene, rng)
     out = []
     for k in range(n):
-        desc = describe_object(objs[order[k % len(order)]], rng)
-        out.append(_pick(rng, (f"A {desc}.", f"A {desc} on the ground.", f"A {desc} sitting on the floor.")))
+        obj = objs[order[k % len(order)]]
+        desc = describe_object(obj, rng)
+        text = _pick(rng, (f"A {desc}.", f"A {desc} on the ground.", f"A {desc} sitting on the floor."))
+        out.append((text, {"type": "object", "object": object_fact(obj)}))
     return out
 
 
@@ -260,7 +254,8 @@ def _relation_candidates(scene: dict[str, Any], margin: float) -> list[tuple[int
     return out
 
 
-def _relation_captions(scene: dict[str, Any], cfg: CaptionerConfig, n: int, rng: np.random.Generator) -> list[str]:
+def _relation_captions(scene: dict[str, Any], cfg: CaptionerConfig, n: int,
+                       rng: np.random.Generator) -> list[tuple[str, dict[str, Any]]]:
     """Relations between two objects, both with unique descriptions where possible, each pair once if possible."""
     objs = scene["objects"]
     keys = Counter(object_key(o) for o in objs)
@@ -280,7 +275,9 @@ def _relation_captions(scene: dict[str, Any], cfg: CaptionerConfig, n: int, rng:
     for j, rel, i in picked[:n]:
         a, b = describe_object(objs[j], rng), describe_object(objs[i], rng)
         phrase = _pick(rng, clevr_vocabulary().words(rel))
-        out.append(_pick(rng, (f"The {a} is {phrase} the {b}.", f"A {a} {phrase} a {b}.")))
+        fact = {"type": "relation", "subject": object_fact(objs[j]), "relation": rel, "object": object_fact(objs[i]),
+                "margin": cfg.relation_margin}
+        out.append((_pick(rng, (f"The {a} is {phrase} the {b}.", f"A {a} {phrase} a {b}.")), fact))
     return out
 
 
@@ -304,9 +301,9 @@ def caption_scene(scene: dict[str, Any], config: CaptionerConfig | None = None, 
     rng = np.random.default_rng([int(seed), int(scene.get("image_index", 0))])
     w = float(width or scene.get("width") or CLEVR_IMAGE_WIDTH)
     if not scene["objects"]:
-        return [Caption("The scene is empty; there are no objects in the image.", "scene")]
+        return [Caption("The scene is empty; there are no objects in the image.", "scene", {"type": "count", "n": 0})]
     scene_txt = _scene_captions(scene, cfg, w, counts["scene"], rng)
     rel_txt = _relation_captions(scene, cfg, counts["relation"], rng) if len(scene["objects"]) > 1 else []
     obj_txt = _object_captions(scene, counts["object"] + counts["relation"] - len(rel_txt), rng)
-    return ([Caption(t, "scene") for t in scene_txt] + [Caption(t, "object") for t in obj_txt]
-            + [Caption(t, "relation") for t in rel_txt])
+    return ([Caption(t, "scene", f) for t, f in scene_txt] + [Caption(t, "object", f) for t, f in obj_txt]
+            + [Caption(t, "relation", f) for t, f in rel_txt])

@@ -8,7 +8,8 @@ Two layouts are found under the root (``path`` may also be one scenes file):
 CLEVR has no captions, so they come from :func:`dsanchor.data.captioner.caption_scene`, seeded per
 image with (caption seed, image_index); the caption seed and captioner settings default to those stored
 in the generator's ``info`` (so synth data gets the same captions through both loaders), else 0 and the
-defaults. Objects are named colour + shape ("red cube") with attributes (size, material).
+defaults. Each caption carries the fact it states and each sample its scene graph, so that
+:func:`dsanchor.data.holds` gives exact relevance. Objects are named colour + shape ("red cube") with attributes (size, material).
 
 Boxes: the object's ``bbox`` [x, y, w, h] when present (the generator writes it). Real CLEVR scenes have
 no boxes, so one is estimated around ``pixel_coords`` from the object's size and depth with CLEVR's
@@ -167,8 +168,9 @@ class ClevrLoader(DatasetLoader):
                    for j, o in enumerate(scene["objects"])]
         self._check_scene_graph(scene, path, where)
         image_id = index + (SPLIT_ID_OFFSETS.get(split or "train", 0) if real_layout else 0)
-        captions = caption_scene({**scene, "width": width}, ccfg, seed=seed)
-        return Sample(image_id, self.relative_image_path(image), width, height, captions, objects, split)
+        graph = {**scene, "width": width, "height": height}  # holds() reads the width for left/right-half facts
+        captions = caption_scene(graph, ccfg, seed=seed)
+        return Sample(image_id, self.relative_image_path(image), width, height, captions, objects, split, graph)
 
     def _object(self, obj: Any, path: Path, where: str, width: int, height: int) -> ObjectAnnotation:
         require_keys(obj, _OBJECT_KEYS, path, where)

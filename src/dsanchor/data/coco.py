@@ -34,6 +34,7 @@ from dsanchor.data.base import (
     safe_relpath,
     split_from_name,
 )
+from dsanchor.data.facts import check_fact
 from dsanchor.data.records import Caption, ObjectAnnotation, Sample
 from dsanchor.errors import DataError
 
@@ -157,7 +158,8 @@ class CocoLoader(DatasetLoader):
                 raise DataError(path, f"image_id {a['image_id']!r} is not in 'images'", where)
             text = check_caption(a["caption"], path, where + ".caption")
             gran = check_granularity(a.get("granularity"), path, where + ".granularity")
-            samples[a["image_id"]].captions.append(Caption(text, gran))
+            fact = check_fact(a.get("fact"), path, where + ".fact")
+            samples[a["image_id"]].captions.append(Caption(text, gran, fact))
 
     def _read_instances(self, path: Path, samples: dict[int, Sample], captions: Path) -> None:
         data = read_json(path, dict)
@@ -186,7 +188,8 @@ class CocoLoader(DatasetLoader):
 
 
 class SynthLoader(CocoLoader):
-    """The generator's output (``dsanchor data synth``) read through its COCO files."""
+    """The generator's output (``dsanchor data synth``) read through its COCO files, with each image's scene
+    graph from ``scenes.json`` (so that exact relevance is defined, as for the CLEVR loader)."""
 
     format = "synth"
 
@@ -194,4 +197,14 @@ class SynthLoader(CocoLoader):
         if not self.path.is_dir() or not (self.path / "captions.json").is_file():
             raise DataError(self.path, "not a synth dataset folder (no captions.json); create one with "
                                        "'dsanchor data synth --out DIR'")
-        return super().load(split)
+        samples = super().load(split)
+        scenes_file = self.path / "scenes.json"
+        if not scenes_file.is_file():
+            return samples
+        data = read_json(scenes_file, dict)
+        by_id = {sc.get("image_index"): sc for sc in _list_of(data, "scenes", scenes_file) if isinstance(sc, dict)}
+        for s in samples:
+            if s.image_id not in by_id:
+                raise DataError(scenes_file, f"no scene for image id {s.image_id} of captions.json", "scenes")
+            s.scene = {**by_id[s.image_id], "width": s.width, "height": s.height}
+        return samples

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 __all__ = ["GRANULARITIES", "Caption", "ObjectAnnotation", "Sample"]
 
@@ -24,6 +25,8 @@ class Caption:
 
     text: str
     granularity: str | None = None  # "scene", "object", "relation" or None when unknown
+    # the structured fact the caption states (dsanchor.data.facts), where the data has scene graphs
+    fact: dict[str, Any] | None = field(default=None, compare=False)
 
 
 @dataclass
@@ -37,3 +40,4 @@ class Sample:
     captions: list[Caption] = field(default_factory=list)
     objects: list[ObjectAnnotation] = field(default_factory=list)
     split: str | None = None  # "train", "val", "test" or None when the dataset has no split
+    scene: dict[str, Any] | None = None  # the CLEVR scene graph, where the data has one (synth, CLEVR)

@@ -7,7 +7,8 @@
       scenes.json                  CLEVR scenes schema (plus a "bbox" [x, y, w, h] per object, and the image
                                    "width"/"height" per scene)
       captions.json                COCO captions format; each annotation also has "granularity"
-                                   ("scene", "object" or "relation")
+                                   ("scene", "object" or "relation") and "fact", the structured fact it
+                                   states (dsanchor.data.facts; dsanchor.data.holds decides it for any scene)
       instances.json               COCO instances format; one category per colour + shape ("red cube"); each
                                    annotation also has "attributes" [size, material]
       splits.json                  {"train": [image ids], "val": [...], "test": [...]}
@@ -199,14 +200,14 @@ def _assign_splits(cfg: SynthConfig) -> list[str]:
 
 
 def _make_one(job: tuple[int, str, SynthConfig, CaptionerConfig, str]) -> tuple[dict[str, Any], list, list]:
-    """Build, render and save one scene; returns the scene, its captions as (text, granularity) and the
+    """Build, render and save one scene; returns the scene, its captions as (text, granularity, fact) and the
     objects' outlines as COCO polygons."""
     index, split, cfg, ccfg, image_dir = job
     scene, geoms = build_scene(index, cfg, split)
     render_synth_image(geoms, cfg).save(Path(image_dir) / scene["image_filename"], compress_level=1)
     caps = caption_scene(scene, ccfg, seed=cfg.seed)
     outlines = [[[round(float(t), 1) for t in g.silhouette.reshape(-1)]] for g in geoms]
-    return scene, [(c.text, c.granularity) for c in caps], outlines
+    return scene, [(c.text, c.granularity, c.fact) for c in caps], outlines
 
 
 def _coco_images(scenes: list[dict[str, Any]]) -> list[dict[str, Any]]:
@@ -224,8 +225,8 @@ def _write_coco(out: Path, scenes: list[dict[str, Any]], captions: list[list], o
     """captions.json and instances.json; returns the number of captions."""
     info = {"description": "dsanchor synth: CLEVR-style scenes", "version": SYNTH_VERSION, "contributor": "dsanchor"}
     images = _coco_images(scenes)
-    anns = [{"id": k, "image_id": s["image_index"], "caption": text, "granularity": gran}
-            for k, (s, (text, gran)) in enumerate(((s, c) for s, caps in zip(scenes, captions, strict=True)
+    anns = [{"id": k, "image_id": s["image_index"], "caption": text, "granularity": gran, "fact": fact}
+            for k, (s, (text, gran, fact)) in enumerate(((s, c) for s, caps in zip(scenes, captions, strict=True)
                                                     for c in caps), start=1)]
     _write_json(out / "captions.json", {"info": info, "licenses": [], "images": images, "annotations": anns})
     v = clevr_vocabulary()

@@ -204,7 +204,9 @@ def build_plan(samples: Sequence[Sample], root: str | Path, encoder: EncoderBack
     if len(counts) != len(samples):
         dup = next(i for i, c in counts.items() if c > 1)
         raise DataError(root, f"image id {dup} appears more than once; image ids must be unique")
-    digest = hashlib.sha256(json.dumps([[s.image_id, s.image_path] for s in samples]).encode()).hexdigest()
+    # the content of the records: a changed caption, fact or scene graph makes another store
+    digest = hashlib.sha256(json.dumps([[s.image_id, s.image_path, [[c.text, c.granularity, c.fact] for c in s.captions],
+                                         s.scene] for s in samples], sort_keys=True).encode()).hexdigest()
     enc = encoder.describe()
     plan = {
         "format_version": FORMAT_VERSION,
@@ -356,6 +358,7 @@ def _encode_batch(samples: Sequence[Sample], idx: list[int], encoder: EncoderBac
         "text_granularity": torch.tensor([GRANULARITY_CODES.get(c.granularity or "", -1) for _, c in caps],
                                          dtype=torch.int64),
         "captions": [c.text for _, c in caps],
+        "facts": [c.fact for _, c in caps],
     }
 
 
@@ -372,4 +375,6 @@ def _shard_data(samples: Sequence[Sample], parts: list[dict[str, Any]]) -> Shard
         splits=[samples[i].split for i in idx],
         objects=[[o.name for o in samples[i].objects] for i in idx],
         captions=[c for p in parts for c in p["captions"]],
+        scenes=[samples[i].scene for i in idx],
+        facts=[f for p in parts for f in p["facts"]],
     )

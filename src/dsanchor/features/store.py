@@ -4,7 +4,8 @@ Layout of a store directory::
 
     FEATS/
       extract.json               the plan: what is being extracted (written first)
-      shards/shard-00000.json    strings of shard 0: image paths, splits, object names, captions
+      shards/shard-00000.json    strings of shard 0: image paths, splits, object names, captions, and where the
+                                 data has scene graphs the scene of each image and the fact of each caption
       shards/shard-00000.safetensors
                                  image_ids (N,) int64, coarse (N, Dc), regions (N, R, Dr), boxes (N, R, 4),
                                  mask (N, R) bool, text_embeddings (M, Dt), text_image_ids (M,) int64,
@@ -87,6 +88,8 @@ class ShardData:
     splits: list[str | None]  # (N,)
     objects: list[list[str]]  # (N,) names of the annotated objects
     captions: list[str]  # (M,)
+    scenes: list[dict[str, Any] | None] | None = None  # (N,) scene graphs, where the data has them
+    facts: list[dict[str, Any] | None] | None = None  # (M,) the fact each caption states, where known
 
     def tensors(self) -> dict[str, torch.Tensor]:
         names = ("image_ids", "coarse", "regions", "boxes", "mask", "text_embeddings", "text_image_ids",
@@ -94,8 +97,13 @@ class ShardData:
         return {n: getattr(self, n).contiguous() for n in names}
 
     def strings(self) -> dict[str, Any]:
-        return {"image_paths": self.image_paths, "splits": self.splits, "objects": self.objects,
-                "captions": self.captions}
+        out = {"image_paths": self.image_paths, "splits": self.splits, "objects": self.objects,
+               "captions": self.captions}
+        if self.scenes is not None and any(x is not None for x in self.scenes):
+            out["scenes"] = self.scenes
+        if self.facts is not None and any(x is not None for x in self.facts):
+            out["facts"] = self.facts
+        return out
 
 
 class StoreWriter:
@@ -254,31 +262,38 @@ class FeatureStore:
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("image_ids", "coarse", "regions", "boxes", "mask")}
         objects: list[list[str]] = []
         splits: list[str | None] = []
+        scenes: list[dict[str, Any] | None] = []
         for i in range(self.num_shards):
             tensors, strings = self.shard_tensors(i), self.shard_strings(i)
             keep = self._image_keep(strings, split)  # (N,)
             for k in parts:
                 parts[k].append(tensors[k] if bool(keep.all()) else tensors[k][keep])
-            objects += [o for o, k in zip(strings["objects"], keep.tolist(), strict=True) if k]
-            splits += [s for s, k in zip(strings["splits"], keep.tolist(), strict=True) if k]
+            flags = keep.tolist()
+            objects += [o for o, k in zip(strings["objects"], flags, strict=True) if k]
+            splits += [s for s, k in zip(strings["splits"], flags, strict=True) if k]
+            scenes += [s for s, k in zip(strings.get("scenes") or [None] * len(flags), flags, strict=True) if k]
         cat = {k: _cat(v, self._empty(k)) for k, v in parts.items()}
         return ImageFeatures(cat["image_ids"], cat["coarse"], cat["regions"], cat["boxes"], cat["mask"],
-                             objects, splits)
+                             objects, splits, scenes if any(s is not None for s in scenes) else None)
 
     def texts(self, split: str | None = None) -> TextFeatures:
         """Text features of every caption, or of the captions whose image is in ``split``."""
         parts: dict[str, list[torch.Tensor]] = {k: [] for k in ("text_embeddings", "text_image_ids",
                                                                 "text_granularity")}
         captions: list[str] = []
+        facts: list[dict[str, Any] | None] = []
         for i in range(self.num_shards):
             tensors, strings = self.shard_tensors(i), self.shard_strings(i)
             ids = tensors["image_ids"][self._image_keep(strings, split)]  # (n,)
             keep = torch.isin(tensors["text_image_ids"], ids)  # (M,)
             for k in parts:
                 parts[k].append(tensors[k] if bool(keep.all()) else tensors[k][keep])
-            captions += [c for c, k in zip(strings["captions"], keep.tolist(), strict=True) if k]
+            flags = keep.tolist()
+            captions += [c for c, k in zip(strings["captions"], flags, strict=True) if k]
+            facts += [f for f, k in zip(strings.get("facts") or [None] * len(flags), flags, strict=True) if k]
         cat = {k: _cat(v, self._empty(k)) for k, v in parts.items()}
-        return TextFeatures(cat["text_embeddings"], cat["text_image_ids"], cat["text_granularity"], captions)
+        return TextFeatures(cat["text_embeddings"], cat["text_image_ids"], cat["text_granularity"], captions,
+                            facts if any(f is not None for f in facts) else None)
 
     def _empty(self, key: str) -> torch.Tensor:
         """A zero-length tensor of the right shape and dtype for ``key`` (a store without shards)."""
