@@ -19,20 +19,25 @@ def test_demo_end_to_end_and_reuse(tmp_path, capsys):
     res = json.loads((out / "results.json").read_text())
     assert set(res["methods"]) == set(METHOD_ORDER)  # every row filled
     for name, row in res["methods"].items():
-        for direction in ("t2i", "i2t"):
-            assert all(0.0 <= row[direction][k] <= 1.0 for k in ("R@1", "R@5", "R@10"))
-        assert row["t2i"]["R@1"] <= row["t2i"]["R@5"] <= row["t2i"]["R@10"]
+        for proto in (row, row["exact"]):  # both protocols, both directions, for every method
+            for direction in ("t2i", "i2t"):
+                assert all(0.0 <= proto[direction][k] <= 1.0 for k in ("R@1", "R@5", "R@10"))
+            assert proto["t2i"]["R@1"] <= proto["t2i"]["R@5"] <= proto["t2i"]["R@10"]
+        assert row["exact"]["t2i"]["R@1"] >= row["t2i"]["R@1"]  # exact positives include the paired one
+        assert 0.0 <= row["coverage_i2t"] <= 1.0
         assert {"BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s"} <= set(row), name
         assert set(row["by_granularity"]) <= {"scene", "object", "relation"}
-    assert res["methods"]["oracle"]["t2i"]["R@10"] >= res["methods"]["fixed_best"]["t2i"]["R@10"]
+    assert res["methods"]["oracle"]["exact"]["t2i"]["MRR"] >= res["methods"]["fixed_best"]["exact"]["t2i"]["MRR"]
     assert set(res["pope"]) == {"random", "popular", "adversarial"}
     assert {"synth", "extract", "align", "detector", "tune", "ppo", "caption", "eval", "total"} <= set(res["timing_s"])
-    pair = res["paired"]["pairs"]["dsa_ppo-fine"]["t2i"]
+    pair = res["paired"]["pairs"]["dsa_ppo-fine"]["exact"]["t2i"]["R@1"]
     assert pair["lo"] <= pair["diff"] <= pair["hi"] and pair["n_queries"] == res["n_captions"]
+    assert pair["n_images"] == res["n_images"] and res["paired"]["n_comparisons"] == 5 * 2 * 2 * 2
+    assert pair["lo_bonf"] <= pair["lo"] and pair["hi"] <= pair["hi_bonf"]
     assert (out / "seed0" / "eval" / "hits.safetensors").exists()
     report = (out / "report.md").read_text()
     assert "| dsa_ppo |" in report and "oracle (upper bound)" in report and "| dsa_ppo − fine |" in report
-    for png in ("g_by_granularity.png", "recall_vs_g.png", "ppo_curve.png", "examples.png"):
+    for png in ("g_by_granularity.png", "recall_vs_g.png", "ppo_curve.png", "examples.png", "tuning_objective.png"):
         assert (out / png).stat().st_size > 1000
     capsys.readouterr()
     assert main(["demo", "--out", str(out), *TINY]) == 0  # a rerun reuses every stage

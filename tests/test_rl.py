@@ -8,7 +8,7 @@ from stable_baselines3.common.env_checker import check_env
 from dsanchor.retrieval import PairTerms
 from dsanchor.rl.env import GranularityEnv, RewardConfig, action_to_g, clipped_reward
 from dsanchor.rl.reward import AccuracyConfig, RetrievalReward
-from dsanchor.rl.tune import TuneConfig, run_parallel, run_study
+from dsanchor.rl.tune import TuneConfig, best_reward, run_parallel, run_study
 
 
 def test_action_rescaling():
@@ -41,14 +41,36 @@ def _terms():
 def test_retrieval_reward_hit_rank_and_hallucination():
     terms, pos = _terms()
     hall = torch.tensor([[0.0, 1.0, 0.5], [0.2, 0.0, 0.0]])
-    rr = RetrievalReward(terms, pos, hall, AccuracyConfig(k=1))
-    assert rr(0, 1.0) == (1.0, -0.0)  # fine: image 0 on top, no hallucination
-    assert rr(0, 0.0) == (0.0, -1.0)  # coarse: image 1 on top, it lacks the caption's objects
-    dense = RetrievalReward(terms, pos, None, AccuracyConfig(k=1, dense=True))
+    named = torch.tensor([True, True])
+    rr = RetrievalReward(terms, pos, hall, AccuracyConfig(k=1, dense=False), named)
+    assert rr(0, 1.0) == (1.0, 1.0)  # fine: image 0 on top, every named object grounded: 1 - 2 * 0
+    assert rr(0, 0.0) == (0.0, -1.0)  # coarse: image 1 on top, it lacks the caption's objects: 1 - 2 * 1
+    dense = RetrievalReward(terms, pos, None, AccuracyConfig(k=1))  # the default: reciprocal rank
     assert dense(0, 0.0) == (0.5, 0.0)
     # image query 0 (pool index 2): captions ranked by score column 0; caption 0 is its positive
     assert rr(2, 1.0)[0] == 1.0
     assert len(rr) == 5
+
+
+def test_a_caption_naming_nothing_is_not_rewarded_over_a_correct_object_caption():
+    """Image query 0 can rank first a scene caption (names no object) or a correct object caption; the
+    hallucination term must prefer the correct object caption, and both over a wrong one."""
+    # 3 captions x 1 image: caption 0 a scene caption, caption 1 a correct object caption, caption 2 a wrong one
+    fine = torch.tensor([[0.9], [0.1], [0.0]])  # g = 1 ranks the scene caption first
+    coarse = torch.tensor([[0.0], [0.9], [0.1]])  # g = 0 ranks the correct object caption first
+    terms = PairTerms(fine=fine, coarse=coarse, cross=torch.zeros(3, 1), entropy=torch.zeros(3, 1))
+    pos = torch.tensor([[True], [True], [False]])  # both the scene and the object caption are true of it
+    hall = torch.tensor([[0.0], [0.0], [1.0]])
+    named = torch.tensor([False, True, True])
+    rr = RetrievalReward(terms, pos, hall, AccuracyConfig(), named)
+    scene_first, object_first = rr(3, 1.0), rr(3, 0.0)  # pool index 3 = image query 0
+    assert scene_first[0] == object_first[0] == 1.0  # the same accuracy
+    assert object_first[1] > scene_first[1] == 0.0  # naming nothing scores below a correct mention
+    wrong_first = PairTerms(fine=torch.tensor([[0.0], [0.0], [0.9]]), coarse=torch.zeros(3, 1),
+                            cross=torch.zeros(3, 1), entropy=torch.zeros(3, 1))
+    assert RetrievalReward(wrong_first, pos, hall, AccuracyConfig(), named)(3, 1.0)[1] == -1.0 < scene_first[1]
+    with pytest.raises(ValueError, match="names_object"):
+        RetrievalReward(terms, pos, hall, AccuracyConfig())
 
 
 def test_env_checks_and_is_deterministic():
@@ -87,6 +109,12 @@ def test_tiny_ppo_beats_random_policy_and_resumes(tmp_path):
     random = np.mean([reward_model(q, rng.uniform())[0] for q in range(256)])
     assert learned > random + 0.2
     assert (tmp_path / "controller" / "controller.safetensors").exists()
+    # a checkpoint made with another reward is not resumed: one line, then a fresh start
+    _, other = train_ppo(states, reward_model, RewardConfig(beta=0.9), cfg, tmp_path)
+    assert other["resumed_from"] == 0
+    _, again = train_ppo(states, reward_model, RewardConfig(beta=0.9), dataclasses.replace(cfg, timesteps=2048),
+                         tmp_path)
+    assert again["resumed_from"] >= 1024  # the same run resumes
 
 
 @pytest.mark.slow
@@ -112,7 +140,7 @@ def test_ppo_with_a_codebook_learns_one_g_per_query_type(tmp_path):
 
 def quadratic_objective():
     """Module level so spawned workers can build it."""
-    return lambda r: -((r.alpha - 1.2) ** 2) - (r.beta - 0.4) ** 2
+    return lambda r: -((r.beta - 0.4) ** 2) - (r.clip_high - 1.0) ** 2 - (r.clip_low + 0.5) ** 2
 
 
 @pytest.mark.slow
@@ -125,3 +153,6 @@ def test_two_processes_share_one_sqlite_study(tmp_path):
     assert study.best_value <= 0
     more = run_study(quadratic_objective(), cfg, 2)
     assert len(more.trials) == 8
+    assert all(t.params.keys() == {"ratio", "clip_low", "clip_high"} for t in more.trials)  # what PPO can feel
+    best = best_reward(more)
+    assert best.alpha == 1.0 and cfg.ratio_low <= best.beta <= cfg.ratio_high and best.clip_low < 0 < best.clip_high

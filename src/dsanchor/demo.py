@@ -40,9 +40,9 @@ class DemoConfig:
     image_size: int = field(default=224, metadata={"help": "synthetic image size in pixels"})
     align_epochs: int = field(default=12, metadata={"help": "maximum epochs of the alignment heads"})
     detector_epochs: int = field(default=20, metadata={"help": "maximum epochs of the hallucination detector"})
-    tune_trials: int = field(default=6, metadata={"help": "Optuna trials over alpha, beta"})
+    tune_trials: int = field(default=12, metadata={"help": "Optuna trials over beta/alpha and the clip bounds"})
     tune_workers: int = field(default=1, metadata={"help": "processes sharing the Optuna study"})
-    tune_timesteps: int = field(default=8192, metadata={"help": "PPO steps per tuning trial"})
+    tune_timesteps: int = field(default=8192, metadata={"help": "PPO steps per fold of a tuning trial"})
     ppo_timesteps: int = field(default=65536, metadata={"help": "PPO steps of the final retrieval controller"})
     caption_steps: int = field(default=400, metadata={"help": "optimizer steps of the caption decoder"})
     caption_ppo_timesteps: int = field(default=4096, metadata={"help": "PPO steps of the captioning controller"})
@@ -90,63 +90,71 @@ def _quiet_progress() -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
+def _seed_stages(stages: _Stages, out: Path, config: DemoConfig, seed: int, feat_key: dict) -> dict:
+    """The trained stages of one seed; each is the library function its command calls (dsanchor.stages),
+    with the library's defaults except the budget fields of :class:`DemoConfig`."""
+    from dsanchor.align.train import AlignTrainConfig
+    from dsanchor.demo_stages import caption_stage
+    from dsanchor.gate import GateConfig
+    from dsanchor.hallucination import DetectorTrainConfig, PopeConfig
+    from dsanchor.rl.ppo import PPOConfig
+    from dsanchor.rl.tune import TuneConfig, read_best
+    from dsanchor.stages import align_stage, detector_stage, eval_stage, train_stage, tune_stage
+
+    feats, sd = out / "features", out / f"seed{seed}"
+    align = AlignTrainConfig(epochs=config.align_epochs, seed=seed)
+    det = DetectorTrainConfig(epochs=config.detector_epochs, seed=seed)
+    tune = TuneConfig(trials=config.tune_trials, workers=config.tune_workers, seed=seed, study_name=f"demo-seed{seed}",
+                      timesteps=config.tune_timesteps)
+    ppo = PPOConfig(timesteps=config.ppo_timesteps, seed=seed, checkpoint_every=max(config.ppo_timesteps // 4, 1024))
+    key = {"features": feat_key, "seed": seed, "format": 3}
+    heads_key = {**key, "align": dataclasses.asdict(align)}
+    stages.run(f"align heads (seed {seed})", sd / "heads", heads_key,
+               lambda d: align_stage(feats, d, train=align), "align")
+    det_key = {**key, "detector": dataclasses.asdict(det)}
+    stages.run(f"hallucination det. (seed {seed})", sd / "detector", det_key,
+               lambda d: detector_stage(feats, d, train=det, pope=PopeConfig(seed=seed)), "detector")
+    tune_key = {**heads_key, **det_key, "tune": dataclasses.asdict(tune)}
+    stages.run(f"tune reward (seed {seed})", sd / "tune", tune_key,
+               lambda d: tune_stage(feats, sd / "heads", sd / "detector", d, tune=tune, ppo=ppo), "tune")
+    ppo_key = {**tune_key, "ppo": dataclasses.asdict(ppo)}
+    stages.run(f"PPO controller (seed {seed})", sd / "ppo", ppo_key,
+               lambda d: train_stage(feats, sd / "heads", sd / "detector", d, read_best(sd / "tune"), ppo=ppo,
+                                     progress=False), "ppo")
+    cap_key = {**heads_key, **det_key, "steps": config.caption_steps, "ppo_steps": config.caption_ppo_timesteps}
+    stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
+               lambda d: caption_stage(feats, sd, d, config, seed), "caption")
+    eval_key = {**ppo_key, **cap_key}
+    stages.run(f"evaluate (seed {seed})", sd / "eval", eval_key,
+               lambda d: eval_stage(feats, sd / "heads", d, sd / "ppo", sd / "caption", sd / "detector",
+                                    gate=GateConfig(seed=seed), dataset="synth"), "eval")
+    return json.loads((sd / "eval" / "results.json").read_text())
+
+
 def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
     """Run every stage and write results.json, report.md and the plots. Returns the merged results."""
-    from dsanchor.demo_stages import (
-        caption_stage,
-        detector_stage,
-        eval_stage,
-        extract_stage,
-        heads_stage,
-        ppo_stage,
-        synth_stage,
-        tune_stage,
-    )
+    from dsanchor.demo_stages import extract_stage, synth_stage
     from dsanchor.eval.compare import compare_methods, load_hits
+    from dsanchor.eval.methods import EvalConfig
     from dsanchor.report.demo_report import write_report
     from dsanchor.report.results import merge_seeds
-    from dsanchor.state import StateConfig
 
     _quiet_progress()
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    cfg = dataclasses.asdict(config)
     stages = _Stages(out, 2 + 6 * config.seeds)
     t_start = time.perf_counter()
-    data_key = {"scenes": config.scenes, "image_size": config.image_size, "seed": config.data_seed}
+    data_key = {"scenes": config.scenes, "image_size": config.image_size, "seed": config.data_seed, "facts": 1}
     stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, config), "synth")
-    feat_key = {"data": data_key, "encoder": "effnet-minilm"}
+    feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": "synth"}
     stages.run("extract features", out / "features", feat_key,
                lambda d: extract_stage(out / "data", d, config), "extract")
-    per_seed = []
-    for seed in range(config.seeds):
-        sd = out / f"seed{seed}"
-        key = {"features": feat_key, "seed": seed}
-        heads_key = {**key, "epochs": cfg["align_epochs"]}
-        stages.run(f"align heads (seed {seed})", sd / "heads", heads_key,
-                   lambda d, s=seed: heads_stage(out / "features", d, config, s), "align")
-        det_key = {**key, "epochs": cfg["detector_epochs"]}
-        stages.run(f"hallucination det. (seed {seed})", sd / "detector", det_key,
-                   lambda d, s=seed: detector_stage(out / "features", d, config, s), "detector")
-        tune_key = {**heads_key, **det_key, "trials": cfg["tune_trials"], "steps": cfg["tune_timesteps"],
-                    "state": dataclasses.asdict(StateConfig())}  # the controller's state shapes tuning too
-        stages.run(f"tune alpha, beta (seed {seed})", sd / "tune", tune_key,
-                   lambda d, s=seed, sd=sd: tune_stage(out / "features", sd, d, config, s), "tune")
-        ppo_key = {**tune_key, "steps": cfg["ppo_timesteps"]}
-        stages.run(f"PPO controller (seed {seed})", sd / "ppo", ppo_key,
-                   lambda d, s=seed, sd=sd: ppo_stage(out / "features", sd, d, config, s), "ppo")
-        cap_key = {**heads_key, **det_key, "steps": cfg["caption_steps"], "ppo_steps": cfg["caption_ppo_timesteps"]}
-        stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
-                   lambda d, s=seed, sd=sd: caption_stage(out / "features", sd, d, config, s), "caption")
-        eval_key = {**ppo_key, **cap_key, "format": 2}  # format 2 writes hits.safetensors
-        stages.run(f"evaluate (seed {seed})", sd / "eval", eval_key,
-                   lambda d, s=seed, sd=sd: eval_stage(out / "features", sd, d, config, s), "eval")
-        per_seed.append(json.loads((sd / "eval" / "results.json").read_text()))
+    per_seed = [_seed_stages(stages, out, config, seed, feat_key) for seed in range(config.seeds)]
     times = {k: round(v, 2) for k, v in stages.times.items()}
     times["total"] = round(sum(times.values()), 2)  # every stage's own time, reused ones included
-    if len(per_seed) > 1:  # one paired bootstrap over the stacked seeds (intervals do not average)
-        hits = load_hits([out / f"seed{s}" / "eval" / "hits.safetensors" for s in range(config.seeds)])
-        results = merge_seeds(per_seed, compare_methods(hits, per_seed[0]["paired"]["k"]))
+    if len(per_seed) > 1:  # one bootstrap over images and seeds (intervals do not average)
+        records, clusters = load_hits([out / f"seed{s}" / "eval" / "hits.safetensors" for s in range(config.seeds)])
+        results = merge_seeds(per_seed, compare_methods(records, clusters, n_boot=EvalConfig().n_boot))
     else:
         results = per_seed[0]
     results["timing_s"] = times

@@ -38,7 +38,7 @@ def train_gate(view, controller_config: ControllerConfig, config: GateConfig) ->
     ctrl = GranularityController(controller_config)
     ctrl.fit_inputs(torch.cat([view.states_t2i, view.states_i2t]), config.seed)
     opt = torch.optim.Adam(ctrl.parameters(), lr=config.lr, weight_decay=config.weight_decay)
-    pos = view.positives
+    pos = view.relevant  # exact relevance where the data has scene graphs
     t0 = time.perf_counter()
     terms_it = view.terms.t()
     for _ in range(config.steps):

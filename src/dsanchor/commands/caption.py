@@ -177,7 +177,7 @@ def run_eval(args: argparse.Namespace) -> int:
         fit_caption_methods,
         load_captioner,
     )
-    from dsanchor.experiment import guess_vocabulary
+    from dsanchor.hallucination.matrices import guess_vocabulary
     from dsanchor.rl.ppo import PPOConfig
 
     set_threads(args)

@@ -5,8 +5,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
-from dsanchor.commands._common import add_common, set_threads, write_json, yaml_of
-from dsanchor.config import add_config_args, resolve_config, save_resolved
+from dsanchor.commands._common import add_common, set_threads, yaml_of
+from dsanchor.config import add_config_args, resolve_config
 
 
 def add_parser(sub) -> None:
@@ -29,52 +29,23 @@ def add_parser(sub) -> None:
     p.set_defaults(func=run)
 
 
-def load_controller(path: str | None):
-    from dsanchor.controller import GranularityController
-
-    if path is None:
-        return None
-    p = Path(path)
-    return GranularityController.from_pretrained(p / "controller" if (p / "controller").is_dir() else p)
-
-
 def run(args) -> int:
-    from dsanchor.align.heads import AlignmentHeads
-    from dsanchor.eval.compare import compare_methods, save_hits
     from dsanchor.eval.methods import EvalConfig
-    from dsanchor.eval.run import evaluate_retrieval
-    from dsanchor.features.store import FeatureStore
     from dsanchor.gate import GateConfig
-    from dsanchor.report.results import build_results, granularity_table, main_table, paired_table
+    from dsanchor.report.results import granularity_table, main_table, paired_table
+    from dsanchor.stages import eval_stage
     from dsanchor.state import StateConfig
 
     set_threads(args)
     y = yaml_of(args)
-    cfg = resolve_config(EvalConfig, args, y, section="eval")
-    state = resolve_config(StateConfig, args, y, section="state")
-    gate = resolve_config(GateConfig, args, y, prefix="gate_", section="gate")
-    store = FeatureStore(args.features)
-    heads = AlignmentHeads.from_pretrained(args.heads)
-    res = evaluate_retrieval(store, heads, cfg, state, load_controller(args.controller), gate, args.split)
-    captioning = pope = None
-    if args.captioning:
-        captioning = json.loads((Path(args.captioning) / "caption_metrics.json").read_text())["methods"]
-    if args.detector:
-        pope = json.loads((Path(args.detector) / "detector_metrics.json").read_text()).get("test")
-    results = build_results(store.manifest.get("dataset", {}).get("name", "unknown"), args.split,
-                            res.extra["n_images"], res.extra["n_captions"], [gate.seed], res.methods,
-                            captioning, pope, paired=compare_methods(res.hits, cfg.select_k, seed=gate.seed))
-    out = Path(args.out)
-    save_resolved(out, eval=cfg, state=state, gate=gate, features=args.features, heads=args.heads,
-                  controller=args.controller)
-    write_json(out / "results.json", results)
-    save_hits(out / "hits.safetensors", res.hits)
-    write_json(out / "eval_details.json", {"val_curve": res.val_curve, "test_curve": res.test_curve,
-                                           "two_stage": res.two_stage, **res.extra})
+    results = eval_stage(args.features, args.heads, args.out, args.controller, args.captioning, args.detector,
+                         resolve_config(EvalConfig, args, y, section="eval"),
+                         resolve_config(StateConfig, args, y, section="state"),
+                         resolve_config(GateConfig, args, y, prefix="gate_", section="gate"), args.split)
     table = main_table(results) + "\n\n" + granularity_table(results) + "\n\n" + paired_table(results)
-    (out / "results.md").write_text(table + "\n")
+    (Path(args.out) / "results.md").write_text(table + "\n")
     print(table)
-    ts = res.two_stage
+    ts = json.loads((Path(args.out) / "eval_details.json").read_text())["two_stage"]
     print(f"\ntwo-stage (coarse top-{ts['M']} + {ts['method']} re-rank) vs exact, t2i: " +
           ", ".join(f"{k} {ts['exact'][k]:.3f} -> {ts['two_stage'][k]:.3f}" for k in ts["exact"]))
     return 0

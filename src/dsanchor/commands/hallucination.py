@@ -11,11 +11,10 @@ POPE numbers and the training time. ``eval`` prints a POPE table per negative sa
 from __future__ import annotations
 
 import argparse
-import dataclasses
 import logging
 
 from dsanchor.commands._common import add_common, set_threads, write_json, yaml_of
-from dsanchor.config import add_config_args, resolve_config, save_resolved
+from dsanchor.config import add_config_args, resolve_config
 from dsanchor.errors import ConfigError
 
 log = logging.getLogger(__name__)
@@ -59,46 +58,18 @@ def format_pope(results: dict[str, dict[str, float]]) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dsanchor.features.store import FeatureStore
-    from dsanchor.hallucination import (
-        DetectorConfig,
-        DetectorTrainConfig,
-        PopeConfig,
-        dataset_stats,
-        evaluate_pope,
-        holdout,
-        train_detector,
-    )
+    from dsanchor.hallucination import DetectorConfig, DetectorTrainConfig, PopeConfig
+    from dsanchor.stages import detector_stage
 
     set_threads(args)
     y = yaml_of(args)
-    cfg = resolve_config(DetectorConfig, args, y, section="detector")
-    train_cfg = resolve_config(DetectorTrainConfig, args, y, section="detector_train")
-    pope = resolve_config(PopeConfig, args, y, prefix="pope_", section="pope")
-    store = FeatureStore(args.features)
-    d = store.dims
-    cfg = dataclasses.replace(cfg, coarse_dim=d["coarse"], region_dim=d["region"], text_dim=d["text"])
-    vocab = store.object_vocabulary()
-    train, val, test = store.images("train"), store.images("val"), store.images("test")
-    if len(train) == 0:
-        raise ConfigError(f"{args.features}: the store has no train images; extract a dataset with splits")
-    if not any(val.objects):
-        log.warning("no val images with objects; holding out %.0f%% of train for early stopping", 100 * VAL_FRACTION)
-        train, val = holdout(train, VAL_FRACTION, train_cfg.seed)
-    detector, info = train_detector(train, val, vocab, cfg, train_cfg, pope)
-    detector.save_pretrained(args.out)
-    save_resolved(args.out, detector=detector.config, detector_train=train_cfg, pope=pope,
-                  features=str(args.features))
-    stats = dataset_stats(vocab, train, val, test)
-    info = {"train_time_s": info.pop("train_time_s"), "val": evaluate_pope(detector, val, vocab, stats, pope),
-            **({"test": evaluate_pope(detector, test, vocab, stats, pope)} if any(test.objects) else {}),
-            "n_images": {"train": len(train), "val": len(val), "test": len(test)},
-            "vocabulary_size": len(vocab.names), **info}
-    write_json(f"{args.out}/{METRICS_NAME}", info)
+    info = detector_stage(args.features, args.out, resolve_config(DetectorConfig, args, y, section="detector"),
+                          resolve_config(DetectorTrainConfig, args, y, section="detector_train"),
+                          resolve_config(PopeConfig, args, y, prefix="pope_", section="pope"), VAL_FRACTION)
     print(f"detector saved to {args.out} ({info['train_time_s']:.1f}s, best epoch {info['best_epoch']})")
     for split in ("val", "test"):
         if split in info:
-            print(f"POPE on {split} ({len(val) if split == 'val' else len(test)} images):")
+            print(f"POPE on {split} ({info['n_images'][split]} images):")
             print(format_pope(info[split]))
     return 0
 

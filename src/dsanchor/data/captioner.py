@@ -110,7 +110,8 @@ def _count_facts(scene: dict[str, Any], cfg: CaptionerConfig, width: float) -> l
     if len(scene["objects"]) == 1:
         return [(fact, lambda r: f"There is only one {_pick(r, clevr_vocabulary().words('thing'))} in the scene.")]
     n = _number(len(scene["objects"]))
-    return [(fact, lambda r: _pick(r, (f"There are {n} {_things(r)} in the scene.", f"The image shows {n} {_things(r)}.",
+    return [(fact, lambda r: _pick(r, (f"There are {n} {_things(r)} in the scene.",
+                                       f"The image shows {n} {_things(r)}.",
                                        f"A scene with exactly {n} {_things(r)}.")))]
 
 

@@ -9,7 +9,8 @@ CLEVR has no captions, so they come from :func:`dsanchor.data.captioner.caption_
 image with (caption seed, image_index); the caption seed and captioner settings default to those stored
 in the generator's ``info`` (so synth data gets the same captions through both loaders), else 0 and the
 defaults. Each caption carries the fact it states and each sample its scene graph, so that
-:func:`dsanchor.data.holds` gives exact relevance. Objects are named colour + shape ("red cube") with attributes (size, material).
+:func:`dsanchor.data.holds` gives exact relevance. Objects are named colour + shape ("red cube") with
+attributes (size, material).
 
 Boxes: the object's ``bbox`` [x, y, w, h] when present (the generator writes it). Real CLEVR scenes have
 no boxes, so one is estimated around ``pixel_coords`` from the object's size and depth with CLEVR's
@@ -31,7 +32,6 @@ from PIL import Image
 
 from dsanchor.data.base import (
     DatasetLoader,
-    check_bbox,
     filter_split,
     read_json,
     require_keys,
@@ -183,7 +183,7 @@ class ClevrLoader(DatasetLoader):
                     and all(isinstance(t, (int, float)) for t in obj[key])):
                 raise DataError(path, f"{key} must be three numbers", f"{where}.{key}")
         box = obj["bbox"] if "bbox" in obj else self._estimate_box(obj, width, height)
-        box = check_bbox(box, width, height, path, where + ".bbox", self.options.bbox_tolerance)
+        box = self.check_box(box, width, height, path, where + ".bbox")
         return ObjectAnnotation(object_name(obj), box, object_attributes(obj))
 
     def _estimate_box(self, obj: dict, width: int, height: int) -> list[float]:

@@ -34,8 +34,8 @@ import numpy as np
 
 from dsanchor.data.scene import scene_directions
 
-__all__ = ["FACT_TYPES", "holds", "holds_matrix", "object_fact", "describe_fact", "check_fact", "mean_pairwise_distance",
-           "side_counts"]
+__all__ = ["FACT_TYPES", "holds", "holds_matrix", "object_fact", "describe_fact", "check_fact",
+           "mean_pairwise_distance", "side_counts"]
 
 Fact = dict[str, Any]
 Scene = dict[str, Any]

@@ -1,106 +1,152 @@
-"""Is one method really better than another? Paired bootstrap over the test queries.
+"""Is one method really better than another? An image-level bootstrap, combined with the spread over seeds.
 
-Every method is scored on the same test queries, so two methods are compared query by query: the
-difference of their hit@K (1 if the query's first positive is in the top K, else 0) is averaged, and its
-95% interval comes from resampling the queries with replacement (the paired percentile bootstrap of
-Koehn 2004, "Statistical significance tests for machine translation evaluation").
+Every method is scored on the same test queries, so two methods are compared query by query. The queries
+are not independent: an image's five captions share the image, and under exact relevance they share its
+gallery neighbours too. So the unit that is resampled is the **test image, with all of its queries** (its
+captions as text-to-image queries and the image itself as the image-to-text query): a cluster bootstrap
+(Field & Welsh 2007, "Bootstrapping clustered data"). Resampling captions independently, as a
+per-query bootstrap does, makes the intervals too narrow.
 
-With several seeds the test split is the same for all of them, so the queries are resampled once per
-bootstrap draw and the difference is averaged over the seeds as well: the interval then covers the
-sampling of the queries, and the mean over seeds removes part of the training noise. The seed-to-seed
-spread is reported separately (``diff_std`` in ``results.json``); the interval does not include it.
+Training seeds are a second source of variation: each bootstrap draw also resamples the seeds with
+replacement (a two-level, hierarchical bootstrap), so the interval covers both the choice of test images
+and the training noise. With one seed only the images are resampled, and the report says so.
+
+Each comparison reports a 95% percentile interval. Many comparisons are made (pairs x directions x
+metrics x protocols); ``n_comparisons`` counts them, and ``lo_bonf`` / ``hi_bonf`` give the Bonferroni
+interval at level 1 - 0.05 / n_comparisons, which holds for all of them at once.
 """
 
 from __future__ import annotations
 
 import torch
 
-from dsanchor.eval.methods import MethodG
+from dsanchor.eval.methods import MethodG, query_ranks
 from dsanchor.eval.views import SplitView
-from dsanchor.metrics.retrieval import ranks_of_first_positive
-from dsanchor.retrieval import anchored_scores
 
-__all__ = ["DEFAULT_PAIRS", "query_hits", "paired_bootstrap", "compare_methods", "save_hits", "load_hits"]
+__all__ = ["DEFAULT_PAIRS", "COMPARED_METRICS", "query_records", "query_clusters", "query_metric",
+           "cluster_bootstrap", "compare_methods", "save_hits", "load_hits"]
 
 # (a, b): report a - b. The RL controller against every baseline, and the gradient gate against fine-only.
 DEFAULT_PAIRS = (("dsa_ppo", "fine"), ("dsa_ppo", "coarse"), ("dsa_ppo", "fixed_best"), ("dsa_ppo", "gate_grad"),
                  ("gate_grad", "fine"))
+COMPARED_METRICS = ("R@1", "R@10")
 
 
 @torch.no_grad()
-def query_hits(view: SplitView, g: MethodG, k: int) -> dict[str, torch.Tensor]:
-    """hit@k of every query: ``{"t2i": (T,) bool, "i2t": (N,) bool}``."""
-    s_t2i = anchored_scores(view.terms, g.t2i.view(-1, 1))
-    s_i2t = anchored_scores(view.terms.t(), g.i2t.view(-1, 1))
-    return {"t2i": ranks_of_first_positive(s_t2i, view.positives) <= k,
-            "i2t": ranks_of_first_positive(s_i2t, view.positives.T) <= k}
+def query_records(view: SplitView, g: MethodG) -> dict[str, torch.Tensor]:
+    """Per-query first-positive ranks of a method, for each protocol and direction.
 
-
-def paired_bootstrap(a: torch.Tensor, b: torch.Tensor, n_boot: int = 10_000, seed: int = 0,
-                     level: float = 0.95) -> dict[str, float]:
-    """Mean of ``a - b`` with a percentile bootstrap interval over queries.
-
-    Args:
-        a, b: (Q,) or (S, Q) per-query scores of two methods (S seeds sharing the same Q queries).
-        n_boot: bootstrap draws. seed: seeds the draws. level: coverage of the interval.
     Returns:
-        ``diff`` (mean over seeds and queries), ``lo`` / ``hi`` (the interval), ``p_le_0`` (share of
-        draws whose mean difference is <= 0: a one-sided bootstrap p-value for "a is better than b"),
-        ``n_queries`` and, with several seeds, ``diff_std`` (the spread of the per-seed differences).
+        ``{"paired.t2i": (T,), "paired.i2t": (N,), "exact.t2i": ..., "exact.i2t": ...}`` int32 ranks
+        (``exact`` only where the data has scene graphs).
     """
-    if a.shape != b.shape:
-        raise ValueError(f"paired scores need the same shape, got {tuple(a.shape)} and {tuple(b.shape)}")
-    if a.numel() == 0:
-        raise ValueError("paired_bootstrap needs at least one query")
-    d = (a.double() - b.double()).reshape(-1, a.shape[-1])  # (S, Q)
-    q = d.shape[1]
-    per_query = d.mean(0)  # (Q,) mean over seeds
-    gen = torch.Generator().manual_seed(seed)
-    means = torch.empty(n_boot, dtype=torch.float64)
-    chunk = max(1, 2_000_000 // q)
-    for start in range(0, n_boot, chunk):
-        n = min(chunk, n_boot - start)
-        idx = torch.randint(q, (n, q), generator=gen)
-        means[start:start + n] = per_query[idx].mean(1)
-    tail = (1.0 - level) / 2
-    lo, hi = torch.quantile(means, torch.tensor([tail, 1.0 - tail], dtype=torch.float64)).tolist()
-    out = {"diff": float(per_query.mean()), "lo": lo, "hi": hi, "p_le_0": float((means <= 0).double().mean()),
-           "n_queries": q}
-    if d.shape[0] > 1:
-        out["diff_std"] = float(d.mean(1).std(unbiased=False))
+    out = {}
+    for name, pos in view.protocols.items():
+        for d, r in query_ranks(view, g, pos).items():
+            out[f"{name}.{d}"] = r.to(torch.int32)
     return out
 
 
-def compare_methods(hits: dict[str, dict[str, torch.Tensor]], k: int, pairs=DEFAULT_PAIRS, n_boot: int = 10_000,
-                    seed: int = 0, level: float = 0.95) -> dict:
-    """The ``paired`` section of ``results.json``.
+def query_clusters(view: SplitView) -> dict[str, torch.Tensor]:
+    """The test image (its index in the split) each query belongs to: ``{"t2i": (T,), "i2t": (N,)}``."""
+    index = {int(i): k for k, i in enumerate(view.images.image_ids.tolist())}
+    t2i = torch.tensor([index[int(i)] for i in view.texts.image_ids.tolist()], dtype=torch.int32)
+    return {"t2i": t2i, "i2t": torch.arange(len(view.images), dtype=torch.int32)}
+
+
+def query_metric(ranks: torch.Tensor, metric: str) -> torch.Tensor:
+    """Per-query score from first-positive ranks: ``"R@K"`` (hit) or ``"MRR"`` (reciprocal rank)."""
+    if metric == "MRR":
+        return 1.0 / ranks.double()
+    return (ranks <= int(metric.removeprefix("R@"))).double()
+
+
+def cluster_bootstrap(diff: torch.Tensor, cluster: torch.Tensor, n_boot: int = 2000, seed: int = 0,
+                      level: float = 0.95, bonferroni: int = 1) -> dict[str, float]:
+    """Mean of per-query differences with an interval from resampling clusters and seeds.
 
     Args:
-        hits: method -> {"t2i": (Q,) or (S, Q), "i2t": ...} per-query hit@k.
+        diff: (S, Q) per-query differences of S seeds on the same Q queries.
+        cluster: (Q,) the cluster (test image) of each query, in 0..C-1.
+        n_boot: bootstrap draws. seed: seeds the draws. level: coverage of each interval.
+        bonferroni: the number of comparisons made; also returns the interval at 1 - (1 - level) / bonferroni.
+    Returns:
+        ``diff`` (mean over seeds and queries), ``lo`` / ``hi``, ``lo_bonf`` / ``hi_bonf``, ``p_le_0`` (the
+        share of draws <= 0), ``n_queries``, ``n_images``, ``n_seeds`` and ``diff_std`` (spread of the seeds).
+    """
+    if diff.dim() != 2 or diff.shape[1] != cluster.shape[0] or diff.numel() == 0:
+        raise ValueError(f"need (seeds, queries) differences and one cluster per query, got {tuple(diff.shape)} "
+                         f"and {tuple(cluster.shape)}")
+    s, _ = diff.shape
+    c = int(cluster.max()) + 1
+    sums = torch.zeros(s, c, dtype=torch.float64).index_add_(1, cluster.long(), diff.double())  # (S, C)
+    counts = torch.bincount(cluster.long(), minlength=c).double()  # (C,)
+    gen = torch.Generator().manual_seed(seed)
+    means = torch.empty(n_boot, dtype=torch.float64)
+    chunk = max(1, 4_000_000 // (c * s))
+    for start in range(0, n_boot, chunk):
+        n = min(chunk, n_boot - start)
+        img = torch.randint(c, (n, c), generator=gen)
+        w = torch.zeros(n, c, dtype=torch.float64).scatter_add_(1, img, torch.ones(n, c, dtype=torch.float64))
+        seeds = torch.randint(s, (n, s), generator=gen) if s > 1 else torch.zeros(n, 1, dtype=torch.long)
+        u = torch.zeros(n, s, dtype=torch.float64).scatter_add_(1, seeds, torch.ones_like(seeds, dtype=torch.float64))
+        num = torch.einsum("bs,sc,bc->b", u, sums, w) / s  # (n,) seed-weighted, image-weighted sums
+        means[start:start + n] = num / (w @ counts)
+    tail = (1.0 - level) / 2
+    tail_b = tail / max(bonferroni, 1)
+    q = torch.tensor([tail, 1 - tail, tail_b, 1 - tail_b], dtype=torch.float64)
+    lo, hi, lo_b, hi_b = torch.quantile(means, q).tolist()
+    per_seed = diff.double().mean(1)
+    return {"diff": float(per_seed.mean()), "lo": lo, "hi": hi, "lo_bonf": lo_b, "hi_bonf": hi_b,
+            "p_le_0": float((means <= 0).double().mean()), "n_queries": int(diff.shape[1]), "n_images": c,
+            "n_seeds": s, "diff_std": float(per_seed.std(unbiased=False)) if s > 1 else 0.0}
+
+
+def compare_methods(records: dict[str, dict[str, torch.Tensor]], clusters: dict[str, torch.Tensor],
+                    pairs=DEFAULT_PAIRS, metrics=COMPARED_METRICS, n_boot: int = 2000, seed: int = 0,
+                    level: float = 0.95) -> dict:
+    """The ``paired`` section of ``results.json``: differences between methods with image-level intervals.
+
+    Args:
+        records: method -> {"paired.t2i": (S, T) ranks, ...} (see :func:`query_records`, stacked by seed).
+        clusters: {"t2i": (T,), "i2t": (N,)} the test image of every query.
         pairs: (a, b) method pairs; a pair with a missing method is skipped.
     Returns:
-        ``{"k", "level", "n_boot", "pairs": {"a-b": {"t2i": {...}, "i2t": {...}}}}`` with the fields of
-        :func:`paired_bootstrap` (differences of R@k, as fractions).
+        ``{"level", "n_boot", "unit", "n_seeds", "n_comparisons", "bonferroni_level",
+        "pairs": {"a-b": {"exact": {"t2i": {"R@1": {...}, ...}, "i2t": ...}, "paired": ...}}}``.
     """
-    out = {}
+    pairs = [(a, b) for a, b in pairs if a in records and b in records]
+    keys = sorted(set.intersection(*(set(records[m]) for p in pairs for m in p))) if pairs else []
+    n_comp = len(pairs) * len(keys) * len(metrics)
+    out: dict = {}
     for a, b in pairs:
-        if a in hits and b in hits:
-            out[f"{a}-{b}"] = {d: paired_bootstrap(hits[a][d], hits[b][d], n_boot, seed, level) for d in ("t2i", "i2t")}
-    return {"k": k, "level": level, "n_boot": n_boot, "pairs": out}
+        row: dict = {}
+        for key in keys:
+            protocol, d = key.split(".")
+            for m in metrics:
+                diff = query_metric(records[a][key], m) - query_metric(records[b][key], m)  # (S, Q)
+                row.setdefault(protocol, {}).setdefault(d, {})[m] = cluster_bootstrap(
+                    diff.reshape(-1, diff.shape[-1]), clusters[d], n_boot, seed, level, n_comp)
+        out[f"{a}-{b}"] = row
+    n_seeds = next((int(v.reshape(-1, v.shape[-1]).shape[0]) for r in records.values() for v in r.values()), 0)
+    return {"level": level, "n_boot": n_boot, "unit": "test image with all its queries, and training seed",
+            "n_seeds": n_seeds, "n_comparisons": n_comp, "bonferroni_level": 1 - (1 - level) / max(n_comp, 1),
+            "metrics": list(metrics), "pairs": out}
 
 
-def save_hits(path, hits: dict[str, dict[str, torch.Tensor]]) -> None:
-    """Write per-query hits (``{method: {"t2i": (T,), "i2t": (N,)}}``) as safetensors."""
+def save_hits(path, records: dict[str, dict[str, torch.Tensor]], clusters: dict[str, torch.Tensor]) -> None:
+    """Write per-query ranks (``{method: {"exact.t2i": (T,), ...}}``) and the query clusters as safetensors."""
     from safetensors.torch import save_file
 
-    save_file({f"{m}.{d}": v.to(torch.uint8).contiguous() for m, dirs in hits.items() for d, v in dirs.items()},
-              str(path))
+    tensors = {f"{m}.{k}": v.to(torch.int32).contiguous() for m, r in records.items() for k, v in r.items()}
+    tensors.update({f"_cluster.{d}": v.to(torch.int32).contiguous() for d, v in clusters.items()})
+    save_file(tensors, str(path))
 
 
-def load_hits(paths) -> dict[str, dict[str, torch.Tensor]]:
-    """Stack the hits of several seeds' evaluations: ``{method: {"t2i": (S, T), "i2t": (S, N)}}``.
+def load_hits(paths) -> tuple[dict[str, dict[str, torch.Tensor]], dict[str, torch.Tensor]]:
+    """Stack several seeds' evaluations: ``({method: {"exact.t2i": (S, T), ...}}, clusters)``.
 
-    Only methods present in every file are kept.
+    Only methods present in every file are kept; the files must share their test queries.
     """
     from safetensors.torch import load_file
 
@@ -108,8 +154,14 @@ def load_hits(paths) -> dict[str, dict[str, torch.Tensor]]:
     if not files:
         raise ValueError("load_hits needs at least one file")
     keys = set.intersection(*(set(f) for f in files))
-    out: dict[str, dict[str, torch.Tensor]] = {}
+    records: dict[str, dict[str, torch.Tensor]] = {}
+    clusters: dict[str, torch.Tensor] = {}
     for key in sorted(keys):
-        method, d = key.rsplit(".", 1)
-        out.setdefault(method, {})[d] = torch.stack([f[key] for f in files]).bool()
-    return out
+        method, rest = key.split(".", 1)
+        if method == "_cluster":
+            clusters[rest] = files[0][key]
+            if any(not torch.equal(f[key], files[0][key]) for f in files):
+                raise ValueError(f"the evaluations in {list(map(str, paths))} are on different test queries")
+        else:
+            records.setdefault(method, {})[rest] = torch.stack([f[key] for f in files])
+    return records, clusters

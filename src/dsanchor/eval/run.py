@@ -10,21 +10,22 @@ import torch
 
 from dsanchor.align.heads import AlignmentHeads
 from dsanchor.controller import ControllerConfig, GranularityController
-from dsanchor.eval.compare import query_hits
+from dsanchor.eval.compare import query_clusters, query_records
 from dsanchor.eval.methods import (
     EvalConfig,
     MethodG,
     controller_g,
     fixed_g,
     g_grid,
+    hallucination_rates,
     oracle_g,
     retrieval_metrics,
     select_fixed_g,
 )
 from dsanchor.eval.views import SplitView, prepare_view
-from dsanchor.experiment import guess_vocabulary, hallucination_matrices, hallucination_rates
 from dsanchor.features.store import FeatureStore
 from dsanchor.gate import GateConfig, train_gate
+from dsanchor.hallucination.matrices import guess_vocabulary, hallucination_matrices
 from dsanchor.metrics.retrieval import recall_at_k
 from dsanchor.retrieval import anchored_scores, pair_terms, two_stage_scores
 from dsanchor.state import StateConfig, query_states, text_to_image_states
@@ -43,7 +44,8 @@ class RetrievalEval:
     val_curve: list  # fixed-g R@K on val (selects fixed_best)
     test_curve: list  # fixed-g R@K on test (for the plot)
     two_stage: dict  # exact vs two-stage R@K at M
-    hits: dict  # method name -> {"t2i": (T,) bool, "i2t": (N,) bool} hit@select_k of every test query
+    records: dict  # method name -> {"exact.t2i": (T,) ranks, ...} per-query first-positive ranks
+    clusters: dict  # {"t2i": (T,), "i2t": (N,)} the test image of every query (the bootstrap's unit)
     extra: dict = field(default_factory=dict)  # gate training info, vocabulary, ...
 
 
@@ -78,9 +80,9 @@ def timing_per_query(view: SplitView, heads: AlignmentHeads, controller: Granula
 
 def _two_stage(view: SplitView, heads: AlignmentHeads, g: MethodG, config: EvalConfig) -> dict:
     ks = config.ks
-    exact = recall_at_k(anchored_scores(view.terms, g.t2i.view(-1, 1)), view.positives, ks)
+    exact = recall_at_k(anchored_scores(view.terms, g.t2i.view(-1, 1)), view.relevant, ks)
     two = recall_at_k(two_stage_scores(view.text, view.joint, heads.pool_s.item(), g.t2i, config.two_stage_m),
-                      view.positives, ks)
+                      view.relevant, ks)
     return {"M": config.two_stage_m, "exact": exact, "two_stage": two,
             "loss": {k: exact[k] - two[k] for k in exact}}
 
@@ -92,7 +94,7 @@ def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalC
     val = prepare_view(heads, store.images("val"), store.texts("val"), state)
     test = prepare_view(heads, store.images(split), store.texts(split), state)
     vocabulary = guess_vocabulary(test.images)
-    hall = hallucination_matrices(test, vocabulary)
+    hall = hallucination_matrices(test.texts, test.images, vocabulary)
     g_best, val_curve = select_fixed_g(val, config)
     gate_cfg = ControllerConfig(state_dim=val.states_t2i.shape[1], codebook=state.codebook, text_dim=val.text_dim)
     gate_ctrl, gate_info = train_gate(val, gate_cfg, gate or GateConfig())
@@ -116,10 +118,18 @@ def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalC
     test_curve = []
     for g in g_grid(config.grid).tolist():
         m = retrieval_metrics(test, fixed_g(test, g), config.ks)
-        test_curve.append({"g": g, "t2i": m["t2i"], "i2t": m["i2t"]})
+        test_curve.append({"g": g, **{k: m[k] for k in ("t2i", "i2t", "exact") if k in m}})
     ref = "dsa_ppo" if "dsa_ppo" in gs else "fixed_best"
     two = {"method": ref, **_two_stage(test, heads, gs[ref], config)}
-    hits = {name: query_hits(test, g, config.select_k) for name, g in gs.items()}
-    extra = {"vocabulary": vocabulary, "gate": gate_info, "timing_ms": timing,
-             "n_images": len(test.images), "n_captions": len(test.texts)}
-    return RetrievalEval(methods, gs, val_curve, test_curve, two, hits, extra)
+    records = {name: query_records(test, g) for name, g in gs.items()}
+    protocols = {"paired": "a caption's only positive is its own image (COCO / CLIP_benchmark)"}
+    if test.exact is not None:
+        protocols["exact"] = ("every test image the caption is true of (t2i) and every caption true of the "
+                              "image (i2t), from the scene graphs; fixed_best, the gate, the oracle and the "
+                              "PPO reward use it")
+    else:
+        protocols["note"] = "no scene graphs: the paired protocol only; fixed_best, gate and oracle use it"
+    extra = {"vocabulary": vocabulary, "gate": gate_info, "timing_ms": timing, "protocols": protocols,
+             "n_images": len(test.images), "n_captions": len(test.texts),
+             "mean_positives_t2i": {k: float(v.sum(1).double().mean()) for k, v in test.protocols.items()}}
+    return RetrievalEval(methods, gs, val_curve, test_curve, two, records, query_clusters(test), extra)

@@ -205,8 +205,9 @@ def build_plan(samples: Sequence[Sample], root: str | Path, encoder: EncoderBack
         dup = next(i for i, c in counts.items() if c > 1)
         raise DataError(root, f"image id {dup} appears more than once; image ids must be unique")
     # the content of the records: a changed caption, fact or scene graph makes another store
-    digest = hashlib.sha256(json.dumps([[s.image_id, s.image_path, [[c.text, c.granularity, c.fact] for c in s.captions],
-                                         s.scene] for s in samples], sort_keys=True).encode()).hexdigest()
+    records = [[s.image_id, s.image_path, [[c.text, c.granularity, c.fact] for c in s.captions], s.scene]
+               for s in samples]
+    digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
     enc = encoder.describe()
     plan = {
         "format_version": FORMAT_VERSION,

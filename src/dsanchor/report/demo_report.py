@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import json
 import platform
+import shutil
 import time
 from pathlib import Path
 
 import torch
 from safetensors.torch import load_file
 
-from dsanchor.report.results import granularity_table, main_table, paired_table
+from dsanchor.report.results import caption_table, granularity_table, main_table, paired_table
 
 __all__ = ["write_report", "reading"]
 
@@ -43,10 +44,18 @@ def _compare(results: dict, a: str, b: str, *keys: str) -> str:
     return f"{a} {va:.3f} vs {b} {vb:.3f} ({d:+.3f}{verdict})"
 
 
-def _paired(results: dict, a: str, b: str) -> str:
-    """'a − b: +d, 95% CI [lo, hi]: a is better / not shown better / worse' from results["paired"]."""
+def _proto(results: dict) -> str:
+    return "exact" if any("exact" in r for r in results["methods"].values()) else "paired"
+
+
+def _keys(results: dict, d: str = "t2i") -> tuple[str, ...]:
+    return ("exact", d) if _proto(results) == "exact" else (d,)
+
+
+def _paired(results: dict, a: str, b: str, metric: str = "R@1") -> str:
+    """'a − b: +d, 95% CI [lo, hi]: verdict' from results["paired"] (image-level bootstrap)."""
     paired = results.get("paired", {})
-    r = paired.get("pairs", {}).get(f"{a}-{b}", {}).get("t2i")
+    r = paired.get("pairs", {}).get(f"{a}-{b}", {}).get(_proto(results), {}).get("t2i", {}).get(metric)
     if r is None:
         return ""
     verdict = ("the interval is above 0" if r["lo"] > 0 else
@@ -57,24 +66,24 @@ def _paired(results: dict, a: str, b: str) -> str:
 
 def reading(results: dict) -> list[str]:
     """Plain statements computed from the numbers (no hand-written claims)."""
-    m = results["methods"]
+    m, proto, k = results["methods"], _proto(results), _keys(results)
     lines = [
-        "Text→image R@10: " + _compare(results, "dsa_ppo", "coarse", "t2i", "R@10") + "; "
-        + _compare(results, "dsa_ppo", "fine", "t2i", "R@10") + ".",
-        "Against the strong baselines: " + _compare(results, "dsa_ppo", "fixed_best", "t2i", "R@10") + "; "
-        + _compare(results, "dsa_ppo", "gate_grad", "t2i", "R@10") + ".",
+        f"Text→image R@1 ({proto} protocol): " + _compare(results, "dsa_ppo", "coarse", *k, "R@1") + "; "
+        + _compare(results, "dsa_ppo", "fine", *k, "R@1") + ".",
+        "Against the strong baselines: " + _compare(results, "dsa_ppo", "fixed_best", *k, "R@1") + "; "
+        + _compare(results, "dsa_ppo", "gate_grad", *k, "R@1") + ".",
     ]
     tests = [s for s in (_paired(results, "dsa_ppo", b) for b in ("coarse", "fine", "fixed_best", "gate_grad")) if s]
     if tests:
-        lines.append("Paired bootstrap over the test queries (text→image R@10): " + "; ".join(tests) + ".")
-    fb, pp, orc = (_get(m.get(k, {}), "t2i", "R@10") for k in ("fixed_best", "dsa_ppo", "oracle"))
+        lines.append(f"Image-level bootstrap (text→image R@1, {proto}): " + "; ".join(tests) + ".")
+    fb, pp, orc = (_get(m.get(x, {}), *k, "R@1") for x in ("fixed_best", "dsa_ppo", "oracle"))
     if None not in (fb, pp, orc) and orc - fb > 1e-9:
         lines.append(f"PPO captures {(pp - fb) / (orc - fb):.0%} of the oracle's gain over fixed_best "
-                     f"((dsa_ppo − fixed_best) / (oracle − fixed_best), text→image R@10); the oracle picks g "
+                     f"((dsa_ppo − fixed_best) / (oracle − fixed_best), text→image R@1); the oracle picks g "
                      f"on the test query itself and is an upper bound, not a method.")
     gp = _get(m.get("dsa_ppo", {}), "by_granularity")
     if gp:
-        parts = [f"{k} {v['mean_g']:.2f}" for k, v in gp.items() if "mean_g" in v]
+        parts = [f"{x} {v['mean_g']:.2f}" for x, v in gp.items() if "mean_g" in v]
         lines.append("Mean g picked by PPO per caption granularity: " + ", ".join(parts) + ".")
     if "CIDEr" in m.get("dsa_ppo", {}):
         lines.append("Captioning CIDEr (raw scale): " + _compare(results, "dsa_ppo", "fixed_best", "CIDEr")
@@ -114,11 +123,15 @@ def _plots(out: Path, results: dict) -> list[tuple[str, str]]:
     if "dsa_ppo.t2i" in g:
         made.append(("g per caption granularity (dsa_ppo, seed 0)", plot_g_distribution(
             g["dsa_ppo.t2i"], texts.granularity, out / "g_by_granularity.png", "PPO controller: g by granularity")))
-    made.append(("R@10 against fixed g (seed 0, test)", plot_recall_vs_g(
+    made.append(("text→image R@1 against fixed g (seed 0, test)", plot_recall_vs_g(
         details["test_curve"], results["methods"], out / "recall_vs_g.png")))
     curve = seed_dir / "ppo" / "learning_curve.json"
     if curve.is_file():
         made.append(("PPO learning curve (seed 0)", plot_learning_curve(curve, out / "ppo_curve.png")))
+    tuning = seed_dir / "tune" / "objective.png"
+    if tuning.is_file():
+        shutil.copyfile(tuning, out / "tuning_objective.png")
+        made.append(("tuning objective over the searched space (seed 0)", out / "tuning_objective.png"))
     if "dsa_ppo.t2i" in g:
         made.append(("example queries (seed 0)", plot_examples(
             _examples(store, texts, images, g["dsa_ppo.t2i"], seed_dir), out / "examples.png")))
@@ -148,6 +161,42 @@ def _examples(store, texts, images, g_t2i: torch.Tensor, seed_dir: Path, per_kin
     return out
 
 
+def _protocol_note(results: dict) -> str:
+    p = results.get("protocols", {})
+    if "exact" in p:
+        return ("Two relevance protocols. **exact**: " + p["exact"] + ". **paired**: " + p["paired"] + ", as in "
+                "the literature; a synthetic caption is true of many images, so paired recall undercounts.")
+    return "Relevance: **paired** only (" + p.get("paired", "own image") + "); " + p.get("note", "")
+
+
+def _caption_granularity_lines(results: dict) -> list[str]:
+    """Captions by granularity: the mix of generated captions next to the references', and CHAIR per
+    granularity asked for (``caption_mix`` / ``caption_by_granularity`` of
+    :func:`dsanchor.captioning.evaluate_captioning`); empty when the results have none."""
+    rows = {k: r for k, r in results["methods"].items() if "caption_mix" in r}
+    if not rows:
+        return []
+    shares = ("scene", "object", "relation", "other")
+    kinds = list(dict.fromkeys(k for r in rows.values() for k in r.get("caption_by_granularity", {})))
+    f = "{:.2f}".format
+    lines = ["| captions | mix " + " / ".join(shares) + " | " + " | ".join(
+        f"{k}: CHAIR_i / CHAIR_s / on target" for k in kinds) + " |", "|---|---|" + "---|" * len(kinds)]
+    refs = next(iter(rows.values()))["caption_mix"]["references"]
+    lines.append("| references | " + " / ".join(f(refs.get(k, 0.0)) for k in shares) + " |" + " – |" * len(kinds))
+    for name, r in rows.items():
+        by = r.get("caption_by_granularity", {})
+        cells = [" / ".join([f(by[k]["CHAIR_i"]), f(by[k]["CHAIR_s"]),
+                             f(by[k]["on_target"]) if "on_target" in by[k] else "–"]) if k in by else "–"
+                 for k in kinds]
+        mix = " / ".join(f(r["caption_mix"]["generated"].get(k, 0.0)) for k in shares)
+        lines.append(f"| {name} | {mix} | " + " | ".join(cells) + " |")
+    return ["### Captions by granularity", "",
+            "Share of each granularity among the reference captions (their labels) and among each method's "
+            "generated captions (what their text reads as); then, per granularity the decoder was asked for, "
+            "CHAIR_i / CHAIR_s of those captions and the share that read as that granularity. CHAIR counts "
+            "a shape in a negated statement (\"there are no cubes\") as a mention.", "", *lines, ""]
+
+
 def write_report(out: Path, results: dict, config) -> Path:
     """Write report.md (and its plots) next to results.json."""
     plots = _plots(out, results)
@@ -157,22 +206,27 @@ def write_report(out: Path, results: dict, config) -> Path:
         f"Run on {time.strftime('%Y-%m-%d')} on {platform.machine()} with {torch.get_num_threads()} torch threads, "
         f"{config.scenes} synthetic scenes ({results['n_images']} test images, {results['n_captions']} test "
         f"captions), seeds {seeds}." + (" Numbers are mean ± std over seeds." if len(seeds) > 1 else ""), "",
-        "## Table 1", "",
-        "Recalls are fractions in [0, 1]. CIDEr is CIDEr-D on its raw scale (papers often print ×100). "
-        "CHAIR_i / CHAIR_s use the synth vocabulary. 'hall t2i' is the share of object-naming text queries whose "
-        "top-1 image lacks a named object; 'hall i2t' the share of image queries whose top-1 caption names an "
-        "absent object (ground truth). ms/query scores one text query against the whole test gallery; overhead "
-        "% is the controller's extra time (state + MLP) over the time to encode the query text. The oracle "
-        "chooses g on each test query itself: an upper bound, not a method.", "",
+        "## Retrieval (Table 1)", "",
+        _protocol_note(results), "",
+        "Recalls are fractions in [0, 1]; MeanR is the mean rank of the first true image. 'hall t2i' is the "
+        "share of object-naming text queries whose top-1 image lacks a named object (coverage: the share of "
+        "text queries that name an object); 'hall i2t' the share of image queries, among those whose top-1 "
+        "caption names an object (coverage), where that caption names an absent object (ground truth). "
+        "ms/query scores one text query against the whole test gallery; overhead % is the controller's extra "
+        "time (state + MLP) over the time to encode the query text. The oracle chooses g on each test query "
+        "itself: an upper bound, not a method.", "",
         main_table(results), "",
-        "## Text→image R@10 per caption granularity", "", granularity_table(results), "",
+        "## Text→image retrieval per caption granularity", "", granularity_table(results), "",
+        "## Captioning", "",
+        "The caption decoder over V'(g). CIDEr is CIDEr-D on its raw scale (papers often print ×100). "
+        "CHAIR_i / CHAIR_s use the synth vocabulary.", "", caption_table(results), "",
     ]
+    lines += _caption_granularity_lines(results)
     if "paired" in results:
-        lines += ["## Paired differences on the test queries", "",
-                  "Per-query hit@K of two methods on the same test queries, differenced and averaged (over seeds "
-                  "too); the interval is a paired bootstrap over the queries (`dsanchor.eval.compare`). "
-                  "p(diff <= 0) is the share of bootstrap draws in which the first method is not better.", "",
-                  paired_table(results), ""]
+        lines += ["## Differences between methods", "",
+                  "Per-query scores of two methods on the same test queries, differenced and averaged over the "
+                  "queries and the seeds. The interval resamples test images (each with all its captions) and "
+                  "training seeds (`dsanchor.eval.compare`).", "", paired_table(results), ""]
     if "pope" in results:
         lines += ["## Hallucination detector (POPE, test images)", "", _pope_table(results["pope"]), ""]
     lines += ["## Reading", ""] + [f"- {s}" for s in reading(results)] + [""]

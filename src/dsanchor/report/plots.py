@@ -15,7 +15,7 @@ from PIL import Image  # noqa: E402
 
 from dsanchor.features.types import GRANULARITY_CODES  # noqa: E402
 
-__all__ = ["plot_g_distribution", "plot_recall_vs_g", "plot_learning_curve", "plot_examples"]
+__all__ = ["plot_g_distribution", "plot_recall_vs_g", "plot_learning_curve", "plot_examples", "plot_tuning"]
 
 
 def plot_g_distribution(g_t2i: torch.Tensor, granularity: torch.Tensor, path: str | Path, title: str) -> Path:
@@ -36,18 +36,24 @@ def plot_g_distribution(g_t2i: torch.Tensor, granularity: torch.Tensor, path: st
     return Path(path)
 
 
-def plot_recall_vs_g(curve: list[dict], methods: dict, path: str | Path, k: int = 10) -> Path:
-    """Text-to-image R@k for each fixed g on the test split, with DSA and the oracle as lines."""
+def plot_recall_vs_g(curve: list[dict], methods: dict, path: str | Path, k: int = 1) -> Path:
+    """Text-to-image R@k for each fixed g on the test split (exact protocol where it exists), with DSA and the
+    oracle as lines."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     key = f"R@{k}"
-    ax.plot([c["g"] for c in curve], [c["t2i"][key] for c in curve], "o-", label="fixed g", color="tab:gray")
+    proto = "exact" if all("exact" in c for c in curve) else None
+
+    def get(row: dict) -> float:
+        return (row[proto] if proto else row)["t2i"][key]
+
+    ax.plot([c["g"] for c in curve], [get(c) for c in curve], "o-", label="fixed g", color="tab:gray")
     styles = {"dsa_ppo": ("tab:red", "-"), "gate_grad": ("tab:blue", "--"), "oracle": ("tab:green", ":")}
     for name, (color, ls) in styles.items():
         if name in methods:
             label = name + (" (upper bound)" if name == "oracle" else "")
-            ax.axhline(methods[name]["t2i"][key], color=color, ls=ls, label=label)
+            ax.axhline(get(methods[name]), color=color, ls=ls, label=label)
     ax.set_xlabel("g")
-    ax.set_ylabel(f"text→image {key}")
+    ax.set_ylabel(f"text→image {key} ({proto or 'paired'})")
     ax.legend()
     fig.tight_layout()
     fig.savefig(path, dpi=110)
@@ -99,5 +105,30 @@ def plot_examples(examples: list[dict], path: str | Path) -> Path:
         axes[r][0].set_title(f"[{ex['granularity']}, g={ex['g']:.2f}] {caption}", fontsize=8, loc="left")
     fig.tight_layout()
     fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return Path(path)
+
+
+def plot_tuning(trials: list[dict], path: str | Path) -> Path:
+    """The tuning objective over the searched space: against beta/alpha (log), and over the two clip bounds."""
+    fig, (a, b) = plt.subplots(1, 2, figsize=(9, 3.5))
+    if trials:
+        p = [t["params"] for t in trials]
+        v = [t["value"] for t in trials]
+        sc = a.scatter([x["ratio"] for x in p], v, c=[x["clip_high"] for x in p], cmap="viridis")
+        fig.colorbar(sc, ax=a, label="clip_high")
+        a.set_xscale("log")
+        sc2 = b.scatter([x["clip_low"] for x in p], [x["clip_high"] for x in p], c=v, cmap="magma", s=60)
+        fig.colorbar(sc2, ax=b, label="objective")
+        best = max(range(len(v)), key=v.__getitem__)
+        a.scatter([p[best]["ratio"]], [v[best]], marker="*", s=200, color="red", label="best")
+        a.legend()
+    a.set_xlabel("beta / alpha")
+    a.set_ylabel("2-fold val objective")
+    b.set_xlabel("clip_low")
+    b.set_ylabel("clip_high")
+    fig.suptitle(f"Optuna GPSampler, {len(trials)} trials")
+    fig.tight_layout()
+    fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)

@@ -5,7 +5,8 @@ from __future__ import annotations
 import math
 from typing import Any
 
-__all__ = ["METHOD_ORDER", "build_results", "merge_seeds", "main_table", "granularity_table", "paired_table"]
+__all__ = ["METHOD_ORDER", "build_results", "merge_seeds", "main_table", "caption_table", "granularity_table",
+           "paired_table"]
 
 METHOD_ORDER = ("coarse", "fine", "fixed_best", "gate_grad", "dsa_ppo", "oracle")
 
@@ -84,61 +85,102 @@ def _fmt(row: dict, key: str, scale: float = 1.0, digits: int = 3) -> str:
     return s
 
 
+def _exact(results: dict) -> bool:
+    return any("exact" in row for row in results["methods"].values())
+
+
+def _label(name: str, row: dict) -> str:
+    return name + (" (upper bound)" if name == "oracle" else "") + (
+        f" (g={row['g']:.2f})" if name == "fixed_best" and "g" in row else "")
+
+
+def _overhead(results: dict, name: str, row: dict) -> str:
+    enc, ms = results.get("overhead", {}).get("encoder_ms"), row.get("ms_per_query")
+    fine = results["methods"].get("fine", {}).get("ms_per_query")
+    if enc and ms is not None and fine is not None and name in ("gate_grad", "dsa_ppo"):
+        return f"{100.0 * (ms - fine) / enc:.2f}"
+    return "–"
+
+
 def main_table(results: dict) -> str:
-    """Table 1 layout: methods as rows."""
-    enc = results.get("overhead", {}).get("encoder_ms")
-    head = ("| method | t2i R@1 | t2i R@10 | i2t R@10 | BLEU-4 | CIDEr (raw) | CHAIR_i | CHAIR_s | "
-            "hall t2i | hall i2t | ms/query | overhead % |")
-    lines = [head, "|" + "---|" * 12]
+    """Retrieval, methods as rows: the exact protocol first where it exists, then the paired (COCO) one."""
+    exact = _exact(results)
+    head = "| method | "
+    if exact:
+        head += "exact t2i R@1 | R@5 | R@10 | MeanR | exact i2t R@1 | R@10 | "
+    head += ("paired t2i R@1 | R@10 | paired i2t R@1 | R@10 | hall t2i (cov.) | hall i2t (cov.) | ms/query | "
+             "overhead % |")
+    lines = [head, "|" + "---|" * (head.count("|") - 1)]
     for name in METHOD_ORDER:
         row = results["methods"].get(name)
         if row is None:
             continue
+        cells = []
+        if exact:
+            et, ei = row.get("exact", {}).get("t2i", {}), row.get("exact", {}).get("i2t", {})
+            cells += [_fmt(et, "R@1"), _fmt(et, "R@5"), _fmt(et, "R@10"), _fmt(et, "MeanR", digits=2),
+                      _fmt(ei, "R@1"), _fmt(ei, "R@10")]
         t2i, i2t = row.get("t2i", {}), row.get("i2t", {})
-        ms = row.get("ms_per_query")
-        over = f"{100.0 * (ms - results['methods']['fine']['ms_per_query']) / enc:.2f}" if (
-            enc and ms is not None and name in ("gate_grad", "dsa_ppo")) else "–"
-        label = name + (" (upper bound)" if name == "oracle" else "") + (
-            f" (g={row['g']:.2f})" if name == "fixed_best" and "g" in row else "")
-        lines.append(f"| {label} | {_fmt(t2i, 'R@1')} | {_fmt(t2i, 'R@10')} | {_fmt(i2t, 'R@10')} | "
-                     f"{_fmt(row, 'BLEU-4')} | {_fmt(row, 'CIDEr')} | {_fmt(row, 'CHAIR_i')} | "
-                     f"{_fmt(row, 'CHAIR_s')} | "
-                     f"{_fmt(row, 'hall_t2i')} | {_fmt(row, 'hall_i2t')} | {_fmt(row, 'ms_per_query', digits=4)} | "
-                     f"{over} |")
+        cells += [_fmt(t2i, "R@1"), _fmt(t2i, "R@10"), _fmt(i2t, "R@1"), _fmt(i2t, "R@10"),
+                  f"{_fmt(row, 'hall_t2i')} ({_fmt(row, 'coverage_t2i', digits=2)})",
+                  f"{_fmt(row, 'hall_i2t')} ({_fmt(row, 'coverage_i2t', digits=2)})",
+                  _fmt(row, "ms_per_query", digits=4), _overhead(results, name, row)]
+        lines.append(f"| {_label(name, row)} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def caption_table(results: dict) -> str:
+    """Captioning with the decoder over V'(g), methods as rows."""
+    rows = [(n, results["methods"][n]) for n in METHOD_ORDER if "CIDEr" in results["methods"].get(n, {})]
+    if not rows:
+        return ""
+    lines = ["| method | BLEU-4 | CIDEr (raw) | CHAIR_i | CHAIR_s |", "|---|---|---|---|---|"]
+    for name, row in rows:
+        label = name + (" (upper bound)" if name == "oracle" else "")
+        lines.append(f"| {label} | {_fmt(row, 'BLEU-4')} | {_fmt(row, 'CIDEr')} | {_fmt(row, 'CHAIR_i')} | "
+                     f"{_fmt(row, 'CHAIR_s')} |")
     return "\n".join(lines)
 
 
 def granularity_table(results: dict) -> str:
-    """Text-to-image R@10 and mean g per caption granularity."""
+    """Text-to-image recall and mean g per caption granularity (exact R@1 and R@10 where they exist)."""
     grans = ("scene", "object", "relation")
-    lines = ["| method | " + " | ".join(f"{g} R@10 | {g} mean g" for g in grans) + " |",
-             "|---|" + "---|---|" * len(grans)]
+    keys = (("exact_t2i_R@1", "exact R@1"), ("exact_t2i_R@10", "exact R@10")) if _exact(results) else ()
+    keys += (("t2i_R@10", "paired R@10"), ("mean_g", "mean g"))
+    lines = ["| method | " + " | ".join(f"{g} {lab}" for g in grans for _, lab in keys) + " |",
+             "|---|" + "---|" * (len(grans) * len(keys))]
     for name in METHOD_ORDER:
         row = results["methods"].get(name)
         if row is None:
             continue
-        cells = []
-        for g in grans:
-            r = row.get("by_granularity", {}).get(g, {})
-            cells += [_fmt(r, "t2i_R@10"), _fmt(r, "mean_g", digits=2)]
+        cells = [_fmt(row.get("by_granularity", {}).get(g, {}), k, digits=2 if k == "mean_g" else 3)
+                 for g in grans for k, _ in keys]
         lines.append(f"| {name} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
+def _ci(r: dict) -> str:
+    star = "**" if r["lo"] > 0 or r["hi"] < 0 else ""
+    return f"{star}{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]{star}"
+
+
 def paired_table(results: dict) -> str:
-    """Paired differences of R@K with their bootstrap intervals (``results["paired"]``)."""
+    """Differences between methods with their image-level bootstrap intervals (``results["paired"]``)."""
     paired = results.get("paired")
-    if not paired:
+    if not paired or "pairs" not in paired or "unit" not in paired:
         return ""
-    k, level = paired["k"], int(round(100 * paired["level"]))
-    lines = [f"| comparison | t2i R@{k} diff [{level}% CI] | p(diff <= 0) | "
-             f"i2t R@{k} diff [{level}% CI] | p(diff <= 0) |",
-             "|---|---|---|---|---|"]
-    for name, dirs in paired["pairs"].items():
-        cells = []
-        for d in ("t2i", "i2t"):
-            r = dirs[d]
-            spread = f" (seed std {r['diff_std']:.3f})" if "diff_std" in r else ""
-            cells += [f"{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]{spread}", f"{r['p_le_0']:.3f}"]
+    level = int(round(100 * paired["level"]))
+    cols = [(p, d, m) for p in ("exact", "paired") for d in ("t2i", "i2t") for m in paired["metrics"]
+            if any(p in v and d in v[p] for v in paired["pairs"].values())]
+    lines = ["| comparison | " + " | ".join(f"{p} {d} {m} [{level}% CI]" for p, d, m in cols) + " |",
+             "|---|" + "---|" * len(cols)]
+    for name, row in paired["pairs"].items():
+        cells = [_ci(row[p][d][m]) if p in row and d in row[p] else "–" for p, d, m in cols]
         lines.append(f"| {name.replace('-', ' − ')} | " + " | ".join(cells) + " |")
+    lines += ["", f"Bold: the {level}% interval excludes 0. Unit of the bootstrap: {paired['unit']} "
+              f"({paired['n_boot']} draws, {paired['n_seeds']} seed(s)). {paired['n_comparisons']} comparisons are "
+              f"made here; at a {level}% level each, about {paired['n_comparisons'] * (1 - paired['level']):.1f} of "
+              f"them would exclude 0 by chance if no method differed. The Bonferroni interval "
+              f"(level {100 * paired['bonferroni_level']:.2f}%, `lo_bonf`/`hi_bonf` in results.json) holds for "
+              f"all of them at once."]
     return "\n".join(lines)

@@ -24,7 +24,7 @@ __all__ = ["RewardConfig", "RewardModel", "GranularityEnv", "action_to_g", "clip
 @dataclass
 class RewardConfig:
     alpha: float = field(default=1.0, metadata={"help": "weight of the accuracy reward"})
-    beta: float = field(default=0.5, metadata={"help": "weight of the hallucination reward (a penalty <= 0)"})
+    beta: float = field(default=0.5, metadata={"help": "weight of the hallucination term (see rl.reward)"})
     clip_low: float = field(default=-1.0, metadata={"help": "lower clip of the reward"})
     clip_high: float = field(default=1.0, metadata={"help": "upper clip of the reward"})
 
@@ -33,7 +33,7 @@ class RewardModel(Protocol):
     """Gives the two reward terms of query ``q`` at granularity ``g``."""
 
     def __call__(self, q: int, g: float) -> tuple[float, float]:
-        """Returns (R_acc, R_hall), with R_hall <= 0 a hallucination penalty."""
+        """Returns (R_acc, R_hall): accuracy, and the hallucination term (negative when the result hallucinates)."""
 
 
 def action_to_g(action: np.ndarray | float) -> float:

@@ -7,14 +7,20 @@ and the environment's state statistics without approximation.
 
 A run directory holds TensorBoard logs (``tb/``), periodic checkpoints (``checkpoints/``), the learning
 curve (``learning_curve.json``) and the exported controller (``controller/``). Rerunning with the same
-directory resumes from the newest checkpoint.
+directory resumes from the newest checkpoint, but only when ``checkpoints/run.json`` records the same run:
+the same PPO and reward configuration (the step budget aside), the same query states and the same reward
+model (its :meth:`fingerprint`, which covers the split's relevance, scores and hallucination estimates).
+Otherwise it says so in one line and starts afresh.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import hashlib
 import json
 import logging
 import re
+import shutil
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -29,7 +35,7 @@ from torch import nn
 from dsanchor.controller import ControllerConfig, GranularityController
 from dsanchor.rl.env import GranularityEnv, RewardConfig, RewardModel
 
-__all__ = ["PPOConfig", "train_ppo", "controller_for", "export_controller"]
+__all__ = ["PPOConfig", "train_ppo", "controller_for", "export_controller", "run_fingerprint"]
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +76,30 @@ class _CurveCallback(BaseCallback):
             self.logger.record("dsa/mean_g", float(np.nanmean(self._g)))
         self._r, self._g = [], []
         self.path.write_text(json.dumps(self.curve))
+
+
+def run_fingerprint(states: torch.Tensor, reward_model: RewardModel, reward: RewardConfig, config: PPOConfig,
+                    codebook: int, text_dim: int) -> str:
+    """What a checkpoint must share to be resumed: everything that changes training but the step budget."""
+    h = hashlib.sha256(states.detach().float().contiguous().numpy().tobytes())
+    fp = getattr(reward_model, "fingerprint", None)
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in ("timesteps", "checkpoint_every")}
+    h.update(json.dumps({"ppo": cfg, "reward": dataclasses.asdict(reward), "codebook": codebook,
+                         "text_dim": text_dim, "model": fp() if fp else type(reward_model).__name__},
+                        sort_keys=True).encode())
+    return h.hexdigest()[:16]
+
+
+def _resumable(ckpt_dir: Path, fingerprint: str) -> None:
+    """Keep the checkpoints only if they were made by the same run; else clear them and say so."""
+    record = ckpt_dir / "run.json"
+    old = json.loads(record.read_text()).get("fingerprint") if record.is_file() else None
+    if any(ckpt_dir.glob("ppo_*_steps.zip")) and old != fingerprint:
+        print(f"PPO: checkpoints in {ckpt_dir} come from another run (config, states or reward differ); "
+              "starting afresh", flush=True)
+        shutil.rmtree(ckpt_dir)
+    ckpt_dir.mkdir(parents=True, exist_ok=True)
+    record.write_text(json.dumps({"fingerprint": fingerprint}))
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
@@ -121,7 +151,7 @@ def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardCon
         The controller and an info dict (training time, steps, learning curve path).
     """
     out = Path(out_dir)
-    (out / "checkpoints").mkdir(parents=True, exist_ok=True)
+    _resumable(out / "checkpoints", run_fingerprint(states, reward_model, reward, config, codebook, text_dim))
     ctrl = controller_for(states, config, codebook, text_dim)
     with torch.no_grad():
         obs = ctrl.encode(states.float())  # what the policy reads; the env standardises it like ctrl does

@@ -1,12 +1,15 @@
-"""Bayesian optimisation of the reward weights alpha and beta with Optuna's GPSampler.
+"""Bayesian optimisation of the reward with Optuna's GPSampler: the ratio beta / alpha and the clip bounds.
+
+SB3's PPO normalises the advantages of each batch, so scaling the whole reward by a constant changes
+nothing it learns: only the ratio beta / alpha and where the clip bounds cut (relative to alpha) matter.
+The study therefore fixes alpha = 1 and searches beta (log scale) and the two clip bounds.
 
 The study lives in an RDB (SQLite by default; any SQLAlchemy URL such as PostgreSQL works), so
 several processes or machines can run trials of one study: each calls :func:`run_study` with the same
 ``storage`` and ``study_name`` and Optuna hands out distinct trial numbers.
 
-The objective is supplied by the caller (see :mod:`dsanchor.experiment`): it trains a controller
-with the trial's reward weights on one half of the val split and returns the documented val score
-of the other half.
+The objective is supplied by the caller (see :func:`dsanchor.rl.train.tune_objective`): a 2-fold score on
+val, training PPO on one half and scoring the other, then the other way round.
 """
 
 from __future__ import annotations
@@ -33,21 +36,33 @@ class TuneConfig:
     trials: int = field(default=12, metadata={"help": "trials in total (over all workers)"})
     storage: str = field(default="", metadata={"help": "Optuna RDB URL (default: sqlite:///OUT/study.db)"})
     study_name: str = field(default="dsa-reward", metadata={"help": "study name inside the storage"})
-    alpha_low: float = field(default=0.1, metadata={"help": "lower bound of alpha"})
-    alpha_high: float = field(default=2.0, metadata={"help": "upper bound of alpha"})
-    beta_low: float = field(default=0.0, metadata={"help": "lower bound of beta"})
-    beta_high: float = field(default=2.0, metadata={"help": "upper bound of beta"})
+    ratio_low: float = field(default=0.01, metadata={"help": "lower bound of beta / alpha (log scale; alpha = 1)"})
+    ratio_high: float = field(default=10.0, metadata={"help": "upper bound of beta / alpha"})
+    clip_low_min: float = field(default=-2.0, metadata={"help": "lowest lower clip bound searched"})
+    clip_low_max: float = field(default=-0.05, metadata={"help": "highest lower clip bound searched"})
+    clip_high_min: float = field(default=0.05, metadata={"help": "lowest upper clip bound searched"})
+    clip_high_max: float = field(default=2.0, metadata={"help": "highest upper clip bound searched"})
+    timesteps: int = field(default=8192, metadata={"help": "PPO steps of each fold of a trial"})
+    startup_trials: int = field(default=4, metadata={"help": "random trials before the Gaussian process takes over"})
     workers: int = field(default=1, metadata={"help": "local worker processes sharing the study"})
     seed: int = field(default=0, metadata={"help": "sampler seed (worker i uses seed + i)"})
 
 
-def _sampler(seed: int) -> optuna.samplers.BaseSampler:
-    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=4)
+    def __post_init__(self) -> None:
+        if not 0 < self.ratio_low < self.ratio_high:
+            raise ValueError("need 0 < ratio_low < ratio_high")
+        if not self.clip_low_min < self.clip_low_max < 0 < self.clip_high_min < self.clip_high_max:
+            raise ValueError("need clip_low_min < clip_low_max < 0 < clip_high_min < clip_high_max")
+
+
+def _sampler(seed: int, startup: int) -> optuna.samplers.BaseSampler:
+    return optuna.samplers.GPSampler(seed=seed, n_startup_trials=startup)
 
 
 def suggest_reward(trial: optuna.Trial, config: TuneConfig) -> RewardConfig:
-    return RewardConfig(alpha=trial.suggest_float("alpha", config.alpha_low, config.alpha_high),
-                        beta=trial.suggest_float("beta", config.beta_low, config.beta_high))
+    return RewardConfig(alpha=1.0, beta=trial.suggest_float("ratio", config.ratio_low, config.ratio_high, log=True),
+                        clip_low=trial.suggest_float("clip_low", config.clip_low_min, config.clip_low_max),
+                        clip_high=trial.suggest_float("clip_high", config.clip_high_min, config.clip_high_max))
 
 
 def run_study(objective: Callable[[RewardConfig], float], config: TuneConfig, n_trials: int,
@@ -55,12 +70,11 @@ def run_study(objective: Callable[[RewardConfig], float], config: TuneConfig, n_
     """Run ``n_trials`` trials of the shared study in this process (maximising the objective)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=config.study_name, storage=config.storage, direction="maximize",
-                                sampler=_sampler(config.seed + worker), load_if_exists=True)
+                                sampler=_sampler(config.seed + worker, config.startup_trials), load_if_exists=True)
 
     def wrapped(trial: optuna.Trial) -> float:
         value = objective(suggest_reward(trial, config))
-        log.info("trial %d: alpha=%.3f beta=%.3f -> %.4f", trial.number, trial.params["alpha"],
-                 trial.params["beta"], value)
+        log.info("trial %d: %s -> %.4f", trial.number, trial.params, value)
         return value
 
     study.optimize(wrapped, n_trials=n_trials)
@@ -91,10 +105,9 @@ def run_parallel(make_objective: Callable[[], Callable[[RewardConfig], float]], 
     return optuna.load_study(study_name=config.study_name, storage=config.storage)
 
 
-def best_reward(study: optuna.Study, base: RewardConfig | None = None) -> RewardConfig:
-    base = base or RewardConfig()
+def best_reward(study: optuna.Study) -> RewardConfig:
     p = study.best_params
-    return RewardConfig(alpha=p["alpha"], beta=p["beta"], clip_low=base.clip_low, clip_high=base.clip_high)
+    return RewardConfig(alpha=1.0, beta=p["ratio"], clip_low=p["clip_low"], clip_high=p["clip_high"])
 
 
 def write_best(out_dir: str | Path, study: optuna.Study, reward: RewardConfig) -> Path:

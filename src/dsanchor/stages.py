@@ -1,0 +1,208 @@
+"""The pipeline's stages as library functions: what `dsanchor align`, `hallucination train`, `tune`, `train`
+and `eval` run, and what the demo (and `dsanchor run`) runs, with the same config dataclasses and defaults.
+
+Each stage reads a feature store and the folders of earlier stages, and writes its own folder. Entry points
+only parse arguments into configs and print; a behaviour exists once, here (STYLE.md 13).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import functools
+import json
+from pathlib import Path
+
+from dsanchor.config import save_resolved
+
+__all__ = ["align_stage", "detector_stage", "tune_stage", "train_stage", "eval_stage", "load_rl_inputs"]
+
+
+def _json(path: Path, data) -> None:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    path.write_text(json.dumps(data, indent=2, default=str))
+
+
+def align_stage(features, out, align=None, train=None) -> dict:
+    """Train the alignment heads on train (early stopping on val), score test; returns the info dict."""
+    from dsanchor.align.heads import AlignConfig
+    from dsanchor.align.train import AlignTrainConfig, evaluate_by_granularity, train_heads
+    from dsanchor.features.store import FeatureStore
+
+    store, out = FeatureStore(features), Path(out)
+    d = store.dims
+    cfg = dataclasses.replace(align or AlignConfig(), coarse_dim=d["coarse"], region_dim=d["region"],
+                              text_dim=d["text"])
+    train = train or AlignTrainConfig()
+    heads, info = train_heads(store.images("train"), store.texts("train"), store.images("val"), store.texts("val"),
+                              cfg, train)
+    heads.save_pretrained(out)
+    save_resolved(out, align=cfg, align_train=train, features=str(features))
+    info["test"] = evaluate_by_granularity(heads, store.images("test"), store.texts("test"))
+    _json(out / "align_metrics.json", info)
+    return info
+
+
+def detector_stage(features, out, detector=None, train=None, pope=None, val_fraction: float = 0.1) -> dict:
+    """Train the hallucination detector and score it POPE-style on val and test; returns the info dict.
+
+    Without val images that have objects, ``val_fraction`` of train is held out for early stopping.
+    """
+    import logging
+
+    from dsanchor.errors import ConfigError
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.hallucination import (
+        DetectorConfig,
+        DetectorTrainConfig,
+        PopeConfig,
+        dataset_stats,
+        evaluate_pope,
+        holdout,
+        train_detector,
+    )
+
+    store, out = FeatureStore(features), Path(out)
+    d = store.dims
+    cfg = dataclasses.replace(detector or DetectorConfig(), coarse_dim=d["coarse"], region_dim=d["region"],
+                              text_dim=d["text"])
+    train_cfg, pope = train or DetectorTrainConfig(), pope or PopeConfig()
+    vocab = store.object_vocabulary()
+    tr, val, test = store.images("train"), store.images("val"), store.images("test")
+    if len(tr) == 0:
+        raise ConfigError(f"{features}: the store has no train images; extract a dataset with splits")
+    if not any(val.objects):
+        logging.getLogger(__name__).warning("no val images with objects; holding out %.0f%% of train",
+                                            100 * val_fraction)
+        tr, val = holdout(tr, val_fraction, train_cfg.seed)
+    det, info = train_detector(tr, val, vocab, cfg, train_cfg, pope)
+    det.save_pretrained(out)
+    save_resolved(out, detector=det.config, detector_train=train_cfg, pope=pope, features=str(features))
+    stats = dataset_stats(vocab, tr, val, test)
+    info = {"train_time_s": info.pop("train_time_s"), "val": evaluate_pope(det, val, vocab, stats, pope),
+            **({"test": evaluate_pope(det, test, vocab, stats, pope)} if any(test.objects) else {}),
+            "n_images": {"train": len(tr), "val": len(val), "test": len(test)},
+            "vocabulary_size": len(vocab.names), **info}
+    _json(out / "detector_metrics.json", info)
+    return info
+
+
+def load_rl_inputs(features, heads, detector=None):
+    """(store, heads, detector or None) from their folders."""
+    from dsanchor.align.heads import AlignmentHeads
+    from dsanchor.features.store import FeatureStore
+
+    det = None
+    if detector:
+        from dsanchor.hallucination import HallucinationDetector
+
+        det = HallucinationDetector.from_pretrained(detector)
+    return FeatureStore(features), AlignmentHeads.from_pretrained(heads), det
+
+
+def tune_stage(features, heads, detector, out, state=None, tune=None, ppo=None, accuracy=None,
+               split: str = "val"):
+    """Optuna study over the reward (beta / alpha and the clip bounds) with the 2-fold objective on ``split``.
+
+    Returns (study, best RewardConfig); writes ``best_reward.json`` and ``objective.png`` into ``out``.
+    """
+    from dsanchor.eval.views import split_halves, subset
+    from dsanchor.report.plots import plot_tuning
+    from dsanchor.rl.ppo import PPOConfig
+    from dsanchor.rl.reward import AccuracyConfig
+    from dsanchor.rl.train import rl_view, tune_objective
+    from dsanchor.rl.tune import TuneConfig, best_reward, run_parallel, write_best
+    from dsanchor.state import StateConfig
+
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    tune, state = tune or TuneConfig(), state or StateConfig()
+    if not tune.storage:
+        tune = dataclasses.replace(tune, storage=f"sqlite:///{(out / 'study.db').resolve()}")
+    ppo = dataclasses.replace(ppo or PPOConfig(), timesteps=tune.timesteps,
+                              checkpoint_every=max(tune.timesteps // 4, 1024))
+    accuracy = accuracy or AccuracyConfig()
+    store, heads_m, det = load_rl_inputs(features, heads, detector)
+    images, texts = store.images(split), store.texts(split)
+    folds = [rl_view(store, heads_m, state, det, *subset(images, texts, keep))
+             for keep in split_halves(images, tune.seed)]
+    make = functools.partial(tune_objective, folds, accuracy, ppo, str(out))
+    study = run_parallel(make, tune)
+    reward = best_reward(study)
+    write_best(out, study, reward)
+    save_resolved(out, tune=tune, ppo=ppo, accuracy=accuracy, state=state, features=str(features), heads=str(heads),
+                  detector=str(detector), split=split)
+    plot_tuning(json.loads((out / "best_reward.json").read_text())["trials"], out / "objective.png")
+    return study, reward
+
+
+def train_stage(features, heads, detector, out, reward=None, state=None, ppo=None, accuracy=None,
+                split: str = "val", progress: bool = True):
+    """PPO retrieval controller on ``split``'s queries; returns (controller, info)."""
+    from dsanchor.rl.env import RewardConfig
+    from dsanchor.rl.ppo import PPOConfig
+    from dsanchor.rl.reward import AccuracyConfig
+    from dsanchor.rl.train import rl_view, train_retrieval_controller
+    from dsanchor.state import StateConfig
+
+    reward, state = reward or RewardConfig(), state or StateConfig()
+    ppo, accuracy = ppo or PPOConfig(), accuracy or AccuracyConfig()
+    store, heads_m, det = load_rl_inputs(features, heads, detector)
+    view, hall = rl_view(store, heads_m, state, det, store.images(split), store.texts(split))
+    save_resolved(out, reward=reward, ppo=ppo, accuracy=accuracy, state=state, features=str(features),
+                  heads=str(heads), detector=str(detector), split=split)
+    ctrl, info = train_retrieval_controller(view, hall, reward, accuracy, ppo, out, progress=progress)
+    _json(Path(out) / "train_info.json", info)
+    return ctrl, info
+
+
+def eval_stage(features, heads, out, controller=None, captioning=None, detector=None, config=None, state=None,
+               gate=None, split: str = "test", dataset: str | None = None) -> dict:
+    """Every retrieval method on ``split`` -> ``results.json``, ``hits.safetensors``, ``eval_details.json``.
+
+    Args:
+        controller: a PPO run folder (or its ``controller/``), adds ``dsa_ppo``.
+        captioning: a caption run with ``caption_metrics.json``, adds the caption columns.
+        detector: a detector run with ``detector_metrics.json``, adds POPE.
+    """
+    from dsanchor.align.heads import AlignmentHeads
+    from dsanchor.controller import GranularityController
+    from dsanchor.eval.compare import compare_methods, save_hits
+    from dsanchor.eval.methods import EvalConfig
+    from dsanchor.eval.run import evaluate_retrieval
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.gate import GateConfig
+    from dsanchor.report.results import build_results
+    from dsanchor.state import StateConfig
+
+    cfg, state, gate = config or EvalConfig(), state or StateConfig(), gate or GateConfig()
+    store, out = FeatureStore(features), Path(out)
+    ctrl = None
+    if controller is not None:
+        p = Path(controller)
+        ctrl = GranularityController.from_pretrained(p / "controller" if (p / "controller").is_dir() else p)
+    res = evaluate_retrieval(store, AlignmentHeads.from_pretrained(heads), cfg, state, ctrl, gate, split)
+    caps = json.loads((Path(captioning) / "caption_metrics.json").read_text()) if captioning else None
+    pope = json.loads((Path(detector) / "detector_metrics.json").read_text()).get("test") if detector else None
+    overhead = None
+    enc_ms = store.timing.get("text_ms_per_item")
+    if enc_ms and ctrl is not None:
+        ctrl_ms = res.extra["timing_ms"]["state"] + res.extra["timing_ms"]["controller"]
+        overhead = {"controller_ms": ctrl_ms, "encoder_ms": enc_ms, "ratio": ctrl_ms / enc_ms}
+    name = dataset or store.manifest.get("source", {}).get("format", "unknown")
+    results = build_results(name, split, res.extra["n_images"], res.extra["n_captions"], [gate.seed], res.methods,
+                            caps["methods"] if caps else None, pope, overhead,
+                            paired=compare_methods(res.records, res.clusters, n_boot=cfg.n_boot, seed=gate.seed))
+    results["protocols"] = res.extra["protocols"]
+    if caps:
+        results["captioning"] = {k: v for k, v in caps.items() if k != "methods"}
+    save_resolved(out, eval=cfg, state=state, gate=gate, features=str(features), heads=str(heads),
+                  controller=None if controller is None else str(controller), split=split)
+    _json(out / "results.json", results)
+    save_hits(out / "hits.safetensors", res.records, res.clusters)
+    from safetensors.torch import save_file
+
+    save_file({f"{k}.{d}": getattr(v, d).contiguous() for k, v in res.g.items() for d in ("t2i", "i2t")},
+              str(out / "g.safetensors"))
+    _json(out / "eval_details.json", {"val_curve": res.val_curve, "test_curve": res.test_curve,
+                                      "two_stage": res.two_stage, **res.extra})
+    return results
