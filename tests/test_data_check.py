@@ -61,10 +61,57 @@ def test_fixture_summaries(tmp_path, capsys, fmt, name, expect):
         assert line in out.splitlines()
 
 
-def test_allow_missing_counts_missing_images(tmp_path):
+def test_allow_missing_counts_missing_images(tmp_path, capsys):
     root = materialize("coco", tmp_path)
-    (root / "val2017" / "000000000285.jpg").unlink()
-    assert check_dataset("coco", root, allow_missing=True).missing_images == 1
+    for name in ("000000000285.jpg", "000000000139.jpg"):
+        (root / "val2017" / name).unlink()
+    rc, _, err = run(["data", "check", "--format", "coco", str(root)], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert f"{root}: 2 of 3 image files missing: val2017/000000000139.jpg, val2017/000000000285.jpg; add them" in err
+    summary = check_dataset("coco", root, allow_missing=True)
+    assert (summary.missing_images, summary.missing_examples) == (2, ["val2017/000000000139.jpg",
+                                                                      "val2017/000000000285.jpg"])
+    rc, out, err = run(["data", "check", "--format", "coco", "--allow-missing", str(root)], capsys)
+    assert rc == 0 and "missing image files: 2 (val2017/000000000139.jpg, val2017/000000000285.jpg)" in out
+    # the images that are there are still checked
+    (root / "val2017" / "000000000632.jpg").write_text("hello")
+    rc, _, err = run(["data", "check", "--format", "coco", "--allow-missing", str(root)], capsys)
+    assert rc == 2 and "000000000632.jpg: not an image file" in err
+
+
+def test_boxes_a_little_past_the_edge_are_clipped_and_counted(tmp_path, capsys):
+    root = materialize("vg", tmp_path)
+    # image 10 is 64x64 (default limit 8 px): x = -3 is 3 px over; image 1 is 80x60: x + w = 82 is 2 px over
+    edit_json(root / "objects.json", set_in((1, "objects", 0, "x"), -3))
+    edit_json(root / "objects.json", set_in((0, "objects", 2, "w"), 82))
+    boxes = {s.image_id: [o.box for o in s.objects] for s in load_dataset("vg", root)}
+    assert boxes[10] == [(0.0, 10.0, 27.0, 50.0)] and boxes[1][1] == (0.0, 30.0, 80.0, 28.0)
+    rc, out, err = run(["data", "check", "--format", "vg", str(root)], capsys)
+    assert rc == 0, err
+    assert "boxes clipped to the image: 2 (up to 8 px past an edge)" in out.splitlines()
+    rc, out, _ = run(["data", "check", "--format", "vg", str(root), "--bbox-tolerance", "3", "--json"], capsys)
+    assert rc == 0 and (json.loads(out)["clipped_boxes"], json.loads(out)["bbox_tolerance"]) == (2, 3.0)
+    rc, _, err = run(["data", "check", "--format", "vg", str(root), "--bbox-tolerance", "2.5"], capsys)
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+    assert ("objects.json: [1].objects[0]: box [-3, 10, 30, 50] lies outside the 64x64 image by 3 px; boxes up to "
+            "bbox_tolerance=2.5 px past an edge are clipped") in err
+
+
+def test_coco_and_clevr_clip_and_count_too(tmp_path, synth_template):
+    root = materialize("coco", tmp_path)
+    edit_json(root / INST, set_in(("annotations", 1, "bbox"), [50, 30, 14.5, 14]))  # 0.5 px past a 64-px side
+    assert check_dataset("coco", root).clipped_boxes == 1
+    boxes = [o.box for s in load_dataset("coco", root) for o in s.objects]
+    assert (50.0, 30.0, 14.0, 14.0) in boxes
+    synth = Path(shutil.copytree(synth_template, tmp_path / "s"))
+    edit_json(synth / "scenes.json", set_in(("scenes", 0, "objects", 0, "bbox"), [-1, 10, 20, 20]))
+    assert check_dataset("clevr", synth).clipped_boxes == 1
+
+
+def test_negative_bbox_tolerance_is_a_config_error(tmp_path, capsys):
+    root = materialize("vg", tmp_path)
+    rc, _, err = run(["data", "check", "--format", "vg", str(root), "--bbox-tolerance", "-1"], capsys)
+    assert rc == 2 and "bbox_tolerance must be a number of pixels >= 0, got -1.0" in err
 
 
 # ---- bad data: each gives one line naming the file, and exit code 2 -----------------------------------------
@@ -109,7 +156,7 @@ BAD_COCO = {
     "dotdot file name": (CAPS, lambda p: edit_json(p, set_in(("images", 0, "file_name"), "../../secret.jpg")),
                          "escapes the dataset root"),
     "duplicate image id": (CAPS, lambda p: edit_json(p, set_in(("images", 1, "id"), 139)), "duplicate image id 139"),
-    "image missing": ("val2017/000000000285.jpg", lambda p: p.unlink(), "image file missing"),
+    "image missing": ("val2017/000000000285.jpg", lambda p: p.unlink(), "image files missing"),
     "not an image": ("val2017/000000000285.jpg", lambda p: p.write_text("hello"), "not an image file"),
     "image wrong size": ("val2017/000000000285.jpg", lambda p: shutil.copy(p.parent / "000000000139.jpg", p),
                          "image is 64x48 but the annotations say 56x64"),
@@ -153,7 +200,7 @@ BAD_OTHER = {
                              "relationships.left[0]: object indices must lie in 0..2"),
     "clevr dotdot": ("clevr", "scenes/CLEVR_val_scenes.json",
                      lambda p: edit_json(p, set_in(("scenes", 0, "image_filename"), "../x.png")), "escapes"),
-    "clevr image missing": ("clevr", "images/val/CLEVR_val_000001.png", lambda p: p.unlink(), "image file missing"),
+    "clevr image missing": ("clevr", "images/val/CLEVR_val_000001.png", lambda p: p.unlink(), "image files missing"),
     "vg wrong top level": ("vg", "image_data.json", lambda p: p.write_text("{}"), "top level must be a list"),
     "vg region unknown image": ("vg", "region_descriptions.json",
                                 lambda p: edit_json(p, set_in((1, "regions", 0, "image_id"), 99)),

@@ -21,8 +21,8 @@ def _synth(args: argparse.Namespace) -> int:
 
 
 def _check(args: argparse.Namespace) -> int:
-    summary = check_dataset(args.format, args.path, split=args.split, allow_missing=args.allow_missing,
-                            bbox_tolerance=args.bbox_tolerance)
+    options = {} if args.bbox_tolerance is None else {"bbox_tolerance": args.bbox_tolerance}  # else the loader's
+    summary = check_dataset(args.format, args.path, split=args.split, allow_missing=args.allow_missing, **options)
     print(json.dumps(summary.to_dict(), indent=2) if args.json else format_summary(summary))
     return 0
 
@@ -45,8 +45,11 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     check.add_argument("path", help="dataset folder (or one annotation file)")
     check.add_argument("--format", required=True, choices=list_formats(), help="dataset format")
     check.add_argument("--split", choices=("train", "val", "test"), help="check only this split")
-    check.add_argument("--allow-missing", action="store_true", help="count missing image files instead of failing")
-    check.add_argument("--bbox-tolerance", type=float, default=1.0,
-                       help="pixels a box may extend past the image edge (default: 1.0)")
+    check.add_argument("--allow-missing", action="store_true",
+                       help="go on when image files are missing: check the images that are there and count the rest "
+                            "(without it, missing files are an error that names a few)")
+    check.add_argument("--bbox-tolerance", type=float, metavar="PX",
+                       help="pixels a box may reach past the image edge; such boxes are clipped to the image and "
+                            "counted, further out is an error (default: the format's own, printed in the summary)")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=_check)

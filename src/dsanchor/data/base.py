@@ -4,7 +4,9 @@
 names the formats. Each loader validates its files as it reads them and raises
 :class:`~dsanchor.errors.DataError` (file, field, what is wrong) for malformed JSON, a wrong top-level
 type, missing keys, unknown image ids, bad boxes, empty captions and file names that escape the root.
-Loading never opens images; :mod:`dsanchor.data.check` does.
+A box that reaches past the image edge by at most the loader's ``bbox_tolerance`` pixels is clipped to the
+image and counted in :attr:`DatasetLoader.clipped_boxes`; one further out is an error. Loading never opens
+images; :mod:`dsanchor.data.check` does, and :func:`missing_images` finds the samples whose file is absent.
 """
 
 from __future__ import annotations
@@ -17,11 +19,12 @@ from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any, ClassVar
 
 from dsanchor.data.records import GRANULARITIES, Sample
-from dsanchor.errors import DataError
+from dsanchor.errors import ConfigError, DataError
 
 __all__ = [
     "DatasetLoader", "load_dataset", "list_formats", "create_loader", "read_json", "require_keys", "check_bbox",
-    "safe_relpath", "check_caption", "read_splits", "split_from_name", "filter_split", "SPLIT_NAMES",
+    "box_overshoot", "clip_box", "missing_images", "safe_relpath", "check_caption", "read_splits", "split_from_name",
+    "filter_split", "SPLIT_NAMES",
 ]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -32,7 +35,9 @@ class DatasetLoader(ABC):
 
     Subclasses set ``format``, ``Options`` (a dataclass of keyword options, each commented) and
     implement :meth:`load`. ``root`` is the dataset folder; image paths in the samples are relative to
-    it (absolute only when an ``image_dir`` option points outside it).
+    it (absolute only when an ``image_dir`` option points outside it). Loaders check boxes with
+    :meth:`check_box`, which clips those within ``Options.bbox_tolerance`` pixels of the image and counts them
+    in ``clipped_boxes``.
     """
 
     format: ClassVar[str]
@@ -44,6 +49,10 @@ class DatasetLoader(ABC):
         if unknown:
             raise ValueError(f"unknown {self.format} loader options {unknown}; valid options are {names}")
         self.options = self.Options(**options)
+        tolerance = getattr(self.options, "bbox_tolerance", 0.0)
+        if not tolerance >= 0:
+            raise ConfigError(f"bbox_tolerance must be a number of pixels >= 0, got {tolerance!r}")
+        self.clipped_boxes = 0  # boxes past the image edge by at most bbox_tolerance, clipped by check_box
         self.path = Path(path)
         if not self.path.exists():
             raise DataError(self.path, f"{self.format} dataset not found (no such file or folder)")
@@ -56,6 +65,13 @@ class DatasetLoader(ABC):
     @abstractmethod
     def load(self, split: str | None = None) -> list[Sample]:
         """All samples, or those of ``split`` ("train", "val" or "test")."""
+
+    def check_box(self, box: Any, width: float, height: float, path: Path, where: str) -> tuple[float, ...]:
+        """:func:`check_bbox` with this loader's ``bbox_tolerance``; counts the boxes it clips."""
+        checked = check_bbox(box, width, height, path, where, self.options.bbox_tolerance)
+        if checked != tuple(float(v) for v in box):
+            self.clipped_boxes += 1
+        return checked
 
     def relative_image_path(self, path: Path) -> str:
         """``path`` relative to the root when it is inside it, else absolute."""
@@ -130,18 +146,41 @@ def require_keys(obj: Any, keys: tuple[str, ...], path: Path, where: str, ints: 
             raise DataError(path, f"{k!r} must be an integer, found {obj[k]!r}", where)
 
 
+def box_overshoot(box: tuple[float, float, float, float], width: float, height: float) -> float:
+    """Pixels that [x, y, w, h] reaches past a ``width`` x ``height`` image (its worst edge; 0 when inside)."""
+    x, y, w, h = box
+    return max(0.0, -x, -y, x + w - width, y + h - height)
+
+
+def clip_box(box: tuple[float, float, float, float], width: float, height: float) -> tuple[float, float, float, float]:
+    """[x, y, w, h] cut to the ``width`` x ``height`` image (a box wholly outside keeps zero width or height)."""
+    x, y, w, h = box
+    x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
+    x1, y1 = min(max(x + w, x0), width), min(max(y + h, y0), height)
+    return (x0, y0, x1 - x0, y1 - y0)
+
+
 def check_bbox(box: Any, width: float, height: float, path: Path, where: str, tolerance: float) -> tuple[float, ...]:
-    """A valid [x, y, w, h] inside a ``width`` x ``height`` image (up to ``tolerance`` pixels past an edge)."""
+    """A valid [x, y, w, h] in a ``width`` x ``height`` image, clipped to it when it reaches past an edge by at most
+    ``tolerance`` pixels; further out is an error."""
     if (not isinstance(box, (list, tuple)) or len(box) != 4
             or not all(isinstance(v, (int, float)) and not isinstance(v, bool) and math.isfinite(v) for v in box)):
         raise DataError(path, f"box must be four numbers [x, y, w, h], found {box!r}", where)
-    x, y, w, h = (float(v) for v in box)
-    if w < 0 or h < 0:
+    xywh = tuple(float(v) for v in box)
+    if xywh[2] < 0 or xywh[3] < 0:
         raise DataError(path, f"box {list(box)} has a negative width or height", where)
-    if x < -tolerance or y < -tolerance or x + w > width + tolerance or y + h > height + tolerance:
-        raise DataError(path, f"box {list(box)} lies outside the {width:g}x{height:g} image "
-                              f"(raise bbox_tolerance={tolerance:g} to accept small overshoots)", where)
-    return (x, y, w, h)
+    over = box_overshoot(xywh, width, height)
+    if over > tolerance:
+        raise DataError(path, f"box {list(box)} lies outside the {width:g}x{height:g} image by {over:g} px; boxes "
+                              f"up to bbox_tolerance={tolerance:g} px past an edge are clipped, so fix it or raise "
+                              "the tolerance", where)
+    return clip_box(xywh, width, height) if over > 0 else xywh
+
+
+def missing_images(samples: list[Sample], root: str | Path) -> list[Sample]:
+    """The samples whose image file does not exist under ``root`` (loaders never open images)."""
+    root = Path(root)
+    return [s for s in samples if not (root / s.image_path).is_file()]
 
 
 def safe_relpath(name: Any, path: Path, where: str) -> str:

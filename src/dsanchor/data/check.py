@@ -1,7 +1,11 @@
 """Validate a dataset completely, images included, and summarise it (``dsanchor data check``).
 
-Loading already checks every annotation file (see :mod:`dsanchor.data.base`); the check also opens
-every image: it must exist, decode, and have the width and height the annotations say.
+Loading already checks every annotation file (see :mod:`dsanchor.data.base`) and clips the boxes that
+reach past the image edge by at most ``bbox_tolerance`` pixels; the summary counts them. The check also
+opens every image: it must exist, decode, and have the width and height the annotations say. Missing image
+files are an error that gives their number and a few names; with ``allow_missing`` the check goes on with
+the images that are there and the summary counts the missing ones (Visual Genome's annotation files, for
+one, are often used without the images).
 """
 
 from __future__ import annotations
@@ -13,11 +17,13 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from dsanchor.data.base import create_loader
+from dsanchor.data.base import create_loader, missing_images
 from dsanchor.data.records import Sample
 from dsanchor.errors import DataError
 
 __all__ = ["DatasetSummary", "summarize", "verify_images", "check_dataset", "format_summary"]
+
+NAMES_SHOWN = 3  # missing image files named in an error or a summary
 
 
 @dataclass
@@ -33,6 +39,9 @@ class DatasetSummary:
     categories: int  # distinct object names
     splits: dict[str, int] = field(default_factory=dict)  # images per split ("none" when unassigned)
     missing_images: int = 0  # image files not found (only non-zero with allow_missing)
+    missing_examples: list[str] = field(default_factory=list)  # the first few of them, relative to the root
+    clipped_boxes: int = 0  # boxes past the image edge by at most bbox_tolerance, clipped to the image
+    bbox_tolerance: float | None = None  # the loader's limit in pixels (None when it has none)
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -63,28 +72,45 @@ def _verify_one(path: Path, sample: Sample) -> None:
                               f"(image id {sample.image_id})")
 
 
-def verify_images(samples: list[Sample], root: str | Path, allow_missing: bool = False) -> int:
-    """Open every image; returns the number of missing files (an error unless ``allow_missing``)."""
+def _some(names: list[str], total: int) -> str:
+    """The first few ``names`` of ``total``: "a.jpg, b.jpg, c.jpg and 47 more"."""
+    more = total - min(len(names), NAMES_SHOWN)
+    return ", ".join(names[:NAMES_SHOWN]) + (f" and {more} more" if more > 0 else "")
+
+
+def verify_images(samples: list[Sample], root: str | Path, allow_missing: bool = False) -> list[str]:
+    """Open every image that exists; returns the missing files, relative to ``root``.
+
+    Missing files are an error (their number and a few names) unless ``allow_missing``.
+    """
     root = Path(root)
-    missing = [s for s in samples if not (root / s.image_path).is_file()]
+    missing = missing_images(samples, root)
+    names = [s.image_path for s in missing]
     if missing and not allow_missing:
-        first = root / missing[0].image_path
-        raise DataError(first, f"image file missing (image id {missing[0].image_id}); {len(missing)} of "
-                               f"{len(samples)} images are missing")
+        raise DataError(root, f"{len(names)} of {len(samples)} image files missing: {_some(names, len(names))}; "
+                              "add them, or pass --allow-missing (allow_missing=True) to check those that are there")
     absent = {id(s) for s in missing}
     for s in samples:
         if id(s) not in absent:
             _verify_one(root / s.image_path, s)
-    return len(missing)
+    return names
 
 
 def check_dataset(format: str, path: str | Path, split: str | None = None, allow_missing: bool = False,
                   **options: Any) -> DatasetSummary:
-    """Load (validating every file) and open every image; raises DataError at the first problem."""
+    """Load (validating every file) and open every image; raises DataError at the first problem.
+
+    Args:
+        allow_missing: count missing image files instead of failing, and check the images that are there.
+        **options: loader options, e.g. ``bbox_tolerance=`` (see each loader's ``Options``).
+    """
     loader = create_loader(format, path, **options)
     samples = loader.load(split)
     summary = summarize(samples, format, loader.root)
-    summary.missing_images = verify_images(samples, loader.root, allow_missing)
+    missing = verify_images(samples, loader.root, allow_missing)
+    summary.missing_images, summary.missing_examples = len(missing), missing[:NAMES_SHOWN]
+    summary.clipped_boxes = loader.clipped_boxes
+    summary.bbox_tolerance = getattr(loader.options, "bbox_tolerance", None)
     return summary
 
 
@@ -98,5 +124,8 @@ def format_summary(s: DatasetSummary) -> str:
         f"captions: {s.captions}" + (f" ({gran})" if gran else ""),
         f"objects: {s.objects}",
         f"categories: {s.categories}",
-        f"missing image files: {s.missing_images}",
+        f"boxes clipped to the image: {s.clipped_boxes}"
+        + (f" (up to {s.bbox_tolerance:g} px past an edge)" if s.bbox_tolerance is not None else ""),
+        f"missing image files: {s.missing_images}"
+        + (f" ({_some(s.missing_examples, s.missing_images)})" if s.missing_images else ""),
     ])

@@ -24,7 +24,6 @@ from pathlib import Path
 
 from dsanchor.data.base import (
     DatasetLoader,
-    check_bbox,
     check_caption,
     check_granularity,
     filter_split,
@@ -170,7 +169,6 @@ class CocoLoader(DatasetLoader):
             cats[c["id"]] = str(c["name"])
         if isinstance(data.get("images"), list):
             self._add_images(data["images"], path, samples)
-        tol = self.options.bbox_tolerance
         for k, a in enumerate(anns):
             where = f"annotations[{k}]"
             require_keys(a, ("image_id", "category_id", "bbox"), path, where, ints=("image_id", "category_id"))
@@ -180,7 +178,7 @@ class CocoLoader(DatasetLoader):
                                 where)
             if a["category_id"] not in cats:
                 raise DataError(path, f"category_id {a['category_id']!r} is not in 'categories'", where)
-            box = check_bbox(a["bbox"], s.width, s.height, path, where + ".bbox", tol)
+            box = self.check_box(a["bbox"], s.width, s.height, path, where + ".bbox")
             attrs = a.get("attributes") or []
             if not isinstance(attrs, list) or not all(isinstance(t, str) for t in attrs):
                 raise DataError(path, "attributes must be a list of strings", where + ".attributes")
