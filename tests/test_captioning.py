@@ -25,23 +25,28 @@ from dsanchor.captioning import (
     beam_search,
     build_token_pair,
     caption_examples,
+    caption_kinds,
     caption_loss,
     caption_state_dim,
     caption_states,
     cider_per_image,
+    generate_caption_sets,
     generate_captions,
+    granularity_mix,
     greedy_decode,
     load_captioner,
     oracle_g,
     ptb_tokenize,
     select_fixed_g,
+    text_granularity,
     train_caption_gate,
     train_caption_ppo,
     train_decoder,
 )
-from dsanchor.captioning.evaluate import captions_for
+from dsanchor.captioning.evaluate import caption_metrics, captions_for, cider_of_sets
+from dsanchor.captioning.train import CaptionBatch
 from dsanchor.controller import ControllerConfig, GranularityController
-from dsanchor.errors import DataError
+from dsanchor.errors import ConfigError, DataError
 
 D, R = 8, 3
 
@@ -55,26 +60,32 @@ def _one_thread():
     torch.set_num_threads(n)
 
 CAPTIONS = ["A large red metal cube.", "There are two objects in the scene.", "The small blue ball is left of it."]
+CODES = [1, 0, 2]  # their granularities: object, scene, relation
+GRANS = ("scene", "object", "relation")
 
 
-def _split(n: int = 4, seed: int = 0, captions: list[list[str]] | None = None) -> CaptionSplit:
+def _split(n: int = 4, seed: int = 0, captions: list[list[str]] | None = None,
+           codes: list[list[int]] | None = None) -> CaptionSplit:
     g = torch.Generator().manual_seed(seed)
     mask = torch.ones(n, R, dtype=torch.bool)
     mask[0, 2] = False
     regions = torch.nn.functional.normalize(torch.randn(n, R, D, generator=g), dim=-1) * mask.unsqueeze(-1)
     refs = captions or [[CAPTIONS[i % 3], CAPTIONS[(i + 1) % 3]] for i in range(n)]
+    if captions is None:
+        codes = [[CODES[i % 3], CODES[(i + 1) % 3]] for i in range(n)]
     return CaptionSplit(torch.arange(n) + 10, torch.nn.functional.normalize(torch.randn(n, D, generator=g), dim=-1),
-                        regions, torch.rand(n, R, 4, generator=g) * 0.5, mask, refs, [["red cube"]] * n)
+                        regions, torch.rand(n, R, 4, generator=g) * 0.5, mask, refs, [["red cube"]] * n, codes)
 
 
 def _vocab(split: CaptionSplit) -> Vocabulary:
     return Vocabulary.build([c for refs in split.references for c in refs], VocabConfig(max_len=12))
 
 
-def _decoder(vocab: Vocabulary, width: int = 16, dropout: float = 0.0, seed: int = 0) -> CaptionDecoder:
+def _decoder(vocab: Vocabulary, width: int = 16, dropout: float = 0.0, seed: int = 0,
+             granularities: tuple[str, ...] = ()) -> CaptionDecoder:
     torch.manual_seed(seed)
     return CaptionDecoder(DecoderConfig(vocab_size=len(vocab), visual_dim=D, width=width, layers=2, heads=2,
-                                        dropout=dropout, max_len=vocab.max_len + 2))
+                                        dropout=dropout, max_len=vocab.max_len + 2, granularities=granularities))
 
 
 # --- vocabulary ---------------------------------------------------------------------------------
@@ -152,15 +163,50 @@ def test_decoder_shapes_and_cache_equals_teacher_forcing():
 def test_save_load_gives_identical_outputs(tmp_path):
     split = _split()
     vocab = _vocab(split)
-    dec = _decoder(vocab).eval()
+    dec = _decoder(vocab, granularities=GRANS).eval()
     dec.save_pretrained(tmp_path, vocab)
     again, vocab2 = load_captioner(tmp_path)
-    assert vocab2.itos == vocab.itos and again.config == dec.config
+    assert vocab2.itos == vocab.itos and again.config == dec.config and again.config.granularities == GRANS
     pair, pair2 = dec.token_pair(split), again.token_pair(split)
-    ids = caption_examples(split, vocab).ids[:4]
+    batch = caption_examples(split, vocab).index(torch.arange(4))
+    assert torch.equal(caption_loss(dec, split, batch, torch.full((4,), 0.5), "none"),
+                       caption_loss(again, split, batch, torch.full((4,), 0.5), "none"))
+    ids = batch.ids
     assert torch.equal(dec(pair.mix(0.5), pair.mask, ids), again(pair2.mix(0.5), pair2.mask, ids))
     with pytest.raises(DataError):
         load_captioner(tmp_path / "nothing")
+    cfg = json.loads((tmp_path / "decoder_config.json").read_text())
+    (tmp_path / "decoder_config.json").write_text(json.dumps({**cfg, "granularities": []}))
+    with pytest.raises(DataError, match="does not fit"):  # weights with start tokens, config without
+        load_captioner(tmp_path)
+
+
+def test_start_ids_per_granularity():
+    vocab = _vocab(_split())
+    dec = _decoder(vocab, granularities=("object", "scene"))
+    v = len(vocab)
+    assert dec.tok_emb.num_embeddings == v + 2 and dec.head.out_features == v
+    assert dec.start_ids(torch.tensor([-1, 0, 1, 2])).tolist() == [1, v + 1, v, 1]  # relation: no token -> <bos>
+    assert _decoder(vocab).start_ids(torch.tensor([0, -1])).tolist() == [1, 1]
+    with pytest.raises(ConfigError, match="unknown caption granularity"):
+        _decoder(vocab, granularities=("colour",))
+    with pytest.raises(ConfigError, match="no start token"):
+        generate_captions(dec, vocab, dec.token_pair(_split()), 0.5, granularity="relation")
+
+
+def test_caption_examples_carry_granularity_and_the_loss_starts_with_its_token():
+    split = _split(3)
+    vocab = _vocab(split)
+    batch = caption_examples(split, vocab)
+    assert batch.granularity.tolist() == [1, 0, 0, 2, 2, 1] and (batch.ids[:, 0] == 1).all()
+    dec = _decoder(vocab, granularities=GRANS).eval()
+    g = torch.full((len(batch),), 0.5)
+    as_scene = CaptionBatch(batch.rows, batch.ids, torch.zeros_like(batch.granularity))
+    assert not torch.allclose(caption_loss(dec, split, batch, g, "none"), caption_loss(dec, split, as_scene, g, "none"))
+    unknown = CaptionBatch(batch.rows, batch.ids, torch.full_like(batch.granularity, -1))
+    plain = _decoder(vocab).eval()  # given dec's weights without the start-token rows
+    plain.load_state_dict({k: (v[:len(vocab)] if k == "tok_emb.weight" else v) for k, v in dec.state_dict().items()})
+    assert torch.allclose(caption_loss(dec, split, unknown, g, "none"), caption_loss(plain, split, batch, g, "none"))
 
 
 def test_beam_of_one_equals_greedy():
@@ -199,6 +245,26 @@ def test_overfits_two_images_at_every_g():
             assert caps == ["a large red metal cube", "there are two objects in the scene"]
 
 
+def test_overfit_decoder_captions_each_image_at_every_granularity():
+    caps = [["A large red metal cube.", "There are two objects in the scene.", "The small blue ball is left of it."],
+            ["A small blue rubber ball.", "There are five objects in the image.", "The large red cube is behind it."]]
+    split = _split(2, captions=caps, codes=[CODES, CODES])
+    vocab = _vocab(split)
+    dec = _decoder(vocab, width=32, granularities=GRANS)
+    batch = caption_examples(split, vocab)
+    opt = torch.optim.Adam(dec.parameters(), lr=3e-3)
+    gen = torch.Generator().manual_seed(0)
+    for _ in range(80):
+        loss = caption_loss(dec, split, batch, torch.rand(len(batch), generator=gen))
+        opt.zero_grad()
+        loss.backward()
+        opt.step()
+    sets = generate_caption_sets(dec.eval(), vocab, dec.token_pair(split), 0.5)
+    want = [{k: " ".join(ptb_tokenize(c[CODES.index(i)])) for i, k in enumerate(GRANS)} for c in caps]
+    assert sets == want and caption_kinds(dec) == GRANS
+    assert caption_kinds(_decoder(vocab)) == ("any",)
+
+
 def test_train_decoder_runs_and_keeps_best(tmp_path):
     split = _split(4)
     vocab = _vocab(split)
@@ -206,6 +272,11 @@ def test_train_decoder_runs_and_keeps_best(tmp_path):
                               CaptionTrainConfig(steps=4, eval_every=2, batch_size=4, val_g=(0.0, 1.0),
                                                  early_stop="cider"))
     assert dec.config.vocab_size == len(vocab) and dec.config.max_len == vocab.max_len + 2
+    assert dec.config.granularities == GRANS  # from the train captions' granularities
+    only, _ = train_decoder(split, _split(2, seed=1), vocab, DecoderConfig(width=16, layers=1, heads=2,
+                                                                         granularities=("object",)),
+                            CaptionTrainConfig(steps=1, batch_size=4))
+    assert only.config.granularities == ("object",) and only.tok_emb.num_embeddings == len(vocab) + 1
     assert [h["step"] for h in info["history"]] == [2, 4] and "val_cider" in info["history"][0]
     assert not dec.training
 
@@ -223,11 +294,61 @@ def test_cider_per_image_averages_to_corpus_cider():
     assert per.mean() == pytest.approx(corpus)
 
 
+def test_text_granularity_and_mix():
+    assert [text_granularity(c) for c in CAPTIONS] == ["object", "scene", "relation"]
+    assert text_granularity("The scene contains only cubes.") == "scene"  # names a shape, but talks of the scene
+    assert text_granularity("a small green rubber cylinder left of a large green cylinder") == "relation"
+    assert text_granularity("it is left of it") == "relation"  # a relation phrase
+    assert text_granularity("a large shiny thing") == "other"
+    assert granularity_mix(["scene", "object", "object", "other"]) == {
+        "scene": 0.25, "object": 0.5, "relation": 0.0, "other": 0.25}
+    assert granularity_mix([], ("scene",)) == {"scene": 0.0}
+
+
+def test_cider_of_sets_scores_every_caption_against_all_references():
+    refs = [[CAPTIONS[0], CAPTIONS[1]], [CAPTIONS[1], CAPTIONS[2]], [CAPTIONS[2]]]
+    sets = [{"scene": "there are two objects", "object": "a large red cube"}, {"scene": "the small blue ball"},
+            {"scene": "a cube", "object": "the small blue ball is left"}]
+    flat = [c for s in sets for c in s.values()]
+    per = cider_per_image(flat, [refs[0], refs[0], refs[1], refs[2], refs[2]])
+    assert cider_of_sets(sets, refs) == pytest.approx([per[:2].mean(), per[2], per[3:].mean()])
+    one = [{"any": c} for c in ("a large red cube", "there are two objects", "the small blue ball")]
+    assert cider_of_sets(one, refs) == pytest.approx(cider_per_image([s["any"] for s in one], refs))
+
+
+def test_caption_metrics_mix_and_chair_by_granularity_on_hand_made_captions():
+    from dsanchor.metrics.captioning import caption_metrics as scores
+
+    refs = [["A large red metal cube.", "There are two objects in the scene."],
+            ["The small blue ball is left of it.", "There are three objects in the image."]]
+    split = _split(2, captions=refs, codes=[[1, 0], [2, -1]])  # unknown: read off the text (a scene caption)
+    split.objects = [["red cube", "blue sphere"], ["green cylinder"]]
+    sets = [{"scene": "there are two objects in the scene",  # no mention
+             "object": "a large red metal cube",  # 1 mention, present
+             "relation": "the small blue ball is left of the large yellow cube"},  # 2 mentions, yellow cube absent
+            {"scene": "a large green metal cylinder",  # asked for a scene caption, reads as an object caption
+             "object": "a large red metal cube",  # absent
+             "relation": "a small green rubber cylinder left of a large green cylinder"}]  # 2 mentions, present
+    m = caption_metrics(sets, split, "synth", tokenizer="python")
+    assert m["CHAIR_i"] == pytest.approx(2 / 7) and m["CHAIR_s"] == pytest.approx(2 / 6)  # not equal
+    assert m["caption_mix"] == {"references": {"scene": 0.5, "object": 0.25, "relation": 0.25, "other": 0.0},
+                                "generated": {"scene": 1 / 6, "object": 3 / 6, "relation": 2 / 6, "other": 0.0}}
+    by = m["caption_by_granularity"]
+    assert list(by) == ["scene", "object", "relation"] and all(r["n"] == 2 for r in by.values())
+    assert [(by[k]["CHAIR_i"], by[k]["CHAIR_s"], by[k]["on_target"]) for k in by] == [
+        (0.0, 0.0, 0.5), (0.5, 0.5, 1.0), (0.25, 0.5, 1.0)]
+    flat = {f"{10 + n}/{k}": c for n, s in enumerate(sets) for k, c in s.items()}
+    want = scores(flat, {key: refs[int(key.split("/")[0]) - 10] for key in flat}, tokenizer="python")
+    assert m["BLEU-4"] == pytest.approx(want.bleu4) and m["CIDEr"] == pytest.approx(want.cider)
+    per = cider_per_image(list(flat.values()), [refs[0]] * 3 + [refs[1]] * 3)
+    assert by["object"]["CIDEr"] == pytest.approx((per[1] + per[4]) / 2)
+
+
 def _grid() -> GridOutcomes:
     # 3 images x g in {0, 0.5, 1}
     cider = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.2, 0.9], [0.3, 0.3, 0.3]])
     hall = torch.tensor([[0.0, 0.0, 0.5], [1.0, 0.5, 0.0], [0.4, 0.0, 0.2]])
-    caps = [[f"c{n} at {g}" for n in range(3)] for g in (0, 0.5, 1)]
+    caps = [[{"scene": f"c{n} at {g}"} for n in range(3)] for g in (0, 0.5, 1)]
     return GridOutcomes(torch.tensor([0.0, 0.5, 1.0]), caps, cider, hall)
 
 
@@ -255,7 +376,7 @@ def test_captions_for_reuses_grid_captions():
     vocab = _vocab(split)
     dec = _decoder(vocab)
     caps = captions_for(dec, vocab, split, torch.tensor([0.0, 1.0, 0.5]), DecodeConfig(), _grid())
-    assert caps == ["c0 at 0", "c1 at 1", "c2 at 0.5"]
+    assert caps == [{"scene": "c0 at 0"}, {"scene": "c1 at 1"}, {"scene": "c2 at 0.5"}]
 
 
 def test_caption_states_hand_case():
@@ -319,8 +440,10 @@ def test_fit_and_evaluate_every_method(tmp_path):
     assert (tmp_path / "ppo" / "controller").is_dir() and (tmp_path / "gate" / "controller").is_dir()
     res = evaluate_captioning(dec, vocab, test, methods.g, DecodeConfig(beam=2), methods.test_grid, tokenizer="python")
     for row in res.values():
-        assert set(row) == {"BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s", "mean_g"}
-        assert all(np.isfinite(v) for v in row.values())
+        assert set(row) == {"BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s", "mean_g", "caption_mix", "caption_by_granularity"}
+        assert all(np.isfinite(v) for k, v in row.items() if not k.startswith("caption_"))
+        assert row["caption_mix"]["references"] == {"scene": 0.4, "object": 0.3, "relation": 0.3, "other": 0.0}
+        assert set(row["caption_by_granularity"]) == {"any"} and row["caption_by_granularity"]["any"]["n"] == 5
     assert res["fine"]["mean_g"] == 1.0 and res["coarse"]["mean_g"] == 0.0
 
 
@@ -389,3 +512,16 @@ def test_detector_hallucination_estimate():
     out = est(["A large red metal cube.", "A red cube left of a blue ball."])
     assert out[0] == pytest.approx(0.1) and out[1] == pytest.approx((0.9 + 0.2) / 2)
     assert est(["There are two objects in the scene.", "x"]).tolist() == [0.0, 0.0]  # names no object
+
+
+def test_demo_report_prints_the_caption_mix_table():
+    from dsanchor.report.demo_report import _caption_granularity_lines
+
+    row = {"caption_mix": {"references": {"scene": 0.4, "object": 0.4, "relation": 0.2, "other": 0.0},
+                           "generated": {"scene": 0.3, "object": 0.4, "relation": 0.3, "other": 0.0}},
+           "caption_by_granularity": {"scene": {"n": 2, "CHAIR_i": 0.0, "CHAIR_s": 0.0, "on_target": 0.9},
+                                      "object": {"n": 2, "CHAIR_i": 0.5, "CHAIR_s": 0.25, "on_target": 1.0}}}
+    lines = _caption_granularity_lines({"methods": {"fine": {"t2i": {}}, "dsa_ppo": row}})
+    assert "| references | 0.40 / 0.40 / 0.20 / 0.00 | – | – |" in lines
+    assert "| dsa_ppo | 0.30 / 0.40 / 0.30 / 0.00 | 0.00 / 0.00 / 0.90 | 0.50 / 0.25 / 1.00 |" in lines
+    assert _caption_granularity_lines({"methods": {"fine": {"t2i": {}}}}) == []

@@ -5,8 +5,10 @@
 region vectors and stats = (number of valid regions, mean pairwise cosine of the regions, mean and min
 cosine between the scene and each region, total box area, spread of the box centres). They say how
 many objects there are, how alike they are and how well the scene vector already covers them, which
-is what the choice between object tokens and scene tokens trades off. The prompt of our decoder is
-the fixed ``<bos>``, identical for every image, so it adds nothing to the state.
+is what the choice between object tokens and scene tokens trades off. An image is captioned once per
+granularity (its scene, object and relation captions, each from its own start token,
+:mod:`dsanchor.captioning.decode`) and one g serves the whole set, so the state has no prompt term:
+the start tokens are the same for every image.
 
 **Reward** (DESIGN.md "Captioning"): ``clip(alpha * CIDEr - beta * hallucination)`` through
 :class:`~dsanchor.rl.env.GranularityEnv`. To keep PPO fast the decoder is not run inside the
@@ -14,8 +16,9 @@ environment: every training image is decoded once at each g of a grid (default 1
 :func:`~dsanchor.captioning.evaluate.score_grid`) and :class:`CaptionRewardModel` returns the values of
 the grid point nearest to the chosen g. The reward is therefore piecewise constant in g with steps at
 the midpoints between grid values; the exported controller's g is still continuous and is decoded
-exactly at evaluation. CIDEr is the image's own CIDEr-D against its references (IDF over the split),
-the hallucination term the estimator's share of named objects that the image lacks.
+exactly at evaluation. CIDEr is the mean CIDEr-D of the image's caption set, each caption against all
+the image's references (IDF over the split), the hallucination term the mean over the set of the
+estimator's share of named objects that the image lacks.
 
 **Methods** (DESIGN.md "Evaluation and report"), all fit on val (the decoder was fit on train):
 ``coarse`` g = 0, ``fine`` g = 1, ``fixed_best`` the grid g with the best val CIDEr, ``gate_grad``
@@ -43,7 +46,7 @@ from dsanchor.captioning.decoder import CaptionDecoder
 from dsanchor.captioning.evaluate import GridOutcomes, HallucinationEstimator, g_grid, score_grid
 from dsanchor.captioning.tokenizer import Vocabulary
 from dsanchor.captioning.tokens import CaptionSplit
-from dsanchor.captioning.train import CaptionBatch, caption_examples, caption_loss
+from dsanchor.captioning.train import caption_examples, caption_loss
 from dsanchor.controller import ControllerConfig, GranularityController
 from dsanchor.errors import ConfigError
 from dsanchor.features.types import ImageFeatures
@@ -180,7 +183,7 @@ def train_caption_gate(decoder: CaptionDecoder, vocab: Vocabulary, split: Captio
         ctrl.train()
         for _ in range(config.steps):
             b = torch.randint(len(data), (min(config.batch_size, len(data)),), generator=gen)
-            batch = CaptionBatch(data.rows[b], data.ids[b])
+            batch = data.index(b)
             loss = caption_loss(decoder, split, batch, ctrl(states[batch.rows]))
             opt.zero_grad()
             loss.backward()

@@ -8,6 +8,14 @@ along unchanged. The winner maximises ``log p / length ** length_penalty`` (leng
 
 Greedy is the default: on the synthetic CLEVR-style captions beam 3 gave a lower CIDEr-D (it favours
 short, generic scene statements) at three times the cost; ``--beam`` sets it.
+
+A caption starts from a start token (:mod:`dsanchor.captioning.decoder`): ``<bos>``, or the token of a
+granularity. :func:`generate_captions` decodes one caption per image at one granularity (none:
+``<bos>``); :func:`generate_caption_sets` decodes one caption per image at **every** granularity the
+decoder has a start token for (scene, object, relation), so an image is described at each
+granularity once; a decoder without granularity tokens gives its one ``<bos>`` caption, labelled
+``"any"``. One caption per granularity (not the references' 2 / 2 / 1 mix) because greedy decoding
+from the same start token repeats itself: a second scene caption would be the first one again.
 """
 
 from __future__ import annotations
@@ -17,11 +25,13 @@ from dataclasses import dataclass, field
 import torch
 
 from dsanchor.captioning.decoder import CaptionDecoder
+from dsanchor.captioning.granularity import ANY, granularity_code
 from dsanchor.captioning.tokenizer import BOS, EOS, PAD, UNK, Vocabulary
 from dsanchor.captioning.tokens import TokenPair
 from dsanchor.errors import ConfigError
 
-__all__ = ["DecodeConfig", "greedy_decode", "beam_search", "generate_captions"]
+__all__ = ["DecodeConfig", "greedy_decode", "beam_search", "generate_captions", "generate_caption_sets",
+           "caption_kinds"]
 
 BANNED = (PAD, BOS, UNK)
 
@@ -39,12 +49,21 @@ def _ban(logits: torch.Tensor) -> torch.Tensor:
     return logp
 
 
+def _start(visual: torch.Tensor, start: torch.Tensor | None) -> torch.Tensor:
+    """(B, 1) start tokens: ``start`` (B,) or <bos>."""
+    if start is None:
+        return torch.full((visual.shape[0], 1), BOS, dtype=torch.long)
+    return start.long().view(-1, 1)
+
+
 @torch.no_grad()
-def greedy_decode(decoder: CaptionDecoder, visual: torch.Tensor, mask: torch.Tensor) -> torch.Tensor:
-    """Greedy captions of V' (B, R, D) with mask (B, R). Returns (B, T) ids after <bos>, <pad>-filled."""
+def greedy_decode(decoder: CaptionDecoder, visual: torch.Tensor, mask: torch.Tensor,
+                  start: torch.Tensor | None = None) -> torch.Tensor:
+    """Greedy captions of V' (B, R, D) with mask (B, R) from start tokens (B,) (default <bos>).
+    Returns (B, T) ids after the start token, <pad>-filled."""
     decoder.eval()
     mem_kv = decoder.encode(visual)
-    tok = torch.full((visual.shape[0], 1), BOS, dtype=torch.long)
+    tok = _start(visual, start)
     done = torch.zeros(visual.shape[0], dtype=torch.bool)
     cache, out = None, []
     for _ in range(decoder.config.max_len - 1):
@@ -60,15 +79,16 @@ def greedy_decode(decoder: CaptionDecoder, visual: torch.Tensor, mask: torch.Ten
 
 @torch.no_grad()
 def beam_search(decoder: CaptionDecoder, visual: torch.Tensor, mask: torch.Tensor, beam: int = 3,
-                length_penalty: float = 0.0) -> torch.Tensor:
-    """Beam-search captions of V' (B, R, D) with mask (B, R). Returns (B, T) ids after <bos>."""
+                length_penalty: float = 0.0, start: torch.Tensor | None = None) -> torch.Tensor:
+    """Beam-search captions of V' (B, R, D) with mask (B, R) from start tokens (B,) (default <bos>).
+    Returns (B, T) ids after the start token."""
     if beam < 1:
         raise ConfigError(f"beam size must be at least 1; got {beam}")
     decoder.eval()
     b, k = visual.shape[0], beam
     mem_kv = [(mk.repeat_interleave(k, 0), mv.repeat_interleave(k, 0)) for mk, mv in decoder.encode(visual)]
     mask_k = mask.repeat_interleave(k, 0)  # (B*K, R)
-    seq = torch.full((b * k, 1), BOS, dtype=torch.long)
+    seq = _start(visual, start).repeat_interleave(k, 0)  # (B*K, 1)
     scores = torch.full((b, k), float("-inf"))
     scores[:, 0] = 0.0
     done = torch.zeros(b * k, dtype=torch.bool)
@@ -96,21 +116,48 @@ def beam_search(decoder: CaptionDecoder, visual: torch.Tensor, mask: torch.Tenso
     return out.view(b, k, -1)[torch.arange(b), best]
 
 
+def caption_kinds(decoder: CaptionDecoder) -> tuple[str, ...]:
+    """The granularities :func:`generate_caption_sets` decodes at: the decoder's, or ``("any",)``."""
+    return tuple(decoder.config.granularities) or (ANY,)
+
+
+def _start_ids(decoder: CaptionDecoder, granularity: str | None, n: int) -> torch.Tensor | None:
+    if granularity is None or granularity == ANY:
+        return None
+    if granularity not in decoder.config.granularities:
+        have = ", ".join(decoder.config.granularities) or "none"
+        raise ConfigError(f"the decoder has no start token for granularity {granularity!r} (it has: {have}); "
+                          "pass one of them or None for <bos>")
+    return decoder.start_ids(torch.full((n,), granularity_code(granularity)))
+
+
 @torch.no_grad()
 def generate_captions(decoder: CaptionDecoder, vocab: Vocabulary, pair: TokenPair, g: float | torch.Tensor,
-                      config: DecodeConfig | None = None) -> list[str]:
-    """Captions of every image of ``pair`` at granularity g (a scalar or one value per image)."""
+                      config: DecodeConfig | None = None, granularity: str | None = None) -> list[str]:
+    """Captions of every image of ``pair`` at g (a scalar or one value per image), started from the
+    token of ``granularity`` (None or ``"any"``: <bos>)."""
     config = config or DecodeConfig()
     n = len(pair)
     g_all = torch.as_tensor(g, dtype=torch.float32)
     g_all = g_all.expand(n) if g_all.dim() == 0 else g_all.view(-1)
+    start = _start_ids(decoder, granularity, n)
     out: list[str] = []
     for s in range(0, n, config.batch_size):
-        sub = pair.index(slice(s, s + config.batch_size))
-        visual = sub.mix(g_all[s:s + config.batch_size])  # (B, R, D)
+        rows = slice(s, s + config.batch_size)
+        sub = pair.index(rows)
+        visual = sub.mix(g_all[rows])  # (B, R, D)
+        st = None if start is None else start[rows]
         if config.beam == 1:
-            ids = greedy_decode(decoder, visual, sub.mask)
+            ids = greedy_decode(decoder, visual, sub.mask, st)
         else:
-            ids = beam_search(decoder, visual, sub.mask, config.beam, config.length_penalty)
+            ids = beam_search(decoder, visual, sub.mask, config.beam, config.length_penalty, st)
         out.extend(vocab.decode(row.tolist()) for row in ids)
     return out
+
+
+@torch.no_grad()
+def generate_caption_sets(decoder: CaptionDecoder, vocab: Vocabulary, pair: TokenPair, g: float | torch.Tensor,
+                          config: DecodeConfig | None = None) -> list[dict[str, str]]:
+    """Per image of ``pair``, ``{granularity: caption}`` at every granularity of :func:`caption_kinds`."""
+    by_kind = {k: generate_captions(decoder, vocab, pair, g, config, k) for k in caption_kinds(decoder)}
+    return [{k: caps[i] for k, caps in by_kind.items()} for i in range(len(pair))]

@@ -110,6 +110,14 @@ class CaptionSplit:
     mask: torch.Tensor  # (N, R) bool valid regions
     references: list[list[str]]  # per image: its captions (raw text)
     objects: list[list[str]]  # per image: ground-truth object names (for CHAIR)
+    granularity: list[list[int]] | None = None  # per image: each reference's GRANULARITY_CODES code, -1
+    # unknown; None: all unknown
+
+    def __post_init__(self) -> None:
+        if self.granularity is None:
+            self.granularity = [[-1] * len(refs) for refs in self.references]
+        if [len(r) for r in self.references] != [len(c) for c in self.granularity]:
+            raise ValueError("CaptionSplit.granularity needs one code per reference caption")
 
     def __len__(self) -> int:
         return int(self.image_ids.shape[0])
@@ -117,7 +125,8 @@ class CaptionSplit:
     def subset(self, idx: torch.Tensor) -> CaptionSplit:
         rows = idx.tolist()
         return CaptionSplit(self.image_ids[idx], self.coarse[idx], self.regions[idx], self.boxes[idx],
-                            self.mask[idx], [self.references[i] for i in rows], [self.objects[i] for i in rows])
+                            self.mask[idx], [self.references[i] for i in rows], [self.objects[i] for i in rows],
+                            [self.granularity[i] for i in rows])
 
     def references_by_id(self) -> dict[int, list[str]]:
         return {int(i): refs for i, refs in zip(self.image_ids.tolist(), self.references, strict=True)}
@@ -129,8 +138,11 @@ def prepare_caption_split(heads: AlignmentHeads, images: ImageFeatures, texts: T
     heads.eval()
     joint = embed_images(heads, images)
     refs: dict[int, list[str]] = {}
-    for iid, cap in zip(texts.image_ids.tolist(), texts.captions, strict=True):
+    codes: dict[int, list[int]] = {}
+    for iid, cap, code in zip(texts.image_ids.tolist(), texts.captions, texts.granularity.tolist(), strict=True):
         refs.setdefault(int(iid), []).append(cap)
+        codes.setdefault(int(iid), []).append(int(code))
     ids = images.image_ids.tolist()
     return CaptionSplit(images.image_ids.clone(), joint.coarse, joint.regions, images.boxes.float(), joint.mask,
-                        [refs.get(int(i), []) for i in ids], [list(o) for o in images.objects])
+                        [refs.get(int(i), []) for i in ids], [list(o) for o in images.objects],
+                        [codes.get(int(i), []) for i in ids])

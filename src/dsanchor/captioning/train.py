@@ -14,6 +14,13 @@ checks without improvement, or when ``max_time_s`` is spent. The val score is mi
 drawn per caption with a fixed seed; the default) or CIDEr-D of greedy captions (mean over ``val_g``).
 The loss is the default because on a few hundred val images greedy CIDEr jumps between checks (the
 decoder switches between caption kinds), which stops training early on noise.
+
+**Granularity conditioning**: a caption starts with the start token of its own granularity (scene,
+object or relation, :mod:`dsanchor.captioning.decoder`); the decoder's granularities are those of the
+train captions unless ``DecoderConfig.granularities`` names them. A caption of unknown granularity, and
+a random ``unconditional`` share of the others (condition dropout), starts with ``<bos>`` instead, so
+the same decoder also captions without being told a granularity. The val loss is conditioned (no
+dropout); the val CIDEr is the mean over every granularity's caption of each image.
 """
 
 from __future__ import annotations
@@ -31,9 +38,10 @@ import torch
 from torch.nn import functional as F
 from tqdm.auto import tqdm
 
-from dsanchor.captioning.decode import DecodeConfig, generate_captions
+from dsanchor.captioning.decode import DecodeConfig, generate_caption_sets
 from dsanchor.captioning.decoder import CaptionDecoder, DecoderConfig
-from dsanchor.captioning.evaluate import cider_per_image
+from dsanchor.captioning.evaluate import cider_of_sets
+from dsanchor.captioning.granularity import GRANULARITIES
 from dsanchor.captioning.tokenizer import PAD, Vocabulary
 from dsanchor.captioning.tokens import CaptionSplit
 from dsanchor.errors import ConfigError
@@ -58,38 +66,47 @@ class CaptionTrainConfig:
     max_time_s: float = field(default=100.0, metadata={"help": "stop (keeping the best check) after this many "
                                                                 "seconds; 0: no limit"})
     seed: int = field(default=0, metadata={"help": "random seed"})
+    unconditional: float = field(default=0.1, metadata={"help": "share of training captions started with <bos> "
+                                                                 "instead of their granularity's token"})
 
 
 @dataclass
 class CaptionBatch:
-    """Tokenised captions and the row of the image each describes."""
+    """Tokenised captions, the row of the image each describes and the caption's granularity."""
 
     rows: torch.Tensor  # (M,) int64 image row in the split
-    ids: torch.Tensor  # (M, L) <bos> w_1 .. w_n <eos> <pad>...
+    ids: torch.Tensor  # (M, L) <bos> w_1 .. w_n <eos> <pad>...; caption_loss swaps in the start token
+    granularity: torch.Tensor  # (M,) int64 GRANULARITY_CODES code, -1 unknown (start with <bos>)
 
     def __len__(self) -> int:
         return int(self.rows.shape[0])
 
+    def index(self, idx: torch.Tensor) -> CaptionBatch:
+        return CaptionBatch(self.rows[idx], self.ids[idx], self.granularity[idx])
+
 
 def caption_examples(split: CaptionSplit, vocab: Vocabulary) -> CaptionBatch:
     """Every reference caption of the split as one example."""
-    rows, seqs = [], []
-    for r, refs in enumerate(split.references):
-        for cap in refs:
+    rows, seqs, codes = [], [], []
+    for r, (refs, grans) in enumerate(zip(split.references, split.granularity, strict=True)):
+        for cap, code in zip(refs, grans, strict=True):
             rows.append(r)
             seqs.append(vocab.encode(cap))
+            codes.append(code)
     if not seqs:
         raise ConfigError("the split has no captions to train or score the decoder on")
     ids = torch.full((len(seqs), max(map(len, seqs))), PAD, dtype=torch.long)
     for i, s in enumerate(seqs):
         ids[i, :len(s)] = torch.tensor(s)
-    return CaptionBatch(torch.tensor(rows), ids)
+    return CaptionBatch(torch.tensor(rows), ids, torch.tensor(codes, dtype=torch.long))
 
 
 def caption_loss(decoder: CaptionDecoder, split: CaptionSplit, batch: CaptionBatch, g: torch.Tensor,
                  reduction: str = "mean") -> torch.Tensor:
-    """Teacher-forced cross-entropy of ``batch`` at g (M,), differentiable in g and the decoder."""
-    ids = batch.ids[:, : int((batch.ids != PAD).sum(1).max())]  # (M, L) trimmed
+    """Teacher-forced cross-entropy of ``batch`` at g (M,), differentiable in g and the decoder; each
+    caption starts with its granularity's start token."""
+    ids = batch.ids[:, : int((batch.ids != PAD).sum(1).max())].clone()  # (M, L) trimmed
+    ids[:, 0] = decoder.start_ids(batch.granularity)
     pair = decoder.token_pair(split, batch.rows)
     logits = decoder(pair.mix(g), pair.mask, ids[:, :-1])  # (M, L-1, V)
     loss = F.cross_entropy(logits.transpose(1, 2), ids[:, 1:], ignore_index=PAD, reduction="none")  # (M, L-1)
@@ -107,8 +124,8 @@ def _val_score(decoder: CaptionDecoder, vocab: Vocabulary, val: CaptionSplit, va
     out = {"val_loss": loss}
     if config.early_stop == "cider":
         pair = decoder.token_pair(val)
-        ciders = [float(cider_per_image(generate_captions(decoder, vocab, pair, g, DecodeConfig(beam=1)),
-                                        val.references).mean()) for g in config.val_g]
+        ciders = [float(cider_of_sets(generate_caption_sets(decoder, vocab, pair, g, DecodeConfig(beam=1)),
+                                      val.references).mean()) for g in config.val_g]
         out["val_cider"] = float(np.mean(ciders))
         out["val_cider_by_g"] = dict(zip(map(str, config.val_g), ciders, strict=True))
     out["score"] = out.get("val_cider", -loss)
@@ -138,9 +155,13 @@ def _setup(train: CaptionSplit, vocab: Vocabulary, config: DecoderConfig, cfg: C
         raise ConfigError(f"early_stop must be 'cider' or 'loss'; got {cfg.early_stop!r}")
     if cfg.steps < 1 or cfg.eval_every < 1:
         raise ConfigError("caption training needs steps >= 1 and eval_every >= 1")
+    if not 0.0 <= cfg.unconditional <= 1.0:
+        raise ConfigError(f"unconditional must lie in [0, 1]; got {cfg.unconditional}")
     torch.manual_seed(cfg.seed)
+    present = {c for codes in train.granularity for c in codes}
+    grans = tuple(config.granularities) or tuple(k for i, k in enumerate(GRANULARITIES) if i in present)
     config = dataclasses.replace(config, vocab_size=len(vocab), visual_dim=int(train.coarse.shape[1]),
-                                 max_len=vocab.max_len + 2)
+                                 max_len=vocab.max_len + 2, granularities=grans)
     decoder = CaptionDecoder(config)
     opt = torch.optim.AdamW(decoder.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: _schedule(s, cfg.steps, cfg.warmup_steps))
@@ -169,15 +190,16 @@ def train_decoder(train: CaptionSplit, val: CaptionSplit, vocab: Vocabulary, con
     bar = tqdm(range(1, cfg.steps + 1), desc="caption", unit="step")
     for step in bar:
         decoder.train()
-        b = next(batches)
-        loss = caption_loss(decoder, train, CaptionBatch(data.rows[b], data.ids[b]),
-                            torch.rand(len(b), generator=gen))  # g ~ U[0, 1] per caption
+        batch = data.index(next(batches))
+        drop = torch.rand(len(batch), generator=gen) < cfg.unconditional  # condition dropout: start with <bos>
+        batch.granularity = batch.granularity.masked_fill(drop, -1)
+        loss = caption_loss(decoder, train, batch, torch.rand(len(batch), generator=gen))  # g ~ U[0, 1] per caption
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(decoder.parameters(), 1.0)
         opt.step()
         sched.step()
-        total, n, seen = total + float(loss.detach()) * len(b), n + len(b), seen + len(b)
+        total, n, seen = total + float(loss.detach()) * len(batch), n + len(batch), seen + len(batch)
         out_of_time = cfg.max_time_s > 0 and time.perf_counter() - t0 > cfg.max_time_s
         if step % cfg.eval_every and step < cfg.steps and not out_of_time:
             continue
