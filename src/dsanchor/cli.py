@@ -20,7 +20,7 @@ from dsanchor.errors import DsanchorError
 
 # module name under dsanchor.commands, in the order ``dsanchor --help`` lists them
 COMMANDS: tuple[str, ...] = (
-    "data", "extract", "align", "hallucination", "train", "tune", "caption", "eval", "metrics", "mllm", "demo",
+    "data", "extract", "align", "hallucination", "train", "tune", "caption", "eval", "metrics", "mllm", "demo", "run",
 )
 
 

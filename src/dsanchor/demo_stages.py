@@ -1,12 +1,13 @@
-"""The demo's own stages: making the data, extracting features and the captioning run. The trained stages
-(heads, detector, tuning, PPO, evaluation) are :mod:`dsanchor.stages`, the same functions the commands call."""
+"""Stages of :mod:`dsanchor.run` that no single command covers: making the synthetic data, extracting the
+features of already-split samples, and the captioning run. The trained stages (heads, detector, tuning, PPO,
+evaluation) are :mod:`dsanchor.stages`, the same functions the commands call."""
 
 from __future__ import annotations
 
 import json
 from pathlib import Path
 
-__all__ = ["synth_stage", "extract_stage", "caption_stage"]
+__all__ = ["synth_stage", "extract_samples", "caption_stage"]
 
 SPLITS = (0.6, 0.2, 0.2)  # more val than the 80/10/10 default: controllers and fixed_best are fit on val
 
@@ -23,16 +24,15 @@ def synth_stage(out: Path, config) -> None:
                                     split_fractions=SPLITS, workers=config.workers))
 
 
-def extract_stage(data: Path, out: Path, config) -> None:
-    from dsanchor.data import load_dataset
+def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:
+    """Encode the samples (with their splits) into a feature store with the default encoder and regions."""
     from dsanchor.encoders import create_encoder
     from dsanchor.encoders.regions import RegionConfig
     from dsanchor.features.extract import ExtractConfig, extract_features
 
-    samples = load_dataset("synth", data)  # COCO files plus the scene graphs: exact relevance
     encoder = create_encoder("effnet-minilm")
     extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=False),
-                     RegionConfig(), source={"format": "synth", "split": None})
+                     RegionConfig(), source={"format": fmt, "split": None})
 
 
 def _store(features: Path):

@@ -205,7 +205,7 @@ def build_plan(samples: Sequence[Sample], root: str | Path, encoder: EncoderBack
         dup = next(i for i, c in counts.items() if c > 1)
         raise DataError(root, f"image id {dup} appears more than once; image ids must be unique")
     # the content of the records: a changed caption, fact or scene graph makes another store
-    records = [[s.image_id, s.image_path, [[c.text, c.granularity, c.fact] for c in s.captions], s.scene]
+    records = [[s.image_id, s.image_path, s.split, [[c.text, c.granularity, c.fact] for c in s.captions], s.scene]
                for s in samples]
     digest = hashlib.sha256(json.dumps(records, sort_keys=True).encode()).hexdigest()
     enc = encoder.describe()

@@ -201,11 +201,15 @@ def write_report(out: Path, results: dict, config) -> Path:
     """Write report.md (and its plots) next to results.json."""
     plots = _plots(out, results)
     seeds = results.get("seeds", [])
+    data = (f"{config.scenes} synthetic scenes (data seed {config.data_seed})" if hasattr(config, "scenes")
+            else f"dataset {results.get('dataset', '?')}")
+    chance = (f" Chance level of text→image R@1 (paired): {1 / results['n_images']:.3f}; of R@10: "
+              f"{min(1.0, 10 / results['n_images']):.3f}." if results.get("n_images") else "")
     lines = [
-        "# DSA demo report", "",
+        "# DSA run report", "",
         f"Run on {time.strftime('%Y-%m-%d')} on {platform.machine()} with {torch.get_num_threads()} torch threads, "
-        f"{config.scenes} synthetic scenes ({results['n_images']} test images, {results['n_captions']} test "
-        f"captions), seeds {seeds}." + (" Numbers are mean ± std over seeds." if len(seeds) > 1 else ""), "",
+        f"{data} ({results['n_images']} test images, {results['n_captions']} test "
+        f"captions), seeds {seeds}." + (" Numbers are mean ± std over seeds." if len(seeds) > 1 else "") + chance, "",
         "## Retrieval (Table 1)", "",
         _protocol_note(results), "",
         "Recalls are fractions in [0, 1]; MeanR is the mean rank of the first true image. 'hall t2i' is the "

@@ -1,0 +1,186 @@
+"""``dsanchor run``: the whole DSA pipeline on any dataset on disk, stage by stage (the demo is this on synth).
+
+Stages and their folders under the output directory:
+
+    features/             feature store (effnet-minilm), from the dataset with its train/val/test splits
+    seed<S>/heads/        alignment heads
+    seed<S>/detector/     hallucination detector (+ POPE)
+    seed<S>/tune/         Optuna study over the reward (SQLite) and its objective plot
+    seed<S>/ppo/          PPO retrieval controller
+    seed<S>/caption/      caption decoder, its controllers and caption metrics
+    seed<S>/eval/         retrieval evaluation -> results.json of that seed
+    results.json, report.md, *.png   merged over seeds
+
+Each stage writes ``.stage.json`` with the configuration it ran with. On a rerun, a stage whose folder holds
+the same configuration is reused (and says so), so a crashed run continues where it stopped; extraction and
+PPO also resume inside a stage. Features are shared by all seeds; everything trained depends on the seed.
+Splits come from a split file, the dataset, or a seeded split (:func:`dsanchor.data.splits.assign_splits`),
+which the run announces.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import json
+import shutil
+import time
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+__all__ = ["RunConfig", "Stages", "run_pipeline"]
+
+
+@dataclass
+class RunConfig:
+    """The budget of a whole-pipeline run; every other setting is the library's default."""
+
+    seeds: int = field(default=1, metadata={"help": "training seeds; with several, numbers are mean ± std"})
+    align_epochs: int = field(default=12, metadata={"help": "maximum epochs of the alignment heads"})
+    detector_epochs: int = field(default=20, metadata={"help": "maximum epochs of the hallucination detector"})
+    tune_trials: int = field(default=12, metadata={"help": "Optuna trials over beta/alpha and the clip bounds"})
+    tune_workers: int = field(default=1, metadata={"help": "processes sharing the Optuna study"})
+    tune_timesteps: int = field(default=8192, metadata={"help": "PPO steps per fold of a tuning trial"})
+    ppo_timesteps: int = field(default=65536, metadata={"help": "PPO steps of the final retrieval controller"})
+    caption_steps: int = field(default=400, metadata={"help": "optimizer steps of the caption decoder"})
+    caption_ppo_timesteps: int = field(default=4096, metadata={"help": "PPO steps of the captioning controller"})
+    workers: int = field(default=2, metadata={"help": "worker processes for image loading (and data generation)"})
+    split_seed: int = field(default=0, metadata={"help": "seed of the random split when the data has none"})
+
+
+class Stages:
+    """Runs stages with reuse and prints one progress line per stage."""
+
+    def __init__(self, out: Path, total: int):
+        self.out, self.total, self.i, self.times = out, total, 0, {}
+
+    def run(self, name: str, folder: Path, key: dict[str, Any], fn: Callable[[Path], Any], timing: str) -> Path:
+        self.i += 1
+        marker = folder / ".stage.json"
+        digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
+        label = f"[{self.i}/{self.total}] {name:<28}"
+        if marker.is_file() and json.loads(marker.read_text()).get("key") == digest:
+            prev = json.loads(marker.read_text())
+            self.times[timing] = self.times.get(timing, 0.0) + prev["seconds"]
+            print(f"{label} reused ({folder}, took {prev['seconds']:.1f}s when it ran)", flush=True)
+            return folder
+        if marker.is_file():
+            shutil.rmtree(folder)  # finished with another config: start afresh
+        # no marker: a crashed run of this stage; stages that can resume (extraction, PPO) do so
+        folder.mkdir(parents=True, exist_ok=True)
+        print(f"{label} running ...", flush=True)
+        t0 = time.perf_counter()
+        fn(folder)
+        dt = time.perf_counter() - t0
+        self.times[timing] = self.times.get(timing, 0.0) + dt
+        marker.write_text(json.dumps({"key": digest, "config": key, "seconds": dt}, default=str, indent=1))
+        print(f"{label} done in {dt:.1f}s", flush=True)
+        return folder
+
+
+def quiet_progress() -> None:
+    """One line per stage: silence the inner progress bars and INFO logs of the library."""
+    import functools
+    import logging
+
+    from tqdm import tqdm
+
+    tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
+    logging.getLogger().setLevel(logging.WARNING)
+
+
+def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_key: dict, dataset: str) -> dict:
+    """The trained stages of one seed; each is the library function its command calls (dsanchor.stages),
+    with the library's defaults except the budget fields of :class:`RunConfig`."""
+    from dsanchor.align.train import AlignTrainConfig
+    from dsanchor.demo_stages import caption_stage
+    from dsanchor.gate import GateConfig
+    from dsanchor.hallucination import DetectorTrainConfig, PopeConfig
+    from dsanchor.rl.ppo import PPOConfig
+    from dsanchor.rl.tune import TuneConfig, read_best
+    from dsanchor.stages import align_stage, detector_stage, eval_stage, train_stage, tune_stage
+
+    feats, sd = out / "features", out / f"seed{seed}"
+    align = AlignTrainConfig(epochs=config.align_epochs, seed=seed)
+    det = DetectorTrainConfig(epochs=config.detector_epochs, seed=seed)
+    tune = TuneConfig(trials=config.tune_trials, workers=config.tune_workers, seed=seed, study_name=f"demo-seed{seed}",
+                      timesteps=config.tune_timesteps)
+    ppo = PPOConfig(timesteps=config.ppo_timesteps, seed=seed, checkpoint_every=max(config.ppo_timesteps // 4, 1024))
+    key = {"features": feat_key, "seed": seed, "format": 3}
+    heads_key = {**key, "align": dataclasses.asdict(align)}
+    stages.run(f"align heads (seed {seed})", sd / "heads", heads_key,
+               lambda d: align_stage(feats, d, train=align), "align")
+    det_key = {**key, "detector": dataclasses.asdict(det)}
+    stages.run(f"hallucination det. (seed {seed})", sd / "detector", det_key,
+               lambda d: detector_stage(feats, d, train=det, pope=PopeConfig(seed=seed)), "detector")
+    tune_key = {**heads_key, **det_key, "tune": dataclasses.asdict(tune)}
+    stages.run(f"tune reward (seed {seed})", sd / "tune", tune_key,
+               lambda d: tune_stage(feats, sd / "heads", sd / "detector", d, tune=tune, ppo=ppo), "tune")
+    ppo_key = {**tune_key, "ppo": dataclasses.asdict(ppo)}
+    stages.run(f"PPO controller (seed {seed})", sd / "ppo", ppo_key,
+               lambda d: train_stage(feats, sd / "heads", sd / "detector", d, read_best(sd / "tune"), ppo=ppo,
+                                     progress=False), "ppo")
+    cap_key = {**heads_key, **det_key, "steps": config.caption_steps, "ppo_steps": config.caption_ppo_timesteps}
+    stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
+               lambda d: caption_stage(feats, sd, d, config, seed), "caption")
+    eval_key = {**ppo_key, **cap_key}
+    stages.run(f"evaluate (seed {seed})", sd / "eval", eval_key,
+               lambda d: eval_stage(feats, sd / "heads", d, sd / "ppo", sd / "caption", sd / "detector",
+                                    gate=GateConfig(seed=seed), dataset=dataset), "eval")
+    return json.loads((sd / "eval" / "results.json").read_text())
+
+
+
+def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | None, allow_missing: bool) -> None:
+    from dsanchor.data import load_dataset
+    from dsanchor.data.splits import assign_splits
+    from dsanchor.demo_stages import extract_samples
+
+    samples, how = assign_splits(load_dataset(fmt, data), splits, seed=config.split_seed)
+    print(f"    {how}", flush=True)
+    extract_samples(samples, data, out, config, fmt)
+
+
+def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunConfig, splits: str | None = None,
+                 stages: Stages | None = None, data_key: dict | None = None, dataset: str | None = None) -> dict:
+    """Every stage on the dataset at ``data`` (format ``fmt``), then results.json, report.md and the plots.
+
+    Args:
+        splits: a split file (``splits.json`` or Karpathy's ``dataset_coco.json``); else the dataset's own.
+        stages: a stage runner that already ran earlier stages (the demo's synth stage); made here if None.
+        data_key: what identifies the data for stage reuse (default: its resolved path and format).
+    Returns:
+        The merged results.
+    """
+    from dsanchor.eval.compare import compare_methods, load_hits
+    from dsanchor.eval.methods import EvalConfig
+    from dsanchor.report.demo_report import write_report
+    from dsanchor.report.results import merge_seeds
+
+    quiet_progress()
+    out, data = Path(out_dir), Path(data)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = stages or Stages(out, 1 + 6 * config.seeds)
+    t_start = time.perf_counter()
+    data_key = data_key or {"data": str(data.resolve()), "format": fmt}
+    feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": fmt, "splits": splits,
+                "split_seed": config.split_seed}
+    stages.run("extract features", out / "features", feat_key,
+               lambda d: _extract(data, fmt, d, config, splits, False), "extract")
+    name = dataset or fmt
+    per_seed = [_seed_stages(stages, out, config, seed, feat_key, name) for seed in range(config.seeds)]
+    times = {k: round(v, 2) for k, v in stages.times.items()}
+    times["total"] = round(sum(times.values()), 2)  # every stage's own time, reused ones included
+    if len(per_seed) > 1:  # one bootstrap over images and seeds (intervals do not average)
+        records, clusters = load_hits([out / f"seed{s}" / "eval" / "hits.safetensors" for s in range(config.seeds)])
+        results = merge_seeds(per_seed, compare_methods(records, clusters, n_boot=EvalConfig().n_boot))
+    else:
+        results = per_seed[0]
+    results["timing_s"] = times
+    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_report(out, results, config)
+    print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}\n"
+          f"this run: {time.perf_counter() - t_start:.1f}s; all stages: {times['total']:.1f}s", flush=True)
+    return results
