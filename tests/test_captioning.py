@@ -492,7 +492,10 @@ def test_cli_train_and_generate(tmp_path):
     assert _cli(["caption", "generate", *common, "--decoder", str(tmp_path / "dec"), "--g", "0.5", "--beam", "2",
                  "--out", str(out)]) == 0
     rows = [json.loads(line) for line in out.read_text().splitlines()]
-    assert [r["image_id"] for r in rows] == [9, 10, 11] and all(isinstance(r["caption"], str) for r in rows)
+    assert [r["image_id"] for r in rows] == [9, 10, 11] and all(isinstance(r["caption"], dict) for r in rows)
+    assert _cli(["caption", "generate", *common, "--decoder", str(tmp_path / "dec"), "--g", "0.5",
+                 "--granularity", "any", "--out", str(out)]) == 0
+    assert all(isinstance(json.loads(line)["caption"], str) for line in out.read_text().splitlines())
     ctrl = GranularityController(ControllerConfig(state_dim=caption_state_dim(D), hidden=4, layers=1))
     ctrl.save_pretrained(tmp_path / "ctrl")
     assert _cli(["caption", "generate", *common, "--decoder", str(tmp_path / "dec"), "--controller",

@@ -63,6 +63,9 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     which.add_argument("--controller", help="captioning controller (ppo/controller or gate/controller of "
                                             "`dsanchor caption eval`)")
     g.add_argument("--split", default="test", choices=("train", "val", "test"), help="images to caption")
+    g.add_argument("--granularity", default="all", choices=("all", "any", "scene", "object", "relation"),
+                   help="all: one caption per granularity ({granularity: caption}); any: one caption from <bos>; "
+                        "or one granularity")
     g.add_argument("--out", required=True, help="JSON-lines file: one {image_id, caption, g} per image")
     add_config_args(g, DecodeConfig)
     g.set_defaults(func=run_generate)
@@ -125,6 +128,7 @@ def run_generate(args: argparse.Namespace) -> int:
     import torch
 
     from dsanchor.captioning import DecodeConfig, caption_states, generate_captions, load_captioner
+    from dsanchor.captioning.decode import generate_caption_sets
     from dsanchor.controller import GranularityController
 
     set_threads(args)
@@ -145,13 +149,15 @@ def run_generate(args: argparse.Namespace) -> int:
             raise ConfigError(f"--g must lie in [0, 1]; got {args.g}")
         g = torch.full((len(split),), float(args.g))
     with torch.no_grad():
-        caps = generate_captions(decoder, vocab, decoder.token_pair(split), g, decode)
+        pair = decoder.token_pair(split)
+        caps = (generate_caption_sets(decoder, vocab, pair, g, decode) if args.granularity == "all" else
+                generate_captions(decoder, vocab, pair, g, decode, args.granularity))
     _write_jsonl(args.out, split.image_ids.tolist(), caps, g.tolist())
     print(f"{len(caps)} captions of the {args.split} split written to {args.out} (mean g {float(g.mean()):.3f})")
     return 0
 
 
-def _write_jsonl(path: str | Path, ids: list[int], captions: list[str], gs: list[float]) -> None:
+def _write_jsonl(path: str | Path, ids: list[int], captions: list, gs: list[float]) -> None:
     p = Path(path)
     p.parent.mkdir(parents=True, exist_ok=True)
     p.write_text("".join(json.dumps({"image_id": int(i), "caption": c, "g": round(float(g), 6)}) + "\n"
