@@ -3,7 +3,7 @@
 A realistic retrieval split on random unit vectors: ``captions`` caption queries and ``images`` image
 queries (default T = 1000, N = 200, five captions per image, R = 10, D = 256), their real
 :class:`~dsanchor.retrieval.PairTerms` and controller states, a random hallucination matrix, and a
-:class:`~dsanchor.rl.reward.RetrievalReward` (hit@10). Measures
+:class:`~dsanchor.rl.reward.RetrievalReward` (reciprocal rank, the default). Measures
 
 1. the raw ``reset`` + ``step`` loop of one :class:`~dsanchor.rl.env.GranularityEnv` with random actions
    (one step is one episode: a contextual bandit), steps/s;
@@ -58,7 +58,8 @@ def make_split(captions: int, images: int, regions: int = 10, dim: int = 256,
         states = torch.cat([s_t, s_i])
     positives = positives_matrix(torch.arange(captions) % images, torch.arange(images))  # (T, N)
     hall = torch.rand(captions, images, generator=gen)  # (T, N)
-    return states, RetrievalReward(terms, positives, hall, AccuracyConfig(k=10))
+    names = torch.rand(captions, generator=gen) < 0.6  # (T,) captions that name an object
+    return states, RetrievalReward(terms, positives, hall, AccuracyConfig(), names)
 
 
 def raw_steps_per_s(states: torch.Tensor, reward: RetrievalReward, steps: int, seed: int) -> float:
