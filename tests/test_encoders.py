@@ -83,7 +83,7 @@ def test_effnet_one_backbone_pass_and_stages(encoders):
     finally:
         handle.remove()
     assert len(calls) == 1
-    assert enc.dims.coarse == 80 * 5 and enc.dims.region == 1280 and enc.dims.text == 384
+    assert enc.dims.coarse == 80 * 5 and enc.dims.region == 112 and enc.dims.text == 384  # regions from stage5
     assert enc.transform.size == 224
 
 

@@ -38,7 +38,7 @@ class RunConfig:
     """The budget of a whole-pipeline run; every other setting is the library's default."""
 
     seeds: int = field(default=1, metadata={"help": "training seeds; with several, numbers are mean ± std"})
-    align_epochs: int = field(default=12, metadata={"help": "maximum epochs of the alignment heads"})
+    align_epochs: int = field(default=24, metadata={"help": "maximum epochs of the alignment heads"})
     detector_epochs: int = field(default=20, metadata={"help": "maximum epochs of the hallucination detector"})
     tune_trials: int = field(default=12, metadata={"help": "Optuna trials over beta/alpha and the clip bounds"})
     tune_workers: int = field(default=1, metadata={"help": "processes sharing the Optuna study"})
@@ -94,6 +94,7 @@ def quiet_progress() -> None:
 def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_key: dict, dataset: str) -> dict:
     """The trained stages of one seed; each is the library function its command calls (dsanchor.stages),
     with the library's defaults except the budget fields of :class:`RunConfig`."""
+    from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig
     from dsanchor.demo_stages import caption_stage
     from dsanchor.gate import GateConfig
@@ -104,14 +105,15 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
 
     feats, sd = out / "features", out / f"seed{seed}"
     align = AlignTrainConfig(epochs=config.align_epochs, seed=seed)
+    heads = AlignConfig()
     det = DetectorTrainConfig(epochs=config.detector_epochs, seed=seed)
     tune = TuneConfig(trials=config.tune_trials, workers=config.tune_workers, seed=seed, study_name=f"demo-seed{seed}",
                       timesteps=config.tune_timesteps)
     ppo = PPOConfig(timesteps=config.ppo_timesteps, seed=seed, checkpoint_every=max(config.ppo_timesteps // 4, 1024))
     key = {"features": feat_key, "seed": seed, "format": 3}
-    heads_key = {**key, "align": dataclasses.asdict(align)}
+    heads_key = {**key, "align": dataclasses.asdict(align), "heads": dataclasses.asdict(heads)}
     stages.run(f"align heads (seed {seed})", sd / "heads", heads_key,
-               lambda d: align_stage(feats, d, train=align), "align")
+               lambda d: align_stage(feats, d, heads, align), "align")
     det_key = {**key, "detector": dataclasses.asdict(det)}
     stages.run(f"hallucination det. (seed {seed})", sd / "detector", det_key,
                lambda d: detector_stage(feats, d, train=det, pope=PopeConfig(seed=seed)), "detector")
@@ -165,8 +167,12 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     stages = stages or Stages(out, 1 + 6 * config.seeds)
     t_start = time.perf_counter()
     data_key = data_key or {"data": str(data.resolve()), "format": fmt}
+    from dsanchor.config import config_to_dict
+    from dsanchor.encoders import encoder_config_class
+
+    encoder = config_to_dict(encoder_config_class("effnet-minilm")())  # a changed default is another store
     feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": fmt, "splits": splits,
-                "split_seed": config.split_seed}
+                "split_seed": config.split_seed, "encoder_config": encoder}
     stages.run("extract features", out / "features", feat_key,
                lambda d: _extract(data, fmt, d, config, splits, False), "extract")
     name = dataset or fmt

@@ -6,9 +6,12 @@ Two scorings come out of the same space (DESIGN.md "Alignment heads"):
 * fine score ``cos(t, p(t))`` with ``p(t) = sum_j w_j r_j``, an attention pool of the region vectors
   r_j whose weights ``w = softmax(s * cos(t, r_j))`` use the text as the query.
 
-Both are trained with symmetric InfoNCE (Oord et al. 2018; CLIP, Radford et al. 2021) so that each
-retrieves on its own and the choice of g matters. Region inputs are the RoI features concatenated
-with their normalised box (x, y, w, h, area), so relations such as "left of" are expressible.
+Both are trained with symmetric multi-positive InfoNCE (:mod:`dsanchor.align.loss`; Oord et al. 2018; CLIP,
+Radford et al. 2021) so that each retrieves on its own and the choice of g matters. Region inputs are the RoI
+features concatenated with their normalised box (x, y, w, h, area), so relations such as "left of" are
+expressible. Optionally (``region_context``) a pre-norm Transformer encoder (Vaswani et al. 2017) runs over each
+image's projected regions before they are normalised, so a region vector can also say what lies around it
+("a cube with a sphere to its left"); a relation caption then needs no second region in the pool.
 """
 
 from __future__ import annotations
@@ -38,6 +41,10 @@ class AlignConfig:
     dropout: float = field(default=0.1, metadata={"help": "dropout inside the projections while training"})
     init_temperature: float = field(default=0.07, metadata={"help": "initial InfoNCE temperature"})
     init_pool_scale: float = field(default=10.0, metadata={"help": "initial scale s of the attention-pool softmax"})
+    region_context: int = field(default=1, metadata={
+        "help": "self-attention layers over each image's projected regions (boxes included), so that a region "
+                "vector can describe its neighbours, as relation captions need; 0: regions stay independent"})
+    context_heads: int = field(default=4, metadata={"help": "attention heads of each region-context layer"})
 
 
 def projection_mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
@@ -80,6 +87,9 @@ class AlignmentHeads(PretrainedMixin, nn.Module):
         self.coarse_proj = projection_mlp(c.coarse_dim, c.hidden, c.dim, c.dropout)
         self.region_proj = projection_mlp(c.region_dim + BOX_FEATS, c.hidden, c.dim, c.dropout)
         self.text_proj = projection_mlp(c.text_dim, c.hidden, c.dim, c.dropout)
+        self.region_context = None if not c.region_context else nn.TransformerEncoder(
+            nn.TransformerEncoderLayer(c.dim, c.context_heads, c.hidden, c.dropout, batch_first=True, norm_first=True),
+            c.region_context, enable_nested_tensor=False)
         self.logit_scale = nn.Parameter(torch.tensor(1.0 / c.init_temperature).log())
         self.pool_scale = nn.Parameter(torch.tensor(float(c.init_pool_scale)).log())
 
@@ -94,8 +104,11 @@ class AlignmentHeads(PretrainedMixin, nn.Module):
         mask = mask.bool()
         r_in = torch.cat([regions[mask], boxes[mask], area[mask]], dim=-1)  # (V, Dr + 5), valid regions only
         r = regions.new_zeros(*mask.shape, self.config.dim)  # (N, R, D), zero where masked
-        r[mask] = F.normalize(self.region_proj(r_in), dim=-1)
-        return JointFeatures(F.normalize(self.coarse_proj(coarse), dim=-1), r, mask)
+        r[mask] = self.region_proj(r_in)
+        if self.region_context is not None:
+            pad = ~mask & mask.any(dim=1, keepdim=True)  # (N, R); an image without regions attends over zeros
+            r = self.region_context(r, src_key_padding_mask=pad) * mask.unsqueeze(-1)  # (N, R, D)
+        return JointFeatures(F.normalize(self.coarse_proj(coarse), dim=-1), F.normalize(r, dim=-1), mask)
 
     @property
     def pool_s(self) -> torch.Tensor:

@@ -58,8 +58,10 @@ class EffnetMiniLMConfig(EncoderConfig):
         "help": "early stage pooled into the coarse vector: stage1..stage7, head or blockN"})
     coarse_pool: str = field(default="avg+grid2", metadata={
         "help": "coarse pooling: avg (global), grid2 (2x2 quadrants) or avg+grid2"})
-    region_stage: str = field(default="head", metadata={
-        "help": "feature map the regions are RoI-aligned from: head (1280-d) or stage7 (320-d)"})
+    region_stage: str = field(default="stage5", metadata={
+        "help": "feature map the regions are RoI-aligned from: stage1..stage7 or head (1280-d). stage5 (112-d, "
+                "14x14) keeps colour and material, which the ImageNet head map largely loses (linear probes on "
+                "synth objects: all four attributes right 0.99 from stage5, 0.48 from head)"})
 
     def __post_init__(self) -> None:
         if self.image_size < 32 or self.image_size % 32:
