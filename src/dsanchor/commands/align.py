@@ -28,7 +28,9 @@ def run(args) -> int:
     y = yaml_of(args)
     info = align_stage(args.features, args.out, resolve_config(AlignConfig, args, y, section="align"),
                        resolve_config(AlignTrainConfig, args, y, section="align_train"))
-    print(f"heads saved to {args.out} ({info['train_time_s']:.1f}s); test text->image R@10:")
+    print(f"heads saved to {args.out} ({info['train_time_s']:.1f}s); test text->image, coarse / fine:")
     for name, row in info["test"].items():
-        print(f"  {name:>9}: coarse {row['coarse']:.3f}  fine {row['fine']:.3f}  (n={row['n']})")
+        exact = (f"  exact R@1 {row['exact_coarse_R@1']:.3f} / {row['exact_fine_R@1']:.3f}"
+                 if "exact_coarse_R@1" in row else "")
+        print(f"  {name:>9}: paired R@10 {row['coarse']:.3f} / {row['fine']:.3f}{exact}  (n={row['n']})")
     return 0

@@ -158,16 +158,29 @@ def holds(fact: Fact, scene: Scene) -> bool:
     return bool(check(fact, scene))
 
 
+def _candidates(fact: Fact, present: list[set[tuple]]) -> list[int]:
+    """Scenes that can hold the fact: an object or relation fact needs objects of its descriptions."""
+    need = [tuple(fact[k][a] for a in _ATTRIBUTES) for k in ("object", "subject")
+            if fact.get("type") in ("object", "relation") and isinstance(fact.get(k), dict)
+            and set(fact[k]) == set(_ATTRIBUTES)]
+    return [n for n, p in enumerate(present) if all(d in p for d in need)]
+
+
 def holds_matrix(facts: Sequence[Fact], scenes: Sequence[Scene]) -> np.ndarray:
-    """(T, N) bool: ``holds(facts[t], scenes[n])``. Identical facts are decided once."""
+    """(T, N) bool: ``holds(facts[t], scenes[n])``. Identical facts are decided once, and scenes without the
+    objects an object or relation fact describes are ruled out before :func:`holds` is called."""
     import json
 
     out = np.zeros((len(facts), len(scenes)), dtype=bool)
+    present = [{tuple(o.get(a) for a in _ATTRIBUTES) for o in s["objects"]} for s in scenes]
     memo: dict[str, np.ndarray] = {}
     for t, fact in enumerate(facts):
         key = json.dumps(fact, sort_keys=True)
         if key not in memo:
-            memo[key] = np.fromiter((holds(fact, s) for s in scenes), dtype=bool, count=len(scenes))
+            row = np.zeros(len(scenes), dtype=bool)
+            for n in _candidates(fact, present):
+                row[n] = holds(fact, scenes[n])
+            memo[key] = row
         out[t] = memo[key]
     return out
 
