@@ -67,3 +67,23 @@ def test_caption_g_does_not_overwrite_retrieval_g():
     cap = {"fixed_best": {"BLEU-4": 0.3, "CIDEr": 0.5, "CHAIR_i": 0.1, "CHAIR_s": 0.2, "g": 0.1, "mean_g": 0.1}}
     row = build_results("synth", "test", 1, 5, [0], ret, cap)["methods"]["fixed_best"]
     assert row["g"] == 0.45 and row["caption_g"] == 0.1 and row["caption_mean_g"] == 0.1 and row["CIDEr"] == 0.5
+
+
+@pytest.mark.slow
+def test_run_on_a_dataset_without_splits_or_scene_graphs(tmp_path, capsys):
+    """`dsanchor run` on COCO-format files with no split file: a seeded split, announced, and the paired
+    protocol only (no scene graphs), said in the report."""
+    from dsanchor.data import SynthConfig, generate_synth
+
+    data = tmp_path / "data"
+    generate_synth(data, SynthConfig(scenes=40, image_size=64, seed=5))
+    (data / "splits.json").unlink()
+    out = tmp_path / "run"
+    budget = [a for a in TINY if a not in ("--scenes", "60")]
+    assert main(["run", "--data", str(data), "--format", "coco", "--out", str(out), *budget]) == 0
+    assert "seeded split, seed 0" in capsys.readouterr().out
+    res = json.loads((out / "results.json").read_text())
+    assert all("exact" not in row for row in res["methods"].values())
+    assert res["n_images"] == 8 and "paired" in res["paired"]["pairs"]["dsa_ppo-fine"]
+    assert "exact" not in res["paired"]["pairs"]["dsa_ppo-fine"]
+    assert "paired** only" in (out / "report.md").read_text()
