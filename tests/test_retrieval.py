@@ -66,6 +66,25 @@ def test_two_stage_equals_exact_when_m_covers_gallery():
     assert torch.equal(two2.topk(2, dim=1).indices.sort(1).values, top2.sort(1).values)
 
 
+def test_batched_rerank_equals_a_loop_over_queries_and_search_equals_dense():
+    from dsanchor.retrieval import rerank_terms, two_stage_search
+
+    text, img = _toy(t=7, n=9)
+    g = torch.linspace(0, 1, 7)
+    cand = (text @ img.coarse.T).topk(4, dim=1).indices  # (Q, M)
+    batched = rerank_terms(text, img, 5.0, cand)
+    for q in range(7):  # reference: pair_terms of one query on its own gathered candidates
+        sub = type(img)(img.coarse[cand[q]], img.regions[cand[q]], img.mask[cand[q]], None, None)
+        ref = pair_terms(text[q:q + 1], sub, 5.0)
+        for a, b in zip(batched, ref, strict=True):
+            torch.testing.assert_close(a[q], b[0], atol=1e-5, rtol=1e-5)
+    dense = two_stage_scores(text, img, 5.0, g, m=4)
+    for backend in ("torch", "faiss"):
+        s, i = two_stage_search(text, img, 5.0, g, m=4, k=3, backend=backend)
+        assert torch.equal(i, dense.topk(3, dim=1).indices)
+        torch.testing.assert_close(s, dense.topk(3, dim=1).values, atol=1e-5, rtol=1e-5)
+
+
 def test_precomputed_gallery_gives_same_terms():
     text, img = _toy()
     plain = pair_terms(text, img, 6.0)

@@ -24,7 +24,7 @@ import torch
 from dsanchor.align.heads import JointFeatures
 
 __all__ = ["PairTerms", "pair_terms", "anchored_scores", "pool_pairs", "positives_matrix", "topk_search",
-           "two_stage_scores"]
+           "two_stage_scores", "two_stage_search", "rerank_terms"]
 
 
 class PairTerms(NamedTuple):
@@ -135,6 +135,63 @@ def topk_search(queries: torch.Tensor, gallery: torch.Tensor, k: int, backend: s
     return torch.cat(scores), torch.cat(idx)
 
 
+_RERANK_ELEMENTS = 1 << 24  # region values gathered per chunk of queries (q x M x R x D), ~64 MB of float32
+
+
+def rerank_terms(text: torch.Tensor, images: JointFeatures, pool_s: float, cand: torch.Tensor) -> PairTerms:
+    """:class:`PairTerms` of each query against its own candidates, in one batched pass (no loop per query).
+
+    Args:
+        text: (Q, D) unit vectors. images: the gallery. cand: (Q, M) gallery indices per query.
+    Returns:
+        terms of shape (Q, M), equal to :func:`pair_terms` on the gathered pairs.
+    """
+    reg, mask, coarse = images.regions[cand], images.mask[cand], images.coarse[cand]  # (Q,M,R,D) (Q,M,R) (Q,M,D)
+    s_r = torch.einsum("qd,qmrd->qmr", text, reg)  # (Q, M, R)
+    w = torch.softmax((pool_s * s_r).masked_fill(~mask, float("-inf")), dim=-1).nan_to_num(0.0)
+    gram = images.gram[cand] if images.gram is not None else torch.einsum("qmrd,qmkd->qmrk", reg, reg)
+    rc = images.rc[cand] if images.rc is not None else torch.einsum("qmrd,qmd->qmr", reg, coarse)
+    norm_p = torch.einsum("qmr,qmrk,qmk->qm", w, gram, w).clamp_min(1e-12).sqrt()  # (Q, M)
+    n_valid = mask.sum(-1).clamp_min(2).float()  # (Q, M)
+    ent = -(w * w.clamp_min(1e-12).log()).sum(-1) / n_valid.log()
+    return PairTerms(torch.einsum("qd,qmd->qm", text, coarse), (w * s_r).sum(-1) / norm_p,
+                     (w * rc).sum(-1) / norm_p, ent)
+
+
+def _rerank_chunks(text: torch.Tensor, images: JointFeatures, pool_s: float, g: torch.Tensor,
+                   cand: torch.Tensor) -> torch.Tensor:
+    """(Q, M) DSA scores of each query's candidates, a bounded chunk of queries at a time."""
+    r, d = images.regions.shape[1], images.regions.shape[2]
+    chunk = max(1, _RERANK_ELEMENTS // max(cand.shape[1] * r * max(d, r), 1))
+    out = []
+    for a in range(0, text.shape[0], chunk):
+        terms = rerank_terms(text[a:a + chunk], images, pool_s, cand[a:a + chunk])
+        out.append(anchored_scores(terms, g[a:a + chunk].view(-1, 1)))
+    return torch.cat(out) if out else torch.zeros(0, cand.shape[1])
+
+
+def _per_query_g(g: torch.Tensor | float, q: int, dtype) -> torch.Tensor:
+    g = torch.as_tensor(g, dtype=dtype)
+    return g.expand(q) if g.dim() == 0 else g.view(-1)
+
+
+@torch.no_grad()
+def two_stage_search(text: torch.Tensor, images: JointFeatures, pool_s: float, g: torch.Tensor | float,
+                     m: int = 100, k: int = 10, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+    """Text-to-image top-k: the coarse top-M from :func:`topk_search` (torch or faiss), re-ranked with DSA.
+
+    Args:
+        text: (Q, D). images: the gallery. g: per query (Q,) or a float. m: first-stage depth. k: results.
+    Returns:
+        scores (Q, k) and gallery indices (Q, k), best first.
+    """
+    m = min(m, images.coarse.shape[0])
+    _, cand = topk_search(text, images.coarse, m, backend)  # (Q, M)
+    scores = _rerank_chunks(text, images, pool_s, _per_query_g(g, text.shape[0], text.dtype), cand)  # (Q, M)
+    top, pos = scores.topk(min(k, m), dim=1)
+    return top, cand.gather(1, pos)
+
+
 @torch.no_grad()
 def two_stage_scores(text: torch.Tensor, images: JointFeatures, pool_s: float, g: torch.Tensor | float,
                      m: int = 100) -> torch.Tensor:
@@ -143,22 +200,13 @@ def two_stage_scores(text: torch.Tensor, images: JointFeatures, pool_s: float, g
     Args:
         text: (Q, D). images: the gallery. g: per query (Q,) or a float. m: first-stage depth.
     Returns:
-        (Q, N) scores whose ranking equals the two-stage ranking.
+        (Q, N) scores whose ranking equals the two-stage ranking (dense: for recall against exact scoring).
     """
     coarse = text @ images.coarse.T  # (Q, N)
     m = min(m, coarse.shape[1])
-    top = coarse.topk(m, dim=1).indices  # (Q, M)
-    out = coarse - 4.0  # non-candidates: below every cosine, in coarse order
-    g_t = torch.as_tensor(g, dtype=text.dtype)
-    for q in range(text.shape[0]):
-        sel = top[q]
-        gram = None if images.gram is None else images.gram[sel]
-        rc = None if images.rc is None else images.rc[sel]
-        sub = JointFeatures(images.coarse[sel], images.regions[sel], images.mask[sel], gram, rc)
-        terms = pair_terms(text[q:q + 1], sub, pool_s)
-        gq = g_t if g_t.dim() == 0 else g_t[q]
-        out[q, top[q]] = anchored_scores(terms, gq)[0]
-    return out
+    cand = coarse.topk(m, dim=1).indices  # (Q, M)
+    dsa = _rerank_chunks(text, images, pool_s, _per_query_g(g, text.shape[0], text.dtype), cand)
+    return (coarse - 4.0).scatter_(1, cand, dsa)  # non-candidates: below every cosine, in coarse order
 
 
 def positives_matrix(text_image_ids: torch.Tensor, image_ids: torch.Tensor) -> torch.Tensor:
