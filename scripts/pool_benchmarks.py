@@ -53,7 +53,8 @@ def main(argv: list[str] | None = None) -> dict:
             offset += int(cl[args.direction].max()) + 1
         pooled = cluster_bootstrap(torch.cat(diffs, 1), torch.cat(clusters), 4000)
         out[pair] = pooled
-        cells.append(f"**{pooled['diff']:+.3f} [{pooled['lo']:+.3f}, {pooled['hi']:+.3f}]** "
+        star = "**" if pooled["lo"] > 0 or pooled["hi"] < 0 else ""  # bold: the interval excludes 0
+        cells.append(f"{star}{pooled['diff']:+.3f} [{pooled['lo']:+.3f}, {pooled['hi']:+.3f}]{star} "
                      f"({pooled['n_images']} images, {pooled['n_seeds']} seeds)")
         print(f"| {a} − {b} | " + " | ".join(cells) + " |")
     print(json.dumps(out, indent=2))
