@@ -11,7 +11,7 @@ import torch
 
 from dsanchor.errors import ConfigError
 
-__all__ = ["anchor", "check_g"]
+__all__ = ["anchor", "check_g", "g_grid", "choose_fixed_g", "choose_g_per_item"]
 
 
 def check_g(g: float | torch.Tensor, batch: int) -> torch.Tensor:
@@ -50,3 +50,20 @@ def anchor(v_fine: torch.Tensor, v_coarse: torch.Tensor, g: float | torch.Tensor
     if gt.dim() == 1:
         gt = gt.view(-1, *([1] * (v_fine.dim() - 1)))  # (B, 1) or (B, 1, 1)
     return gt * v_fine + (1 - gt) * v_coarse
+
+
+def g_grid(n: int) -> torch.Tensor:
+    """``n`` evenly spaced g values from 0 to 1: the grid of fixed_best, the oracle and cached rewards."""
+    return torch.linspace(0.0, 1.0, n)
+
+
+def choose_fixed_g(values: torch.Tensor, grid: torch.Tensor) -> float:
+    """``fixed_best``: the grid g with the best mean score (``values``: (G,), higher is better; ties: the first)."""
+    return float(grid[int(torch.argmax(values))])
+
+
+def choose_g_per_item(scores: torch.Tensor, grid: torch.Tensor) -> torch.Tensor:
+    """The oracle: per row of ``scores`` (N, G), higher is better, the grid g with the best score; among
+    equal scores the g closest to 0.5. Returns (N,) g. An upper bound when the scores come from the item itself."""
+    tie = 1e-6 * (grid - 0.5).abs()  # (G,) smaller than any real difference of the callers' scores
+    return grid[(scores.double() - tie.double()).argmax(1)]

@@ -41,9 +41,10 @@ import numpy as np
 import torch
 from torch.nn import functional as F
 
+from dsanchor.anchoring import choose_fixed_g, choose_g_per_item, g_grid
 from dsanchor.captioning.decode import DecodeConfig
 from dsanchor.captioning.decoder import CaptionDecoder
-from dsanchor.captioning.evaluate import GridOutcomes, HallucinationEstimator, g_grid, score_grid
+from dsanchor.captioning.evaluate import GridOutcomes, HallucinationEstimator, score_grid
 from dsanchor.captioning.tokenizer import Vocabulary
 from dsanchor.captioning.tokens import CaptionSplit
 from dsanchor.captioning.train import caption_examples, caption_loss
@@ -200,14 +201,12 @@ def select_fixed_g(outcomes: GridOutcomes) -> tuple[float, list[dict]]:
     """The grid g with the best mean per-image CIDEr-D (= corpus CIDEr-D), and the whole curve."""
     curve = [{"g": float(g), "CIDEr": float(outcomes.cider[:, j].mean()),
               "hallucination": float(outcomes.hallucination[:, j].mean())} for j, g in enumerate(outcomes.grid)]
-    best = max(curve, key=lambda r: r["CIDEr"])
-    return best["g"], curve
+    return choose_fixed_g(outcomes.cider.double().mean(0), outcomes.grid), curve
 
 
 def oracle_g(outcomes: GridOutcomes) -> torch.Tensor:
     """Per image, the grid g with its best CIDEr-D (ties: lower hallucination, then g nearest 0.5). (N,)"""
-    tie = 1e-4 * outcomes.hallucination + 1e-7 * (outcomes.grid - 0.5).abs()  # (N, G)
-    return outcomes.grid[(outcomes.cider - tie).argmax(1)]
+    return choose_g_per_item(outcomes.cider.double() - 1e-4 * outcomes.hallucination.double(), outcomes.grid)
 
 
 @dataclass

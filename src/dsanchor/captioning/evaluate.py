@@ -36,6 +36,7 @@ import numpy as np
 import torch
 from pycocoevalcap.cider.cider_scorer import CiderScorer
 
+from dsanchor.anchoring import g_grid
 from dsanchor.captioning.decode import DecodeConfig, generate_caption_sets
 from dsanchor.captioning.decoder import CaptionDecoder
 from dsanchor.captioning.granularity import GRANULARITIES, OTHER, granularity_mix, text_granularity
@@ -57,11 +58,6 @@ class HallucinationEstimator(Protocol):
     def __call__(self, captions: Sequence[str]) -> np.ndarray:
         """Returns (N,) the share of objects named in each caption that the image lacks, in [0, 1]
         (0 for a caption that names no object)."""
-
-
-def g_grid(n: int) -> torch.Tensor:
-    """``n`` evenly spaced g values from 0 to 1."""
-    return torch.linspace(0.0, 1.0, n)
 
 
 def cider_per_image(candidates: Sequence[str], references: Sequence[Sequence[str]]) -> np.ndarray:

@@ -26,6 +26,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from dsanchor.anchoring import choose_fixed_g, choose_g_per_item, g_grid
 from dsanchor.controller import GranularityController
 from dsanchor.eval.views import SplitView
 from dsanchor.features.types import GRANULARITY_CODES
@@ -50,10 +51,6 @@ class MethodG:
 
     t2i: torch.Tensor  # (T,) one g per caption query
     i2t: torch.Tensor  # (N,) one g per image query
-
-
-def g_grid(n: int) -> torch.Tensor:
-    return torch.linspace(0.0, 1.0, n)
 
 
 def fixed_g(view: SplitView, g: float) -> MethodG:
@@ -101,18 +98,16 @@ def oracle_g(view: SplitView, grid: int) -> MethodG:
     """Per query, the grid g with the best rank of its first relevant item (ties: the g closest to 0.5)."""
     gs = g_grid(grid)
     per_g = [query_ranks(view, fixed_g(view, float(g))) for g in gs]
-    tie = (gs - 0.5).abs() * 1e-3  # prefer central g among equal ranks
-    best_t = (torch.stack([r["t2i"] for r in per_g], 1).float() + tie).argmin(1)  # (T,)
-    best_i = (torch.stack([r["i2t"] for r in per_g], 1).float() + tie).argmin(1)  # (N,)
-    return MethodG(gs[best_t], gs[best_i])
+    best = {d: choose_g_per_item(-torch.stack([r[d] for r in per_g], 1).double(), gs) for d in ("t2i", "i2t")}
+    return MethodG(best["t2i"], best["i2t"])
 
 
 @torch.no_grad()
 def select_fixed_g(view: SplitView, config: EvalConfig) -> tuple[float, list[dict]]:
     """The grid g maximising :func:`selection_score` on ``view``; also returns the whole curve."""
-    curve = [{"g": g, "score": selection_score(view, fixed_g(view, g))} for g in g_grid(config.grid).tolist()]
-    best = max(curve, key=lambda r: r["score"])
-    return best["g"], curve
+    gs = g_grid(config.grid)
+    curve = [{"g": g, "score": selection_score(view, fixed_g(view, g))} for g in gs.tolist()]
+    return choose_fixed_g(torch.tensor([c["score"] for c in curve]), gs), curve
 
 
 def _by_granularity(view: SplitView, g: MethodG, ranks: dict[str, dict], ks: tuple[int, ...]) -> dict:
