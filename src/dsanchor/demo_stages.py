@@ -4,17 +4,13 @@ evaluation) are :mod:`dsanchor.stages`, the same functions the commands call."""
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
+
+from dsanchor.stages import write_json
 
 __all__ = ["synth_stage", "extract_samples", "caption_stage"]
 
 SPLITS = (0.6, 0.2, 0.2)  # more val than the 80/10/10 default: controllers and fixed_best are fit on val
-
-
-def _json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
 
 
 def synth_stage(out: Path, config) -> None:
@@ -83,5 +79,6 @@ def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) 
     results = evaluate_captioning(decoder, vocab, splits["test"][0], methods.g, decode, methods.test_grid,
                                   vocabulary)
     results["fixed_best"]["g"] = methods.info["fixed_best_g"]
-    _json(out / "caption_metrics.json", {"split": "test", "vocabulary": vocabulary, "cider_scale": "raw (not x100)",
-                                         "methods": results, "decoder": info, "info": methods.info})
+    write_json(out / "caption_metrics.json", {"split": "test", "vocabulary": vocabulary,
+                                              "cider_scale": "raw (not x100)", "methods": results, "decoder": info,
+                                              "info": methods.info})

@@ -171,8 +171,10 @@ def _rerank_chunks(text: torch.Tensor, images: JointFeatures, pool_s: float, g: 
 
 
 def _per_query_g(g: torch.Tensor | float, q: int, dtype) -> torch.Tensor:
-    g = torch.as_tensor(g, dtype=dtype)
-    return g.expand(q) if g.dim() == 0 else g.view(-1)
+    from dsanchor.anchoring import check_g
+
+    g = check_g(g, q).to(dtype)
+    return g.expand(q) if g.dim() == 0 else g
 
 
 @torch.no_grad()

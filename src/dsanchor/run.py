@@ -135,7 +135,7 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
 
 
 
-def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | None, allow_missing: bool) -> None:
+def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | None) -> None:
     from dsanchor.data import load_dataset
     from dsanchor.data.splits import assign_splits
     from dsanchor.demo_stages import extract_samples
@@ -174,7 +174,7 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": fmt, "splits": splits,
                 "split_seed": config.split_seed, "encoder_config": encoder}
     stages.run("extract features", out / "features", feat_key,
-               lambda d: _extract(data, fmt, d, config, splits, False), "extract")
+               lambda d: _extract(data, fmt, d, config, splits), "extract")
     name = dataset or fmt
     per_seed = [_seed_stages(stages, out, config, seed, feat_key, name) for seed in range(config.seeds)]
     times = {k: round(v, 2) for k, v in stages.times.items()}

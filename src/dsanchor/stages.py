@@ -14,12 +14,15 @@ from pathlib import Path
 
 from dsanchor.config import save_resolved
 
-__all__ = ["align_stage", "detector_stage", "tune_stage", "train_stage", "eval_stage", "load_rl_inputs"]
+__all__ = ["write_json", "align_stage", "detector_stage", "tune_stage", "train_stage", "eval_stage", "load_rl_inputs"]
 
 
-def _json(path: Path, data) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    path.write_text(json.dumps(data, indent=2, default=str))
+def write_json(path, data) -> Path:
+    """Write ``data`` as indented JSON, creating the folder (objects JSON cannot hold are written with str)."""
+    p = Path(path)
+    p.parent.mkdir(parents=True, exist_ok=True)
+    p.write_text(json.dumps(data, indent=2, default=str))
+    return p
 
 
 def align_stage(features, out, align=None, train=None) -> dict:
@@ -38,7 +41,7 @@ def align_stage(features, out, align=None, train=None) -> dict:
     heads.save_pretrained(out)
     save_resolved(out, align=cfg, align_train=train, features=str(features))
     info["test"] = evaluate_by_granularity(heads, store.images("test"), store.texts("test"))
-    _json(out / "align_metrics.json", info)
+    write_json(out / "align_metrics.json", info)
     return info
 
 
@@ -82,7 +85,7 @@ def detector_stage(features, out, detector=None, train=None, pope=None, val_frac
             **({"test": evaluate_pope(det, test, vocab, stats, pope)} if any(test.objects) else {}),
             "n_images": {"train": len(tr), "val": len(val), "test": len(test)},
             "vocabulary_size": len(vocab.names), **info}
-    _json(out / "detector_metrics.json", info)
+    write_json(out / "detector_metrics.json", info)
     return info
 
 
@@ -151,7 +154,7 @@ def train_stage(features, heads, detector, out, reward=None, state=None, ppo=Non
     save_resolved(out, reward=reward, ppo=ppo, accuracy=accuracy, state=state, features=str(features),
                   heads=str(heads), detector=str(detector), split=split)
     ctrl, info = train_retrieval_controller(view, hall, reward, accuracy, ppo, out, progress=progress)
-    _json(Path(out) / "train_info.json", info)
+    write_json(Path(out) / "train_info.json", info)
     return ctrl, info
 
 
@@ -197,12 +200,12 @@ def eval_stage(features, heads, out, controller=None, captioning=None, detector=
         results["captioning"] = {k: v for k, v in caps.items() if k != "methods"}
     save_resolved(out, eval=cfg, state=state, gate=gate, features=str(features), heads=str(heads),
                   controller=None if controller is None else str(controller), split=split)
-    _json(out / "results.json", results)
+    write_json(out / "results.json", results)
     save_hits(out / "hits.safetensors", res.records, res.clusters)
     from safetensors.torch import save_file
 
     save_file({f"{k}.{d}": getattr(v, d).contiguous() for k, v in res.g.items() for d in ("t2i", "i2t")},
               str(out / "g.safetensors"))
-    _json(out / "eval_details.json", {"val_curve": res.val_curve, "test_curve": res.test_curve,
+    write_json(out / "eval_details.json", {"val_curve": res.val_curve, "test_curve": res.test_curve,
                                       "two_stage": res.two_stage, **res.extra})
     return results

@@ -20,7 +20,6 @@ from dsanchor.errors import ConfigError
 log = logging.getLogger(__name__)
 
 METRICS_NAME = "detector_metrics.json"
-VAL_FRACTION = 0.1  # share of the train split held out for early stopping when the store has no val split
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
@@ -65,7 +64,7 @@ def run_train(args: argparse.Namespace) -> int:
     y = yaml_of(args)
     info = detector_stage(args.features, args.out, resolve_config(DetectorConfig, args, y, section="detector"),
                           resolve_config(DetectorTrainConfig, args, y, section="detector_train"),
-                          resolve_config(PopeConfig, args, y, prefix="pope_", section="pope"), VAL_FRACTION)
+                          resolve_config(PopeConfig, args, y, prefix="pope_", section="pope"))
     print(f"detector saved to {args.out} ({info['train_time_s']:.1f}s, best epoch {info['best_epoch']})")
     for split in ("val", "test"):
         if split in info:

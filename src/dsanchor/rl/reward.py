@@ -61,8 +61,9 @@ class RetrievalReward:
         if hall is not None:
             if names_object is None:
                 raise ValueError("a hallucination matrix needs names_object, which captions name an object")
-            named = names_object.numpy()[:, None]  # (T, 1)
-            self.hall = np.where(named, 1.0 - 2.0 * hall.double().numpy(), 0.0)  # (T, N) grounded score
+            from dsanchor.hallucination.matrices import grounded_score
+
+            self.hall = grounded_score(hall.double(), names_object.view(-1, 1)).numpy()  # (T, N)
 
     def __len__(self) -> int:
         return self.t + self.n
