@@ -131,6 +131,22 @@ def test_train_heads_tiny_run(scenes):
     assert 0.0 <= res["object"]["coarse"] <= 1.0
 
 
+def test_fine_tuning_starts_from_the_given_heads_and_keeps_them_when_val_only_drops(tmp_path):
+    images, texts = _features()
+    cfg = AlignConfig(coarse_dim=5, region_dim=4, text_dim=6, dim=8, hidden=8)
+    start, _ = train_heads(images, texts, images, texts, cfg, AlignTrainConfig(epochs=3, batch_size=2))
+    before = {k: v.clone() for k, v in start.state_dict().items()}
+    # lr 0: no epoch can beat the start on val, so fine-tuning returns the starting heads
+    tuned, info = train_heads(images, texts, images, texts, cfg, AlignTrainConfig(epochs=2, batch_size=2, lr=0.0),
+                              init=start)
+    assert info["best_epoch"] == -1
+    assert all(torch.equal(v, before[k]) for k, v in tuned.state_dict().items())
+    assert all(torch.equal(v, before[k]) for k, v in start.state_dict().items())  # the input is not changed
+    other = AlignConfig(coarse_dim=5, region_dim=4, text_dim=7, dim=8, hidden=8)
+    with pytest.raises(ConfigError, match="initial heads"):
+        train_heads(images, texts, images, texts, other, AlignTrainConfig(epochs=1), init=start)
+
+
 def test_train_config_rejects_unknown_rule():
     with pytest.raises(ConfigError, match="positive_loss"):
         AlignTrainConfig(positive_loss="max")

@@ -344,6 +344,25 @@ def test_caption_metrics_mix_and_chair_by_granularity_on_hand_made_captions():
     assert by["object"]["CIDEr"] == pytest.approx((per[1] + per[4]) / 2)
 
 
+def test_coco_chair_judges_annotated_images_against_instances_and_reference_mentions():
+    from dsanchor.captioning.evaluate import chair_ground_truth
+
+    refs = [["A dog sleeps on a couch."], ["A man rides a horse."], ["A cat on a bed."]]
+    split = _split(3, captions=refs, codes=[[-1], [-1], [-1]])
+    split.objects = [["dog"], ["person"], []]  # the third image has captions but no instance annotations
+    assert chair_ground_truth(split, "coco") == [["dog", "dog", "couch"], ["person", "person", "horse"], None]
+    sets = [{"any": "a dog on a couch with a cat"},  # couch: from the reference; cat: hallucinated
+            {"any": "a man riding a horse"},
+            {"any": "a giraffe"}]  # not judged: no instances
+    m = caption_metrics(sets, split, "coco", tokenizer="python")
+    assert m["CHAIR_images"] == 2
+    assert m["CHAIR_i"] == pytest.approx(1 / 5) and m["CHAIR_s"] == pytest.approx(1 / 2)
+    assert m["caption_by_granularity"]["any"]["CHAIR_s"] == pytest.approx(1 / 2)
+    split.objects = [[], [], []]
+    none = caption_metrics(sets, split, "coco", tokenizer="python")
+    assert none["CHAIR_images"] == 0 and np.isnan(none["CHAIR_i"]) and np.isfinite(none["CIDEr"])
+
+
 def _grid() -> GridOutcomes:
     # 3 images x g in {0, 0.5, 1}
     cider = torch.tensor([[1.0, 0.5, 0.0], [0.0, 0.2, 0.9], [0.3, 0.3, 0.3]])
@@ -440,7 +459,9 @@ def test_fit_and_evaluate_every_method(tmp_path):
     assert (tmp_path / "ppo" / "controller").is_dir() and (tmp_path / "gate" / "controller").is_dir()
     res = evaluate_captioning(dec, vocab, test, methods.g, DecodeConfig(beam=2), methods.test_grid, tokenizer="python")
     for row in res.values():
-        assert set(row) == {"BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s", "mean_g", "caption_mix", "caption_by_granularity"}
+        assert set(row) == {"BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s", "CHAIR_images", "mean_g", "caption_mix",
+                            "caption_by_granularity"}
+        assert row["CHAIR_images"] == len(test)
         assert all(np.isfinite(v) for k, v in row.items() if not k.startswith("caption_"))
         assert row["caption_mix"]["references"] == {"scene": 0.4, "object": 0.3, "relation": 0.3, "other": 0.0}
         assert set(row["caption_by_granularity"]) == {"any"} and row["caption_by_granularity"]["any"]["n"] == 5

@@ -143,6 +143,9 @@ def test_sample_boxes_uses_annotations_else_fallback():
     torch.testing.assert_close(ann, torch.tensor([[0.1, 0.1, 0.5, 0.5]]))
     fb = sample_boxes([], (160, 120), im, cfg)
     assert fb.shape == (5, 4) and float(fb.min()) >= 0 and float(fb.max()) <= 1
+    ignored = sample_boxes([ObjectAnnotation("x", (16, 12, 80, 60))], (160, 120), im,
+                           RegionConfig(max_regions=5, annotations=False))
+    torch.testing.assert_close(ignored, fb)  # the annotation is ignored: the same fallback
 
 
 def test_pad_boxes():

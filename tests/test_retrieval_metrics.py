@@ -106,3 +106,22 @@ def test_bad_inputs_raise():
         recall_at_k(torch.full((3, 4), float("nan")), p)
     with pytest.raises(MetricInputError, match="empty"):
         recall_at_k(torch.zeros(0, 4), torch.zeros(0, 4, dtype=torch.bool))
+
+
+def test_chance_recall_is_the_mean_over_random_rankings():
+    import itertools
+
+    from dsanchor.metrics.retrieval import chance_recall
+
+    pos = torch.tensor([[True, False, False, False], [True, True, False, False]])
+    ch = chance_recall(pos, ks=(1, 2, 10))
+    assert ch["R@1"] == pytest.approx((1 / 4 + 2 / 4) / 2)
+    assert ch["R@2"] == pytest.approx((1 / 2 + 5 / 6) / 2)
+    assert ch["R@10"] == pytest.approx(1.0)
+    # brute force: every ordering of the gallery is equally likely
+    hits = {1: [], 2: []}
+    for perm in itertools.permutations(range(4)):
+        for k in hits:
+            hits[k].append(pos[:, list(perm[:k])].any(1).double().mean().item())
+    assert ch["R@1"] == pytest.approx(sum(hits[1]) / len(hits[1]))
+    assert ch["R@2"] == pytest.approx(sum(hits[2]) / len(hits[2]))

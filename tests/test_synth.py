@@ -140,6 +140,36 @@ def test_metal_has_highlight_and_dark_rim_rubber_does_not():
     assert pixels["metal"].std() > 1.5 * pixels["rubber"].std()
 
 
+def test_srgb_transfer_round_trips():
+    from dsanchor.data.render import linear_to_srgb, srgb_to_linear
+
+    x = np.linspace(0, 1, 101, dtype=np.float32)
+    assert np.allclose(linear_to_srgb(srgb_to_linear(x)), x, atol=1e-5)
+    assert linear_to_srgb(np.float32(0.2140)) == pytest.approx(0.5, abs=1e-3)  # the sRGB mid-grey
+
+
+def test_linear_look_mutes_the_palette_as_clevr_renders_do():
+    """CLEVR's Blender scenes treat the palette as linear reflectance and write sRGB: a matte red (173, 35, 35)
+    shows with its green about half its red (measured on the real renders: 0.22 / 0.45). Shading the palette as
+    display colours keeps it near 35 / 173."""
+    from dsanchor.data.render import DISPLAY_LOOK, Look
+
+    cam = Camera(224)
+    g = project_object(SceneObject("sphere", V.colors["red"], "rubber", 0.7, 0.0, 0.0), cam)
+    x, y = (int(round(t)) for t in g.pixel[:2])
+    ratio = {}
+    for name, look in (("linear", Look()), ("display", DISPLAY_LOOK)):
+        rgb = np.asarray(render_scene([g], cam, look=look), dtype=np.float32)[y - 2:y + 3, x - 2:x + 3].reshape(-1, 3)
+        r, gr, _ = np.median(rgb, axis=0)
+        ratio[name] = gr / r
+    assert 0.4 < ratio["linear"] < 0.6
+    assert ratio["display"] < 0.3
+    with pytest.raises(ValueError, match="color_space"):
+        Look("sRGB")
+    with pytest.raises(ValueError, match="color_space"):
+        SynthConfig(color_space="srgb")
+
+
 # ---- captions -----------------------------------------------------------------------------------------------
 
 def test_caption_mix_and_counts(captions, scenes):

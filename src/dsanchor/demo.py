@@ -23,6 +23,8 @@ class DemoConfig(RunConfig):
     scenes: int = field(default=1000, metadata={"help": "synthetic scenes (split 60/20/20)"})
     data_seed: int = field(default=0, metadata={"help": "seed of the synthetic scenes (another: a fresh benchmark)"})
     image_size: int = field(default=224, metadata={"help": "synthetic image size in pixels"})
+    color_space: str = field(default="linear", metadata={
+        "help": "the renderer's colour pipeline: linear (CLEVR's) or display (the generator's first version)"})
 
 
 def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
@@ -34,6 +36,7 @@ def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     stages = Stages(out, 2 + 6 * config.seeds)
-    data_key = {"scenes": config.scenes, "image_size": config.image_size, "seed": config.data_seed, "facts": 1}
+    data_key = {"scenes": config.scenes, "image_size": config.image_size, "seed": config.data_seed, "facts": 1,
+                "color_space": config.color_space}
     stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, config), "synth")
     return run_pipeline(out / "data", "synth", out, config, stages=stages, data_key=data_key, dataset="synth")

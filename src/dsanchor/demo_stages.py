@@ -17,7 +17,7 @@ def synth_stage(out: Path, config) -> None:
     from dsanchor.data import SynthConfig, generate_synth
 
     generate_synth(out, SynthConfig(scenes=config.scenes, seed=config.data_seed, image_size=config.image_size,
-                                    split_fractions=SPLITS, workers=config.workers))
+                                    split_fractions=SPLITS, workers=config.workers, color_space=config.color_space))
 
 
 def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:

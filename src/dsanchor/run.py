@@ -30,6 +30,8 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsanchor.errors import ConfigError
+
 __all__ = ["RunConfig", "Stages", "run_pipeline"]
 
 
@@ -48,6 +50,9 @@ class RunConfig:
     caption_ppo_timesteps: int = field(default=4096, metadata={"help": "PPO steps of the captioning controller"})
     workers: int = field(default=2, metadata={"help": "worker processes for image loading (and data generation)"})
     split_seed: int = field(default=0, metadata={"help": "seed of the random split when the data has none"})
+    init_heads: str = field(default="", metadata={
+        "help": "saved heads to fine-tune instead of training from scratch, e.g. a synth run's "
+                "runs/demo/seed{seed}/heads ({seed} is each seed); empty: from scratch"})
 
 
 class Stages:
@@ -111,9 +116,13 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
                       timesteps=config.tune_timesteps)
     ppo = PPOConfig(timesteps=config.ppo_timesteps, seed=seed, checkpoint_every=max(config.ppo_timesteps // 4, 1024))
     key = {"features": feat_key, "seed": seed, "format": 3}
-    heads_key = {**key, "align": dataclasses.asdict(align), "heads": dataclasses.asdict(heads)}
+    init = config.init_heads.format(seed=seed) if config.init_heads else None
+    if init is not None and not Path(init).is_dir():
+        raise ConfigError(f"--init-heads: {init} is not a folder of saved heads")
+    heads_key = {**key, "align": dataclasses.asdict(align), "heads": dataclasses.asdict(heads),
+                 **({"init": _folder_digest(Path(init))} if init else {})}
     stages.run(f"align heads (seed {seed})", sd / "heads", heads_key,
-               lambda d: align_stage(feats, d, heads, align), "align")
+               lambda d: align_stage(feats, d, heads, align, init=init), "align")
     det_key = {**key, "detector": dataclasses.asdict(det)}
     stages.run(f"hallucination det. (seed {seed})", sd / "detector", det_key,
                lambda d: detector_stage(feats, d, train=det, pope=PopeConfig(seed=seed)), "detector")
@@ -133,6 +142,15 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
                                     gate=GateConfig(seed=seed), dataset=dataset), "eval")
     return json.loads((sd / "eval" / "results.json").read_text())
 
+
+
+def _folder_digest(folder: Path) -> dict:
+    """What identifies saved weights for stage reuse: the path and a digest of the files."""
+    h = hashlib.sha256()
+    for f in sorted(p for p in folder.rglob("*") if p.is_file()):
+        h.update(f.name.encode())
+        h.update(f.read_bytes())
+    return {"path": str(folder.resolve()), "sha256": h.hexdigest()[:16]}
 
 
 def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | None) -> None:
@@ -163,6 +181,10 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
 
     quiet_progress()
     out, data = Path(out_dir), Path(data)
+    missing = [config.init_heads.format(seed=s) for s in range(config.seeds)
+               if config.init_heads and not Path(config.init_heads.format(seed=s)).is_dir()]
+    if missing:  # before any stage runs
+        raise ConfigError(f"--init-heads: {missing[0]} is not a folder of saved heads")
     out.mkdir(parents=True, exist_ok=True)
     stages = stages or Stages(out, 1 + 6 * config.seeds)
     t_start = time.perf_counter()

@@ -25,21 +25,26 @@ def write_json(path, data) -> Path:
     return p
 
 
-def align_stage(features, out, align=None, train=None) -> dict:
-    """Train the alignment heads on train (early stopping on val), score test; returns the info dict."""
-    from dsanchor.align.heads import AlignConfig
+def align_stage(features, out, align=None, train=None, init=None) -> dict:
+    """Train the alignment heads on train (early stopping on val), score test; returns the info dict.
+
+    ``init``: a folder of saved heads to fine-tune (their architecture is kept and ``align`` is ignored).
+    """
+    from dsanchor.align.heads import AlignConfig, AlignmentHeads
     from dsanchor.align.train import AlignTrainConfig, evaluate_by_granularity, train_heads
     from dsanchor.features.store import FeatureStore
 
     store, out = FeatureStore(features), Path(out)
     d = store.dims
-    cfg = dataclasses.replace(align or AlignConfig(), coarse_dim=d["coarse"], region_dim=d["region"],
-                              text_dim=d["text"])
+    start = AlignmentHeads.from_pretrained(init) if init is not None else None
+    base = start.config if start is not None else (align or AlignConfig())
+    cfg = dataclasses.replace(base, coarse_dim=d["coarse"], region_dim=d["region"], text_dim=d["text"])
     train = train or AlignTrainConfig()
     heads, info = train_heads(store.images("train"), store.texts("train"), store.images("val"), store.texts("val"),
-                              cfg, train)
+                              cfg, train, init=start)
     heads.save_pretrained(out)
-    save_resolved(out, align=cfg, align_train=train, features=str(features))
+    info["init"] = None if init is None else str(init)
+    save_resolved(out, align=cfg, align_train=train, features=str(features), init=info["init"])
     info["test"] = evaluate_by_granularity(heads, store.images("test"), store.texts("test"))
     write_json(out / "align_metrics.json", info)
     return info
@@ -196,6 +201,7 @@ def eval_stage(features, heads, out, controller=None, captioning=None, detector=
                             caps["methods"] if caps else None, pope, overhead,
                             paired=compare_methods(res.records, res.clusters, n_boot=cfg.n_boot, seed=gate.seed))
     results["protocols"] = res.extra["protocols"]
+    results["chance"] = res.extra["chance"]
     if caps:
         results["captioning"] = {k: v for k, v in caps.items() if k != "methods"}
     save_resolved(out, eval=cfg, state=state, gate=gate, features=str(features), heads=str(heads),

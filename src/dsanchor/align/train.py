@@ -131,8 +131,13 @@ def _val_score(val: dict, protocol: str) -> float:
 
 
 def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFeatures, val_texts: TextFeatures,
-                config: AlignConfig, train: AlignTrainConfig) -> tuple[AlignmentHeads, dict]:
+                config: AlignConfig, train: AlignTrainConfig,
+                init: AlignmentHeads | None = None) -> tuple[AlignmentHeads, dict]:
     """Train heads on the train split, keeping the epoch with the best val score (module docstring).
+
+    With ``init`` (heads trained elsewhere, e.g. on synth) this fine-tunes a copy of them; their config
+    must match ``config``'s dimensions, and the starting point counts as epoch -1 of early stopping, so
+    fine-tuning that only hurts on val returns the starting heads.
 
     Returns:
         The best heads (by val) and an info dict: per-epoch ``history`` (loss, val R@10 and exact MRR of
@@ -141,7 +146,14 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
         ``train_time_s``.
     """
     torch.manual_seed(train.seed)
-    heads = AlignmentHeads(config)
+    if init is None:
+        heads = AlignmentHeads(config)
+    else:
+        dims = ("coarse_dim", "region_dim", "text_dim")
+        if any(getattr(init.config, d) != getattr(config, d) for d in dims):
+            raise ConfigError(f"the initial heads expect features {[getattr(init.config, d) for d in dims]} "
+                              f"(coarse, region, text) but the store has {[getattr(config, d) for d in dims]}")
+        heads = copy.deepcopy(init).train()
     opt = torch.optim.AdamW(heads.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     gen = torch.Generator().manual_seed(train.seed)
     t0 = time.perf_counter()
@@ -149,7 +161,12 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
     val_rel = Relevance(val_texts, val_images, "exact")
     val_exact = val_rel.matrix() if val_rel.exact else None  # (T_val, N_val), decided once
     id_to_row = {iid: r for r, iid in enumerate(images.image_ids.tolist())}
-    best, best_state, best_epoch, bad, history = -1.0, None, -1, 0, []
+    best, best_state, best_epoch, bad, history, start = -1.0, None, -1, 0, [], None
+    if init is not None:  # the starting heads are a candidate too
+        val = evaluate_by_granularity(heads, val_images, val_texts, exact=val_exact)["all"]
+        best, best_state = _val_score(val, train.val_protocol), copy.deepcopy(heads.state_dict())
+        start = {"epoch": -1, "loss": float("nan"), "val_score": best,
+                 **{f"val_{k}": v for k, v in val.items() if k != "n"}}
     bar = tqdm(range(train.epochs), desc="align", unit="epoch")
     for epoch in bar:
         order = torch.randperm(len(texts), generator=gen)
@@ -168,7 +185,7 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
                 break
     heads.load_state_dict(best_state)
     heads.eval()
-    kept = history[best_epoch]
+    kept = start if best_epoch < 0 else history[best_epoch]
     measured = "exact MRR" if "val_exact_coarse_MRR" in kept and train.val_protocol == "exact" else "paired R@10"
     return heads, {"history": history, "best_epoch": best_epoch, "best_val_score": best,
                    "val_score": f"mean of coarse and fine val {measured}", "positives": relevance.rule,

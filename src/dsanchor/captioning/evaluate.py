@@ -16,7 +16,8 @@ Every image is captioned once per granularity of the decoder (scene, object, rel
 * :func:`evaluate_captioning` gives, per method (a g for each test image), BLEU-4 and CIDEr-D from
   :mod:`dsanchor.metrics.captioning` with every generated caption a candidate against all the
   references of its image, CHAIR_i and CHAIR_s (Rohrbach et al. 2018) from :mod:`dsanchor.metrics.chair`
-  over all the generated captions (CHAIR_s: the share of captions with a hallucinated object), the
+  over all the generated captions (CHAIR_s: the share of captions with a hallucinated object; ground truth
+  from :func:`chair_ground_truth`, ``CHAIR_images`` the number of images judged), the
   mean g, ``caption_mix`` (the shares of scene / object / relation captions among the references, by
   their labels, and among the generated captions, by what their text reads as:
   :func:`~dsanchor.captioning.granularity.text_granularity`) and ``caption_by_granularity`` (per
@@ -44,7 +45,8 @@ from dsanchor.captioning.tokenizer import Vocabulary, ptb_tokenize
 from dsanchor.captioning.tokens import CaptionSplit
 from dsanchor.errors import DataError
 from dsanchor.metrics.captioning import caption_metrics as caption_scores
-from dsanchor.metrics.chair import ChairResult, chair
+from dsanchor.metrics.chair import CaptionChair, chair
+from dsanchor.metrics.chair import caption_objects as chair_caption_objects
 
 __all__ = ["HallucinationEstimator", "GridOutcomes", "CaptionSet", "cider_per_image", "cider_of_sets", "score_grid",
            "captions_for", "caption_metrics", "evaluate_captioning", "g_grid"]
@@ -169,20 +171,37 @@ def _reference_labels(split: CaptionSplit, vocabulary: str) -> list[str]:
             for ref, code in zip(refs, codes, strict=True)]
 
 
-def _by_granularity(kinds: list[str], reads_as: list[str], ch: ChairResult, cider: np.ndarray) -> dict[str, dict]:
-    """Per granularity asked for: n, CHAIR_i, CHAIR_s, CIDEr-D and on_target (module docstring)."""
+def _by_granularity(kinds: list[str], reads_as: list[str], judged: list[CaptionChair | None],
+                    cider: np.ndarray) -> dict[str, dict]:
+    """Per granularity asked for: n, CHAIR_i, CHAIR_s (over the judged captions; NaN with none), CIDEr-D and
+    on_target (module docstring)."""
     out: dict[str, dict] = {}
     for kind in dict.fromkeys(kinds):
         rows = [i for i, k in enumerate(kinds) if k == kind]
-        mentions = [m for i in rows for m in ch.captions[i].mentions]
+        chairs = [judged[i] for i in rows if judged[i] is not None]
+        mentions = [m for c in chairs for m in c.mentions]
         n_hall = sum(m.hallucinated for m in mentions)
-        row = {"n": len(rows), "CHAIR_i": n_hall / len(mentions) if mentions else 0.0,
-               "CHAIR_s": sum(ch.captions[i].has_hallucination for i in rows) / len(rows),
+        row = {"n": len(rows), "CHAIR_i": n_hall / len(mentions) if mentions else (0.0 if chairs else float("nan")),
+               "CHAIR_s": sum(c.has_hallucination for c in chairs) / len(chairs) if chairs else float("nan"),
                "CIDEr": float(np.nanmean(cider[rows])) if not np.isnan(cider[rows]).all() else float("nan")}
         if kind in GRANULARITIES:
             row["on_target"] = sum(reads_as[i] == kind for i in rows) / len(rows)
         out[kind] = row
     return out
+
+
+def chair_ground_truth(split: CaptionSplit, vocabulary: str) -> list[list[str] | None]:
+    """Per image of ``split``, the object names CHAIR judges its captions against; None for an image it skips.
+
+    ``"coco"`` follows Rohrbach et al. (2018): the image's instance categories plus the objects its
+    reference captions name, and only images with instance annotations are judged (COCO ships captions for
+    images whose instances are not at hand; with captions alone every unnamed object would count as
+    hallucinated). ``"synth"``: the scene's objects, for every image.
+    """
+    if vocabulary != "coco":
+        return [list(objs) for objs in split.objects]
+    return [None if not objs else [*objs, *(o for ref in refs for o in chair_caption_objects(ref, "coco"))]
+            for objs, refs in zip(split.objects, split.references, strict=True)]
 
 
 def caption_metrics(captions: Sequence[Mapping[str, str]], split: CaptionSplit, vocabulary: str = "synth",
@@ -201,16 +220,24 @@ def caption_metrics(captions: Sequence[Mapping[str, str]], split: CaptionSplit, 
     scored = [k for k, (n, _, _) in enumerate(flat) if split.references[n]]
     m = caption_scores({keys[k]: flat[k][2] for k in scored},
                        {keys[k]: list(split.references[flat[k][0]]) for k in scored}, tokenizer)
-    ch = chair({key: cap for key, (_, _, cap) in zip(keys, flat, strict=True)},
-               {key: list(split.objects[n]) for key, (n, _, _) in zip(keys, flat, strict=True)}, vocabulary=vocabulary)
+    gt = chair_ground_truth(split, vocabulary)
+    judged_rows = [k for k, (n, _, _) in enumerate(flat) if gt[n] is not None]
+    judged: list[CaptionChair | None] = [None] * len(flat)
+    rates = {"CHAIR_i": float("nan"), "CHAIR_s": float("nan")}
+    if judged_rows:
+        ch = chair({keys[k]: flat[k][2] for k in judged_rows}, {keys[k]: gt[flat[k][0]] for k in judged_rows},
+                   vocabulary=vocabulary)
+        for k, c in zip(judged_rows, ch.captions, strict=True):
+            judged[k] = c
+        rates = {"CHAIR_i": float(ch.chair_i), "CHAIR_s": float(ch.chair_s)}
     reads_as = [text_granularity(cap, vocabulary) for _, _, cap in flat]
     cider = cider_per_image([cap for _, _, cap in flat], [split.references[n] for n, _, _ in flat])
     mix_keys = (*GRANULARITIES, OTHER)
     return {"BLEU-4": float(m.bleu4), "CIDEr": float(m.cider),
-            "CHAIR_i": float(ch.chair_i), "CHAIR_s": float(ch.chair_s),
+            **rates, "CHAIR_images": sum(g is not None for g in gt),
             "caption_mix": {"references": granularity_mix(_reference_labels(split, vocabulary), mix_keys),
                             "generated": granularity_mix(reads_as, mix_keys)},
-            "caption_by_granularity": _by_granularity([kind for _, kind, _ in flat], reads_as, ch, cider)}
+            "caption_by_granularity": _by_granularity([kind for _, kind, _ in flat], reads_as, judged, cider)}
 
 
 def evaluate_captioning(decoder: CaptionDecoder, vocab: Vocabulary, test: CaptionSplit,

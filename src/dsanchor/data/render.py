@@ -21,12 +21,56 @@ from dataclasses import dataclass
 import numpy as np
 from PIL import Image, ImageDraw, ImageFilter
 
-__all__ = ["Camera", "SceneObject", "ObjectGeometry", "project_object", "render_scene"]
+__all__ = ["Camera", "Look", "DISPLAY_LOOK", "LOOKS", "SceneObject", "ObjectGeometry", "project_object",
+           "render_scene", "srgb_to_linear", "linear_to_srgb"]
 
 _LIGHT = np.array([-0.55, -0.75, 1.5]) / np.linalg.norm([-0.55, -0.75, 1.5])  # unit vector towards the key light
 _FILL = np.array([0.9, -0.8, 0.7]) / np.linalg.norm([0.9, -0.8, 0.7])  # unit vector towards a weaker fill light
-_BACKGROUND_TOP = np.array([0.49, 0.49, 0.50], dtype=np.float32)  # far ground colour
-_BACKGROUND_BOTTOM = np.array([0.62, 0.62, 0.63], dtype=np.float32)  # near ground colour
+
+
+@dataclass(frozen=True)
+class Look:
+    """How colours are formed: the palette's meaning, the light's strength and the ground.
+
+    ``"linear"`` is CLEVR's pipeline: its Blender scenes use the palette's RGB (``properties.json``) as
+    linear reflectance, light it, and write sRGB-encoded PNGs, so a red (173, 35, 35) shows as a pale,
+    muted red. ``exposure`` scales the diffuse light so that a matte object's centre has the brightness
+    measured on real renders (``scripts/clevr_render_stats.py``), and the ground colours are those measured
+    there. ``"display"`` (the generator's first version) shades the palette's values as display colours,
+    which gives far more saturated objects than CLEVR's.
+    """
+
+    color_space: str = "linear"
+    exposure: float = 0.32
+    ground_top: tuple[float, float, float] = (0.41, 0.41, 0.41)  # display colour of the far ground
+    ground_bottom: tuple[float, float, float] = (0.57, 0.56, 0.55)  # and of the near ground
+
+    def __post_init__(self) -> None:
+        if self.color_space not in LOOKS:
+            raise ValueError(f"color_space must be one of {sorted(LOOKS)}, got {self.color_space!r}")
+
+    def to_working(self, display: np.ndarray) -> np.ndarray:
+        """Display colours -> the space shading happens in."""
+        return srgb_to_linear(display) if self.color_space == "linear" else display
+
+    def to_display(self, working: np.ndarray) -> np.ndarray:
+        return linear_to_srgb(working) if self.color_space == "linear" else working
+
+
+def srgb_to_linear(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function, inverted (IEC 61966-2-1), on values in [0, 1]."""
+    c = np.clip(np.asarray(c, dtype=np.float32), 0, 1)
+    return np.where(c <= 0.04045, c / 12.92, ((c + 0.055) / 1.055) ** 2.4).astype(np.float32)
+
+
+def linear_to_srgb(c: np.ndarray) -> np.ndarray:
+    """The sRGB transfer function (IEC 61966-2-1) on values in [0, 1]."""
+    c = np.clip(np.asarray(c, dtype=np.float32), 0, 1)
+    return np.where(c <= 0.0031308, c * 12.92, 1.055 * c ** (1 / 2.4) - 0.055).astype(np.float32)
+
+
+LOOKS = ("linear", "display")
+DISPLAY_LOOK = Look("display", exposure=1.0, ground_top=(0.49, 0.49, 0.50), ground_bottom=(0.62, 0.62, 0.63))
 
 
 class Camera:
@@ -183,10 +227,11 @@ def project_object(obj: SceneObject, cam: Camera) -> ObjectGeometry:
 
 
 @functools.cache
-def _background(size: int) -> np.ndarray:
-    """(size, size, 3) float32 ground: darker far away (top), lighter near (bottom)."""
+def _background(size: int, look: Look) -> np.ndarray:
+    """(size, size, 3) float32 ground in the working space: darker far away (top), lighter near (bottom)."""
     t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]  # (S, 1, 1)
-    row = _BACKGROUND_TOP * (1 - t) + _BACKGROUND_BOTTOM * t  # (S, 1, 3)
+    top, bottom = (np.asarray(c, dtype=np.float32) for c in (look.ground_top, look.ground_bottom))
+    row = look.to_working(top * (1 - t) + bottom * t)  # (S, 1, 3)
     return np.ascontiguousarray(np.broadcast_to(row, (size, size, 3)))
 
 
@@ -241,10 +286,13 @@ def _specular(normals: np.ndarray, light: np.ndarray, to_cam: np.ndarray, vertic
     return np.clip(normals @ half, 0, 1)[:, None] ** power
 
 
-def _shade(normals: np.ndarray, base: np.ndarray, metal: bool, to_cam: np.ndarray, vertical: bool) -> np.ndarray:
-    """Colours (M, 3) in [0, 1] from normals (M, 3); ``vertical`` for a cylinder side or a cube's side face."""
+def _shade(normals: np.ndarray, base: np.ndarray, metal: bool, to_cam: np.ndarray, vertical: bool,
+           exposure: float = 1.0) -> np.ndarray:
+    """Colours (M, 3) in [0, 1] from normals (M, 3); ``vertical`` for a cylinder side or a cube's side face.
+    ``exposure`` scales the light a surface's own colour reflects (not the highlights)."""
     diffuse = np.clip(normals @ _LIGHT, 0, 1)[:, None]  # (M, 1)
     facing = np.clip(normals @ to_cam, 0, 1)[:, None]  # (M, 1), 1 facing the camera, 0 at the rim
+    base = base * exposure
     if not metal:
         return base * (0.38 + 0.72 * diffuse) * (0.82 + 0.18 * facing)
     reflected = 2 * facing * normals - to_cam  # (M, 3) mirror direction of the view ray
@@ -256,7 +304,7 @@ def _shade(normals: np.ndarray, base: np.ndarray, metal: bool, to_cam: np.ndarra
     return np.clip(col, 0, 1)
 
 
-def _draw_object(canvas: np.ndarray, g: ObjectGeometry, cam: Camera, ss: int) -> None:
+def _draw_object(canvas: np.ndarray, g: ObjectGeometry, cam: Camera, ss: int, look: Look) -> None:
     """Draw one object onto ``canvas`` (S*ss, S*ss, 3) in place."""
     size = canvas.shape[0]
     x0 = max(int(math.floor(g.bbox[0] * ss)) - 1, 0)
@@ -271,7 +319,7 @@ def _draw_object(canvas: np.ndarray, g: ObjectGeometry, cam: Camera, ss: int) ->
         draw.polygon([(p[0] * ss - x0, p[1] * ss - y0) for p in part.polygon], fill=k + 1)
     ids = np.asarray(ids)
     metal = g.obj.material == "metal"
-    base = np.asarray(g.obj.rgb, dtype=np.float32) / 255.0
+    base = np.asarray(g.obj.rgb, dtype=np.float32) / 255.0  # a reflectance in the working space
     to_cam = cam.position - g.obj.center
     to_cam /= np.linalg.norm(to_cam)
     patch = canvas[y0:y1, x0:x1]  # view
@@ -283,15 +331,21 @@ def _draw_object(canvas: np.ndarray, g: ObjectGeometry, cam: Camera, ss: int) ->
         ys = (rows + y0 + 0.5) / ss
         normals = _part_normals(part, g, cam, xs, ys, bend=0.55 if metal else 0.3)
         vertical = part.kind == "side" or (part.kind == "flat" and abs(part.normal[2]) < 0.5)
-        patch[rows, cols] = _shade(normals, base, metal, to_cam, vertical)
+        patch[rows, cols] = _shade(normals, base, metal, to_cam, vertical, look.exposure)
 
 
-def render_scene(geoms: list[ObjectGeometry], cam: Camera, supersample: int = 2) -> Image.Image:
-    """Draw projected objects (any order; drawn far to near) with shadows; returns an RGB image."""
+def render_scene(geoms: list[ObjectGeometry], cam: Camera, supersample: int = 2,
+                 look: Look | None = None) -> Image.Image:
+    """Draw projected objects (any order; drawn far to near) with shadows; returns an RGB image.
+
+    ``look``: the colour pipeline (default :class:`Look`, CLEVR's linear one)."""
+    look = look or Look()
     ss = supersample
     size = cam.image_size * ss
-    canvas = _background(size) * (1.0 - 0.42 * _shadow_mask(geoms, cam, ss))[:, :, None]
+    shadow = 0.42 if look.color_space == "display" else 0.6  # the same visible darkening after encoding
+    canvas = _background(size, look) * (1.0 - shadow * _shadow_mask(geoms, cam, ss))[:, :, None]
     for g in sorted(geoms, key=lambda g: -g.pixel[2]):
-        _draw_object(canvas, g, cam, ss)
+        _draw_object(canvas, g, cam, ss, look)
+    canvas = look.to_display(canvas)
     img = Image.fromarray((np.clip(canvas, 0, 1) * 255 + 0.5).astype(np.uint8), "RGB")
     return img.reduce(ss) if ss > 1 else img

@@ -36,7 +36,16 @@ from tqdm import tqdm
 
 from dsanchor.config import config_to_dict
 from dsanchor.data.captioner import CaptionerConfig, caption_scene
-from dsanchor.data.render import Camera, ObjectGeometry, SceneObject, project_object, render_scene
+from dsanchor.data.render import (
+    DISPLAY_LOOK,
+    LOOKS,
+    Camera,
+    Look,
+    ObjectGeometry,
+    SceneObject,
+    project_object,
+    render_scene,
+)
 from dsanchor.data.scene import DEFAULT_DIRECTIONS, clevr_vocabulary, compute_relationships, object_name
 from dsanchor.errors import ConfigError
 
@@ -45,7 +54,7 @@ __all__ = ["SynthConfig", "SynthResult", "generate_synth", "build_scene", "rende
 logger = logging.getLogger(__name__)
 
 SPLITS: tuple[str, ...] = ("train", "val", "test")
-SYNTH_VERSION = "dsanchor-synth-1.0"
+SYNTH_VERSION = "dsanchor-synth-1.1"  # 1.1: CLEVR's linear colour pipeline (color_space)
 
 
 @dataclass
@@ -64,10 +73,15 @@ class SynthConfig:
         default=0.35, metadata={"help": "largest share of an object's box that nearer objects' boxes may cover"})
     supersample: int = field(default=2, metadata={"help": "render at this multiple of the size, then downsample"})
     workers: int = field(default=1, metadata={"help": "rendering processes; the output is the same for any value"})
+    color_space: str = field(default="linear", metadata={
+        "help": "linear: CLEVR's colour pipeline (palette as linear reflectance, sRGB output); display: the "
+                "first version's saturated colours (dsanchor.data.render.Look)"})
 
     def __post_init__(self) -> None:
         if not 1 <= self.min_objects <= self.max_objects:
             raise ValueError("need 1 <= min_objects <= max_objects")
+        if self.color_space not in LOOKS:
+            raise ValueError(f"color_space must be one of {', '.join(LOOKS)}, got {self.color_space!r}")
         if self.scenes < 1 or self.image_size < 32:
             raise ValueError("need scenes >= 1 and image_size >= 32")
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or sum(self.split_fractions) <= 0:
@@ -180,7 +194,8 @@ def build_scene(index: int, cfg: SynthConfig, split: str | None = None) -> tuple
 
 def render_synth_image(geoms: list[ObjectGeometry], cfg: SynthConfig) -> Image.Image:
     """The PIL image of a built scene."""
-    return render_scene(geoms, Camera(cfg.image_size), cfg.supersample)
+    look = Look() if cfg.color_space == "linear" else DISPLAY_LOOK
+    return render_scene(geoms, Camera(cfg.image_size), cfg.supersample, look)
 
 
 # ---- files ---------------------------------------------------------------------------------------------------
@@ -279,7 +294,7 @@ def generate_synth(out_dir: str | Path, config: SynthConfig | None = None,
         outlines.append(polygons)
     n_caps = _write_coco(out, scenes, captions, outlines)
     info = {"split": "all", "version": SYNTH_VERSION, "license": "CC BY 4.0", "seed": cfg.seed,
-            "image_size": cfg.image_size, "captioner": config_to_dict(ccfg)}
+            "image_size": cfg.image_size, "color_space": cfg.color_space, "captioner": config_to_dict(ccfg)}
     _write_json(out / "scenes.json", {"info": info, "scenes": scenes})
     _write_json(out / "splits.json", {sp: [s["image_index"] for s in scenes if s["split"] == sp] for sp in SPLITS})
     n_obj = sum(len(s["objects"]) for s in scenes)

@@ -56,6 +56,9 @@ class RegionConfig:
         "help": "smallest component kept, as a fraction of the image area"})
     proposal_size: int = field(default=128, metadata={
         "help": "longest side of the downsampled copy that components are found on"})
+    annotations: bool = field(default=True, metadata={
+        "help": "use annotated boxes where an image has them; off: every image gets the fallback, as images "
+                "without boxes do (e.g. to train on synth the way real CLEVR renders are seen)"})
 
     def __post_init__(self) -> None:
         if self.max_regions < 1:
@@ -149,7 +152,8 @@ def normalize_boxes(boxes: torch.Tensor, width: float, height: float) -> torch.T
 
 def sample_boxes(objects: Sequence[ObjectAnnotation], declared_size: tuple[int, int], image: Image.Image,
                  config: RegionConfig) -> torch.Tensor:
-    """The normalised boxes of one image: its annotations, else the proposal fallback.
+    """The normalised boxes of one image: its annotations (unless ``config.annotations`` is off), else the
+    proposal fallback.
 
     Annotated boxes are in the frame of the size the dataset declares (``declared_size``, the
     Sample's width and height); when that is unknown (zero) the image's own size is used.
@@ -160,7 +164,7 @@ def sample_boxes(objects: Sequence[ObjectAnnotation], declared_size: tuple[int, 
     width, height = declared_size
     if width <= 0 or height <= 0:
         width, height = image.size
-    boxes = annotation_boxes(objects, width, height, config.max_regions)
+    boxes = annotation_boxes(objects if config.annotations else (), width, height, config.max_regions)
     if boxes.shape[0] > 0:
         return normalize_boxes(boxes, width, height)
     return normalize_boxes(propose_boxes(image, config), *image.size)

@@ -26,7 +26,7 @@ from dsanchor.eval.views import SplitView, prepare_view
 from dsanchor.features.store import FeatureStore
 from dsanchor.gate import GateConfig, train_gate
 from dsanchor.hallucination.matrices import guess_vocabulary, hallucination_matrices
-from dsanchor.metrics.retrieval import recall_at_k
+from dsanchor.metrics.retrieval import chance_recall, recall_at_k
 from dsanchor.retrieval import anchored_scores, pair_terms, two_stage_scores
 from dsanchor.state import StateConfig, query_states, text_to_image_states
 
@@ -131,5 +131,7 @@ def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalC
         protocols["note"] = "no scene graphs: the paired protocol only; fixed_best, gate and oracle use it"
     extra = {"vocabulary": vocabulary, "gate": gate_info, "timing_ms": timing, "protocols": protocols,
              "n_images": len(test.images), "n_captions": len(test.texts),
-             "mean_positives_t2i": {k: float(v.sum(1).double().mean()) for k, v in test.protocols.items()}}
+             "mean_positives_t2i": {k: float(v.sum(1).double().mean()) for k, v in test.protocols.items()},
+             "chance": {k: {"t2i": chance_recall(v, config.ks), "i2t": chance_recall(v.T, config.ks)}
+                        for k, v in test.protocols.items()}}
     return RetrievalEval(methods, gs, val_curve, test_curve, two, records, query_clusters(test), extra)

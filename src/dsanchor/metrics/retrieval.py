@@ -21,7 +21,7 @@ import torch
 
 from dsanchor.metrics import MetricInputError
 
-__all__ = ["ranks_of_first_positive", "recall_at_k", "median_rank"]
+__all__ = ["ranks_of_first_positive", "recall_at_k", "median_rank", "chance_recall"]
 
 _CHUNK_ELEMENTS = 1 << 24  # scores compared per chunk (x G columns); ~16M bools at a time
 
@@ -90,3 +90,25 @@ def median_rank(scores: torch.Tensor, positives: torch.Tensor) -> float:
     """
     ranks = ranks_of_first_positive(scores, positives).cpu().numpy()
     return float(np.floor(np.median(ranks)))
+
+
+def chance_recall(positives: torch.Tensor, ks: Sequence[int] = (1, 5, 10)) -> dict[str, float]:
+    """Expected R@k of a ranking drawn uniformly at random: the chance level beside a recall.
+
+    A query with n of N gallery items relevant has a relevant item in a random top k with probability
+    1 - C(N - n, k) / C(N, k); the result is its mean over the queries (rows of ``positives``).
+
+    Args:
+        positives: (Q, N) bool, at least one True per row.
+    """
+    pos = positives.bool()
+    n_rel = pos.sum(1).double()  # (Q,)
+    big_n = pos.shape[1]
+    out = {}
+    for k in ks:
+        kk = min(k, big_n)
+        # C(N - n, k) / C(N, k) = prod_{i < k} (N - n - i) / (N - i), zero once N - n - i <= 0
+        i = torch.arange(kk, dtype=torch.float64)
+        miss = ((big_n - n_rel.view(-1, 1) - i).clamp(min=0) / (big_n - i)).prod(1)  # (Q,)
+        out[f"R@{k}"] = float((1 - miss).mean())
+    return out

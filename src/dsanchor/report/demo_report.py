@@ -151,9 +151,12 @@ def _examples(store, texts, images, g_t2i: torch.Tensor, seed_dir: Path, per_kin
         scores = anchored_scores(terms, g_t2i.view(-1, 1))
     root = Path(store.manifest["source"]["root"])
     paths = store.image_paths("test")
+    groups = {name: (texts.granularity == code).nonzero().flatten()[:per_kind].tolist()
+              for name, code in GRANULARITY_CODES.items()}
+    if not any(groups.values()):  # captions without a granularity label (real data): the first few
+        groups = {"caption": list(range(min(3 * per_kind, len(texts))))}
     out = []
-    for name, code in GRANULARITY_CODES.items():
-        idx = (texts.granularity == code).nonzero().flatten()[:per_kind].tolist()
+    for name, idx in groups.items():
         for q in idx:
             top = scores[q].topk(3).indices.tolist()
             out.append({"caption": texts.captions[q], "granularity": name, "g": float(g_t2i[q]),
@@ -194,7 +197,18 @@ def _caption_granularity_lines(results: dict) -> list[str]:
             "Share of each granularity among the reference captions (their labels) and among each method's "
             "generated captions (what their text reads as); then, per granularity the decoder was asked for, "
             "CHAIR_i / CHAIR_s of those captions and the share that read as that granularity. CHAIR counts "
-            "a shape in a negated statement (\"there are no cubes\") as a mention.", "", *lines, ""]
+            "an object in a negated statement (\"there are no cubes\") as a mention.", "", *lines, ""]
+
+
+def _chair_note(results: dict) -> str:
+    cap = results.get("captioning", {})
+    vocabulary = cap.get("vocabulary", "synth")
+    if vocabulary == "coco":
+        judged = next((r["CHAIR_images"] for r in results["methods"].values() if "CHAIR_images" in r), None)
+        return ("CHAIR_i / CHAIR_s use the COCO vocabulary and synonyms of Rohrbach et al. (2018); an image's "
+                "ground truth is its instance categories plus the objects its reference captions name, and only "
+                "images with instance annotations are judged" + (f" ({judged:.0f} test images)." if judged else "."))
+    return "CHAIR_i / CHAIR_s use the synth vocabulary (colour + shape names, CLEVR's synonyms)."
 
 
 def write_report(out: Path, results: dict, config) -> Path:
@@ -203,8 +217,9 @@ def write_report(out: Path, results: dict, config) -> Path:
     seeds = results.get("seeds", [])
     data = (f"{config.scenes} synthetic scenes (data seed {config.data_seed})" if hasattr(config, "scenes")
             else f"dataset {results.get('dataset', '?')}")
-    chance = (f" Chance level of text→image R@1 (paired): {1 / results['n_images']:.3f}; of R@10: "
-              f"{min(1.0, 10 / results['n_images']):.3f}." if results.get("n_images") else "")
+    ch = results.get("chance", {})
+    chance = "".join(f" Chance level (a random ranking) of text→image {p} R@1: {ch[p]['t2i']['R@1']:.3f}; of R@10: "
+                     f"{ch[p]['t2i']['R@10']:.3f}." for p in ("exact", "paired") if p in ch and "t2i" in ch[p])
     lines = [
         "# DSA run report", "",
         f"Run on {time.strftime('%Y-%m-%d')} on {platform.machine()} with {torch.get_num_threads()} torch threads, "
@@ -220,11 +235,11 @@ def write_report(out: Path, results: dict, config) -> Path:
         "time (state + MLP) over the time to encode the query text. The oracle chooses g on each test query "
         "itself: an upper bound, not a method.", "",
         main_table(results), "",
-        "## Text→image retrieval per caption granularity", "", granularity_table(results), "",
-        "## Captioning", "",
-        "The caption decoder over V'(g). CIDEr is CIDEr-D on its raw scale (papers often print ×100). "
-        "CHAIR_i / CHAIR_s use the synth vocabulary.", "", caption_table(results), "",
     ]
+    if granularity_table(results):
+        lines += ["## Text→image retrieval per caption granularity", "", granularity_table(results), ""]
+    lines += ["## Captioning", "", "The caption decoder over V'(g). CIDEr is CIDEr-D on its raw scale (papers "
+              "often print ×100). " + _chair_note(results), "", caption_table(results), ""]
     lines += _caption_granularity_lines(results)
     if "paired" in results:
         lines += ["## Differences between methods", "",

@@ -22,10 +22,12 @@ def plot_g_distribution(g_t2i: torch.Tensor, granularity: torch.Tensor, path: st
     """Histogram of the controller's g for each caption granularity."""
     fig, ax = plt.subplots(figsize=(6, 3.5))
     bins = torch.linspace(0, 1, 26).numpy()
-    for name, code in GRANULARITY_CODES.items():
-        sel = granularity == code
-        if sel.any():
-            ax.hist(g_t2i[sel].numpy(), bins=bins, alpha=0.55, label=f"{name} (mean {g_t2i[sel].mean():.2f})")
+    groups = {name: granularity == code for name, code in GRANULARITY_CODES.items()}
+    groups = {name: sel for name, sel in groups.items() if sel.any()}
+    if not groups:  # captions without a granularity label (real data): one histogram
+        groups = {"all captions": torch.ones(len(g_t2i), dtype=torch.bool)}
+    for name, sel in groups.items():
+        ax.hist(g_t2i[sel].numpy(), bins=bins, alpha=0.55, label=f"{name} (mean {g_t2i[sel].mean():.2f})")
     ax.set_xlabel("g (0 = coarse / scene, 1 = fine / objects)")
     ax.set_ylabel("text queries")
     ax.set_title(title)

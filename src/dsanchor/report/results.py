@@ -126,6 +126,15 @@ def main_table(results: dict) -> str:
                   f"{_fmt(row, 'hall_i2t')} ({_fmt(row, 'coverage_i2t', digits=2)})",
                   _fmt(row, "ms_per_query", digits=4), _overhead(results, name, row)]
         lines.append(f"| {_label(name, row)} | " + " | ".join(cells) + " |")
+    chance = results.get("chance")
+    if chance:  # expected recall of a random ranking (dsanchor.metrics.retrieval.chance_recall)
+        cells = []
+        if exact:
+            et, ei = chance.get("exact", {}).get("t2i", {}), chance.get("exact", {}).get("i2t", {})
+            cells += [_fmt(et, "R@1"), _fmt(et, "R@5"), _fmt(et, "R@10"), "–", _fmt(ei, "R@1"), _fmt(ei, "R@10")]
+        pt, pi = chance.get("paired", {}).get("t2i", {}), chance.get("paired", {}).get("i2t", {})
+        cells += [_fmt(pt, "R@1"), _fmt(pt, "R@10"), _fmt(pi, "R@1"), _fmt(pi, "R@10"), "–", "–", "–", "–"]
+        lines.append("| chance (random ranking) | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
 
@@ -143,8 +152,11 @@ def caption_table(results: dict) -> str:
 
 
 def granularity_table(results: dict) -> str:
-    """Text-to-image recall and mean g per caption granularity (exact R@1 and R@10 where they exist)."""
+    """Text-to-image recall and mean g per caption granularity (exact R@1 and R@10 where they exist); empty
+    when no caption has a granularity label (real captions)."""
     grans = ("scene", "object", "relation")
+    if not any(row.get("by_granularity", {}).get(g) for row in results["methods"].values() for g in grans):
+        return ""
     keys = (("exact_t2i_R@1", "exact R@1"), ("exact_t2i_R@10", "exact R@10")) if _exact(results) else ()
     keys += (("t2i_R@10", "paired R@10"), ("mean_g", "mean g"))
     lines = ["| method | " + " | ".join(f"{g} {lab}" for g in grans for _, lab in keys) + " |",
