@@ -21,7 +21,9 @@ from dsanchor.errors import DsanchorError
 # module name under dsanchor.commands, in the order ``dsanchor --help`` lists them
 COMMANDS: tuple[str, ...] = (
     "data", "extract", "align", "hallucination", "train", "tune", "caption", "eval", "metrics", "mllm", "demo", "run",
+    "index", "search", "caption_images",
 )
+_CAPTION_ACTIONS = ("train", "generate", "eval", "-h", "--help")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -35,9 +37,16 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _route(argv: list[str]) -> list[str]:
+    """``dsanchor caption --pipeline P IMAGE...`` (no action) is the ``caption-images`` command."""
+    if len(argv) > 1 and argv[0] == "caption" and argv[1] not in _CAPTION_ACTIONS and "--pipeline" in argv:
+        return ["caption-images", *argv[1:]]
+    return argv
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
-    args = parser.parse_args(argv)
+    args = parser.parse_args(_route(list(sys.argv[1:] if argv is None else argv)))
     logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
     if not getattr(args, "func", None):

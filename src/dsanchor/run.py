@@ -144,6 +144,18 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
 
 
 
+def _pipeline(out: Path, seed0: dict) -> None:
+    """``out/pipeline``: seed 0's parts, with its caption decoder and the fixed g chosen on val."""
+    from dsanchor.pipeline import save_pipeline
+
+    sd = out / "seed0"
+    save_pipeline(out / "pipeline", out / "features", sd / "heads", sd / "ppo", sd / "detector",
+                  sd / "caption" / "decoder", fixed_g=seed0["methods"]["fixed_best"]["g"],
+                  info={"seed": 0, "run": str(out)})
+    print(f"pipeline: {out / 'pipeline'} (seed 0; `dsanchor index --pipeline {out / 'pipeline'} --images DIR`)",
+          flush=True)
+
+
 def _folder_digest(folder: Path) -> dict:
     """What identifies saved weights for stage reuse: the path and a digest of the files."""
     h = hashlib.sha256()
@@ -207,6 +219,7 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     else:
         results = per_seed[0]
     results["timing_s"] = times
+    _pipeline(out, per_seed[0])
     (out / "results.json").write_text(json.dumps(results, indent=2))
     write_report(out, results, config)
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}\n"

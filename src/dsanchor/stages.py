@@ -145,7 +145,11 @@ def tune_stage(features, heads, detector, out, state=None, tune=None, ppo=None, 
 
 def train_stage(features, heads, detector, out, reward=None, state=None, ppo=None, accuracy=None,
                 split: str = "val", progress: bool = True):
-    """PPO retrieval controller on ``split``'s queries; returns (controller, info)."""
+    """PPO retrieval controller on ``split``'s queries; returns (controller, info).
+
+    Also writes ``out/pipeline`` (:func:`dsanchor.pipeline.save_pipeline`: encoder, regions, heads, this
+    controller, the detector, and the fixed g best on ``split``) for query-state controllers.
+    """
     from dsanchor.rl.env import RewardConfig
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.reward import AccuracyConfig
@@ -160,6 +164,12 @@ def train_stage(features, heads, detector, out, reward=None, state=None, ppo=Non
                   heads=str(heads), detector=str(detector), split=split)
     ctrl, info = train_retrieval_controller(view, hall, reward, accuracy, ppo, out, progress=progress)
     write_json(Path(out) / "train_info.json", info)
+    if state.state_kind == "query":  # a pipeline runs query states (dsanchor.pipeline)
+        from dsanchor.eval.methods import EvalConfig, select_fixed_g
+        from dsanchor.pipeline import save_pipeline
+
+        g_best, _ = select_fixed_g(view, EvalConfig())
+        save_pipeline(Path(out) / "pipeline", features, heads, out, detector, state=state, fixed_g=g_best)
     return ctrl, info
 
 

@@ -84,9 +84,10 @@ class DatasetLoader(ABC):
 def _registry() -> dict[str, type[DatasetLoader]]:
     from dsanchor.data.clevr import ClevrLoader
     from dsanchor.data.coco import CocoLoader, SynthLoader
+    from dsanchor.data.folder import FolderLoader
     from dsanchor.data.vg import VisualGenomeLoader
 
-    return {c.format: c for c in (ClevrLoader, CocoLoader, SynthLoader, VisualGenomeLoader)}
+    return {c.format: c for c in (ClevrLoader, CocoLoader, FolderLoader, SynthLoader, VisualGenomeLoader)}
 
 
 def list_formats() -> list[str]:

@@ -1,0 +1,49 @@
+"""`dsanchor search`: text→image search of an index, or image→caption ranking of an index's captions."""
+
+from __future__ import annotations
+
+import json
+
+from dsanchor.commands._common import add_common, set_threads
+
+
+def add_parser(sub) -> None:
+    p = sub.add_parser("search", help="search an index by text (or rank its captions for an image)")
+    p.add_argument("--index", required=True, help="an index written by `dsanchor index`")
+    q = p.add_mutually_exclusive_group(required=True)
+    q.add_argument("--query", help="text query")
+    q.add_argument("--image", help="an image file: rank the index's captions for it")
+    p.add_argument("--k", type=int, default=10, help="results to show")
+    p.add_argument("--g", type=float, default=None, help="use this g instead of the controller's")
+    p.add_argument("--m", type=int, default=100, help="faiss first-stage candidates re-ranked by DSA")
+    p.add_argument("--pipeline", default=None, help="the pipeline (default: the one the index records)")
+    p.add_argument("--json", action="store_true", help='print {"results": [{"path", "score", "g"}, ...]}')
+    add_common(p)
+    p.set_defaults(func=run)
+
+
+def run(args) -> int:
+    from dsanchor.errors import ConfigError
+    from dsanchor.index import load_index, rank_index_captions
+    from dsanchor.pipeline import load
+
+    set_threads(args)
+    if args.k < 1:
+        raise ConfigError(f"--k must be >= 1, got {args.k}")
+    idx, pipe = load_index(args.index, load(args.pipeline) if args.pipeline else None)
+    if args.image:
+        ranked, choice = rank_index_captions(pipe, idx, args.image, args.k, args.g)
+        rows = [{"caption": c, "score": s, "g": choice.g} for c, s in ranked]
+        head = f"captions for {args.image}, {choice.describe()}"
+    else:
+        hits = pipe.search(args.query, idx, k=args.k, g=args.g, m=args.m)
+        choice = pipe.choose_g(text=args.query, g=args.g)
+        rows = [{"path": h.path, "score": h.score, "g": h.g} for h in hits]
+        head = f"{args.query!r}: {choice.describe()}"
+    if args.json:
+        print(json.dumps({"results": rows, "g": choice.g, "source": choice.source, "query_type": choice.query_type}))
+        return 0
+    print(head)
+    for r, row in enumerate(rows, 1):
+        print(f"{r:>3}. {row['score']:+.4f}  {row.get('path', row.get('caption'))}")
+    return 0

@@ -1,0 +1,403 @@
+"""A trained DSA in one folder, and what it does on raw images and text (DESIGN.md "Pipeline").
+
+:class:`DSAPipeline` holds everything that turns raw inputs into DSA's outputs: the encoder backend and its
+config, the region source (:class:`~dsanchor.encoders.regions.RegionConfig`), the alignment heads, the PPO
+controller with the state layout it reads (:class:`~dsanchor.state.StateConfig`, its codebook inside the
+controller), the fixed g chosen on val (used when there is no controller), the hallucination detector with
+the dataset's object vocabulary, and the caption decoder with its word vocabulary. It is saved as one folder
+of safetensors and JSON (nothing is unpickled)::
+
+    pipeline/
+        pipeline.json        format, encoder (name, config, dims), regions, state, fixed_g, chair vocabulary,
+                             which parts are present, where they came from
+        heads/ controller/ detector/ decoder/     each part's own save_pretrained folder
+        objects.safetensors + objects.json        the object vocabulary's names and text embeddings
+
+Loading checks that the parts fit each other (feature sizes, the controller's state size, the decoder's
+visual size) and raises one :class:`~dsanchor.errors.ConfigError` line naming the first that does not.
+
+Text→image search scores the query against the index's projected scene vectors through faiss, then re-ranks
+the top ``m`` with DSA at the controller's g (:func:`dsanchor.retrieval.two_stage_search`). A text query's
+state is the query state of :func:`dsanchor.state.query_states` (the text's encoder vector; the image part is
+zero), an image query's is its scene vector's; the controller maps either to a query type (its codebook) and a
+g. The encoder is built on first use, so a pipeline that only searches an index of stored features never
+loads an image backbone.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import torch
+from PIL import Image
+
+from dsanchor.errors import ConfigError, DataError
+
+__all__ = ["PIPELINE_FORMAT", "DSAPipeline", "GChoice", "Hit", "load", "save_pipeline"]
+
+PIPELINE_FORMAT = 1
+PIPELINE_FILE = "pipeline.json"
+
+
+@dataclass(frozen=True)
+class GChoice:
+    """The g used for a query and why: ``source`` is "controller", "fixed" (the pipeline's val-chosen g, when
+    it has no controller) or "given" (the caller's); ``query_type`` is the controller's codebook entry
+    (text types 0..k-1, image types k..2k-1), None without a codebook."""
+
+    g: float
+    source: str
+    query_type: int | None = None
+
+    def describe(self) -> str:
+        why = {"controller": "chosen by the controller", "fixed": "the pipeline's fixed g (chosen on val)",
+               "given": "given"}[self.source]
+        kind = f", query type {self.query_type}" if self.query_type is not None else ""
+        return f"g = {self.g:.2f} ({why}{kind})"
+
+
+@dataclass(frozen=True)
+class Hit:
+    """One search result: the image (its path as indexed), its DSA score and the g of the query."""
+
+    path: str
+    score: float
+    g: float
+    rank: int
+
+
+def _open(image: str | Path | Image.Image) -> Image.Image:
+    from dsanchor.encoders.transforms import load_rgb
+
+    return image.convert("RGB") if isinstance(image, Image.Image) else load_rgb(image)
+
+
+class DSAPipeline:
+    """Everything a trained DSA needs on raw inputs (module docstring). Build with :func:`save_pipeline` or
+    :meth:`from_pretrained`; every part but the heads is optional."""
+
+    def __init__(self, encoder: dict[str, Any], regions, heads, controller=None, state=None, fixed_g: float = 0.5,
+                 detector=None, objects=None, decoder=None, vocab=None, vocabulary: str = "synth",
+                 info: dict[str, Any] | None = None):
+        from dsanchor.encoders.regions import RegionConfig
+        from dsanchor.state import StateConfig
+
+        self.encoder_spec = encoder  # {"name", "config", "dims"}
+        self.regions: RegionConfig = regions
+        self.heads = heads.eval()
+        self.controller = None if controller is None else controller.eval()
+        self.state: StateConfig = state or StateConfig()
+        self.fixed_g = float(fixed_g)
+        self.detector = None if detector is None else detector.eval()
+        self.objects = objects  # ObjectVocabulary or None
+        self.decoder = None if decoder is None else decoder.eval()
+        self.vocab = vocab
+        self.vocabulary = vocabulary
+        self.info = info or {}
+        self.path: Path | None = None  # the folder it was loaded from or saved to
+        self._encoder = None
+        self._check()
+
+    # ---- parts ------------------------------------------------------------------------------------------------
+
+    def _check(self) -> None:
+        """Raise one ConfigError line for the first pair of parts that do not fit."""
+        d = self.encoder_spec["dims"]
+        h = self.heads.config
+        if (h.coarse_dim, h.region_dim, h.text_dim) != (d["coarse"], d["region"], d["text"]):
+            want = (h.coarse_dim, h.region_dim, h.text_dim)
+            raise ConfigError(f"the heads expect features (coarse, region, text) = {want} but the encoder gives "
+                              f"{(d['coarse'], d['region'], d['text'])}")
+        if self.controller is not None:
+            if self.state.state_kind != "query":
+                raise ConfigError(f"a pipeline runs query-state controllers; this one reads "
+                                  f"{self.state.state_kind!r} states")
+            want = d["text"] + d["coarse"] + 1
+            if self.controller.config.state_dim != want:
+                raise ConfigError(f"the controller reads states of size {self.controller.config.state_dim} but the "
+                                  f"encoder's query state has {want} (text {d['text']} + coarse {d['coarse']} + 1)")
+        if self.detector is not None:
+            c = self.detector.config
+            if (c.coarse_dim, c.region_dim, c.text_dim) != (d["coarse"], d["region"], d["text"]):
+                raise ConfigError("the hallucination detector was trained on other features than the encoder's")
+            if self.objects is None:
+                raise ConfigError("a pipeline with a hallucination detector needs its object vocabulary")
+        if self.decoder is not None:
+            if self.vocab is None:
+                raise ConfigError("a pipeline with a caption decoder needs its word vocabulary")
+            if self.decoder.config.visual_dim != h.dim:
+                raise ConfigError(f"the caption decoder reads {self.decoder.config.visual_dim}-d visual tokens but "
+                                  f"the heads' joint space has {h.dim}")
+            if self.decoder.config.vocab_size != len(self.vocab):
+                raise ConfigError(f"the caption decoder has {self.decoder.config.vocab_size} words but its "
+                                  f"vocabulary {len(self.vocab)}")
+
+    @property
+    def encoder(self):
+        """The encoder backend, built on first use."""
+        if self._encoder is None:
+            from dsanchor.config import config_from_dict
+            from dsanchor.encoders import create_encoder, encoder_config_class
+
+            name = self.encoder_spec["name"]
+            cfg = config_from_dict(encoder_config_class(name), self.encoder_spec["config"], where=PIPELINE_FILE)
+            self._encoder = create_encoder(name, cfg)
+        return self._encoder
+
+    # ---- save / load ------------------------------------------------------------------------------------------
+
+    def save_pretrained(self, path: str | Path) -> Path:
+        from safetensors.torch import save_file
+
+        from dsanchor.config import config_to_dict
+
+        out = Path(path)
+        out.mkdir(parents=True, exist_ok=True)
+        self.heads.save_pretrained(out / "heads")
+        parts = {"heads": True}
+        for name, part in (("controller", self.controller), ("detector", self.detector)):
+            if part is not None:
+                part.save_pretrained(out / name)
+            parts[name] = part is not None
+        if self.decoder is not None:
+            self.decoder.save_pretrained(out / "decoder", self.vocab)
+        parts["decoder"] = self.decoder is not None
+        if self.objects is not None:
+            save_file({"embeddings": self.objects.embeddings.float().contiguous()}, str(out / "objects.safetensors"))
+            (out / "objects.json").write_text(json.dumps({"names": list(self.objects.names)}, indent=1))
+        meta = {"format": PIPELINE_FORMAT, "encoder": self.encoder_spec, "regions": config_to_dict(self.regions),
+                "state": config_to_dict(self.state), "fixed_g": self.fixed_g, "chair_vocabulary": self.vocabulary,
+                "parts": parts, "info": self.info}
+        (out / PIPELINE_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        self.path = out
+        return out
+
+    @classmethod
+    def from_pretrained(cls, path: str | Path) -> DSAPipeline:
+        from safetensors.torch import load_file
+
+        from dsanchor.align.heads import AlignmentHeads
+        from dsanchor.captioning.decoder import CaptionDecoder
+        from dsanchor.captioning.tokenizer import Vocabulary
+        from dsanchor.config import config_from_dict
+        from dsanchor.controller import GranularityController
+        from dsanchor.encoders.regions import RegionConfig
+        from dsanchor.features.types import ObjectVocabulary
+        from dsanchor.hallucination import HallucinationDetector
+        from dsanchor.state import StateConfig
+
+        p = Path(path)
+        meta_file = p / PIPELINE_FILE
+        if not meta_file.is_file():
+            raise DataError(p, f"not a saved DSA pipeline (no {PIPELINE_FILE}); `dsanchor train` and `dsanchor "
+                               "demo` write one")
+        try:
+            meta = json.loads(meta_file.read_text())
+        except json.JSONDecodeError as exc:
+            raise DataError(meta_file, f"not valid JSON ({exc.msg})") from None
+        if meta.get("format") != PIPELINE_FORMAT:
+            raise DataError(meta_file, f"pipeline format {meta.get('format')!r}; this dsanchor reads format "
+                                       f"{PIPELINE_FORMAT}")
+        parts = meta.get("parts", {})
+        objects = None
+        if (p / "objects.json").is_file():
+            names = json.loads((p / "objects.json").read_text())["names"]
+            objects = ObjectVocabulary(names, load_file(str(p / "objects.safetensors"))["embeddings"])
+        decoder = vocab = None
+        if parts.get("decoder"):
+            decoder, vocab = CaptionDecoder.from_pretrained(p / "decoder"), Vocabulary.load(p / "decoder")
+        pipe = cls(meta["encoder"], config_from_dict(RegionConfig, meta["regions"], where=str(meta_file)),
+                   AlignmentHeads.from_pretrained(p / "heads"),
+                   GranularityController.from_pretrained(p / "controller") if parts.get("controller") else None,
+                   config_from_dict(StateConfig, meta["state"], where=str(meta_file)), meta.get("fixed_g", 0.5),
+                   HallucinationDetector.from_pretrained(p / "detector") if parts.get("detector") else None,
+                   objects, decoder, vocab, meta.get("chair_vocabulary", "synth"), meta.get("info", {}))
+        pipe.path = p
+        return pipe
+
+    # ---- encoding ---------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def encode_texts(self, texts: Sequence[str]) -> torch.Tensor:
+        """(T, Dt) encoder vectors of the texts."""
+        return self.encoder.encode_texts(list(texts)).float()
+
+    @torch.no_grad()
+    def encode_images(self, images: Sequence[str | Path | Image.Image]):
+        """Encoder features of raw images with the pipeline's region source: an
+        :class:`~dsanchor.features.types.ImageFeatures` (ids 0..N-1, no objects)."""
+        from dsanchor.encoders.regions import sample_boxes
+        from dsanchor.features.types import ImageFeatures
+
+        pil = [_open(im) for im in images]
+        scale = [torch.tensor([im.size[0], im.size[1]] * 2, dtype=torch.float32) for im in pil]
+        boxes = [sample_boxes([], (0, 0), im, self.regions) * s for im, s in zip(pil, scale, strict=True)]
+        enc = self.encoder.encode_images(pil, boxes, self.regions.max_regions)
+        n = len(pil)
+        return ImageFeatures(torch.arange(n), enc.coarse.float(), enc.regions.float(), enc.boxes.float(),
+                             enc.mask.bool(), [[] for _ in range(n)], [None] * n)
+
+    # ---- granularity ------------------------------------------------------------------------------------------
+
+    @torch.no_grad()
+    def choose_g(self, text: str | None = None, image: str | Path | Image.Image | None = None,
+                 g: float | None = None) -> GChoice:
+        """The g for a text query (``text``) or an image query (``image``), and why (:class:`GChoice`)."""
+        if (text is None) == (image is None):
+            raise ConfigError("choose_g takes a text or an image query, not both or neither")
+        if g is not None:
+            return self._given(g)
+        if image is not None:
+            return self._choices(coarse_raw=self.encode_images([image]).coarse)[0]
+        return self._choices(text_raw=self.encode_texts([text]))[0]
+
+    @staticmethod
+    def _given(g: float) -> GChoice:
+        if not 0.0 <= float(g) <= 1.0:
+            raise ConfigError(f"g must lie in [0, 1], got {g}")
+        return GChoice(float(g), "given")
+
+    def _choices(self, text_raw: torch.Tensor | None = None, coarse_raw: torch.Tensor | None = None) -> list[GChoice]:
+        d = self.encoder_spec["dims"]
+        n = (text_raw if text_raw is not None else coarse_raw).shape[0]
+        if self.controller is None:
+            return [GChoice(self.fixed_g, "fixed")] * n
+        state = torch.zeros(n, d["text"] + d["coarse"] + 1)
+        if text_raw is not None:
+            state[:, :d["text"]] = torch.nn.functional.normalize(text_raw.float(), dim=-1)
+        else:
+            state[:, d["text"]:-1] = torch.nn.functional.normalize(coarse_raw.float(), dim=-1)
+            state[:, -1] = 1.0
+        g = self.controller(state)
+        codes = self.controller.code(state).tolist() if self.controller.config.codebook else [None] * n
+        return [GChoice(float(v), "controller", c) for v, c in zip(g.tolist(), codes, strict=True)]
+
+    # ---- what a user calls ------------------------------------------------------------------------------------
+
+    def index(self, images: str | Path | Sequence[str | Path], out: str | Path | None = None, **kwargs):
+        """Index a folder (or list) of images for :meth:`search`; see :func:`dsanchor.index.build_index`."""
+        from dsanchor.index import build_index
+
+        return build_index(self, images, out, **kwargs)
+
+    @torch.no_grad()
+    def search(self, query: str, index, k: int = 10, g: float | None = None, m: int = 100) -> list[Hit]:
+        """The top ``k`` images of ``index`` for a text query, with their DSA scores and the g used.
+
+        ``g`` overrides the controller; ``m`` is the depth of the faiss first stage that DSA re-ranks.
+        """
+        from dsanchor.retrieval import two_stage_search
+
+        if not isinstance(query, str) or not query.strip():
+            raise ConfigError("the query must be a non-empty string")
+        raw = self.encode_texts([query])
+        choice = self._given(g) if g is not None else self._choices(text_raw=raw)[0]
+        text = self.heads.encode_text(raw)
+        scores, idx = two_stage_search(text, index.joint, self.heads.pool_s.item(), choice.g, m=m, k=k,
+                                       backend="faiss", index=index.faiss)
+        return [Hit(index.paths[int(i)], float(s), choice.g, r + 1)
+                for r, (s, i) in enumerate(zip(scores[0].tolist(), idx[0].tolist(), strict=True))]
+
+    @torch.no_grad()
+    def rank_captions(self, image: str | Path | Image.Image, captions: Sequence[str],
+                      g: float | None = None) -> tuple[list[tuple[str, float]], GChoice]:
+        """Captions ranked for an image by DSA at the controller's g (or ``g``), best first, and the g."""
+        if not captions:
+            raise ConfigError("rank_captions needs at least one caption")
+        return self.rank_captions_embedded(image, self.encode_texts(captions), list(captions), g)
+
+    @torch.no_grad()
+    def rank_captions_embedded(self, image: str | Path | Image.Image, text_raw: torch.Tensor, captions: list[str],
+                               g: float | None = None) -> tuple[list[tuple[str, float]], GChoice]:
+        """:meth:`rank_captions` with the captions' encoder vectors ``text_raw`` (T, Dt) already computed."""
+        from dsanchor.align.train import embed_images
+        from dsanchor.retrieval import anchored_scores, pair_terms
+
+        feats = self.encode_images([image])
+        choice = self._given(g) if g is not None else self._choices(coarse_raw=feats.coarse)[0]
+        text = self.heads.encode_text(text_raw.float())
+        terms = pair_terms(text, embed_images(self.heads, feats), self.heads.pool_s.item())  # (T, 1)
+        scores = anchored_scores(terms.t(), torch.tensor([[choice.g]]))[0]  # (T,)
+        order = scores.argsort(descending=True).tolist()
+        return [(captions[i], float(scores[i])) for i in order], choice
+
+    @torch.no_grad()
+    def caption(self, images: Sequence[str | Path | Image.Image] | str | Path | Image.Image, g: float | None = None,
+                beam: int = 3) -> list[dict[str, Any]]:
+        """Captions of each image at the controller's g (or ``g``): per image ``{"g", "source", "query_type",
+        "captions": {granularity: text}}``."""
+        from dsanchor.align.train import embed_images
+        from dsanchor.captioning.decode import DecodeConfig, generate_caption_sets
+        from dsanchor.captioning.tokens import build_token_pair
+
+        if self.decoder is None:
+            raise ConfigError("this pipeline has no caption decoder (train one with `dsanchor caption train`)")
+        many = isinstance(images, Sequence) and not isinstance(images, str)
+        images = list(images) if many else [images]
+        feats = self.encode_images(images)
+        choices = [self._given(g)] * len(images) if g is not None else self._choices(coarse_raw=feats.coarse)
+        joint = embed_images(self.heads, feats)
+        pair = build_token_pair(joint.coarse, joint.regions, feats.boxes, joint.mask, self.decoder.positions)
+        gs = torch.tensor([c.g for c in choices])
+        sets = generate_caption_sets(self.decoder, self.vocab, pair, gs, DecodeConfig(beam=beam))
+        return [{"g": c.g, "source": c.source, "query_type": c.query_type, "captions": s}
+                for c, s in zip(choices, sets, strict=True)]
+
+
+def save_pipeline(out: str | Path, features: str | Path, heads: str | Path, controller: str | Path | None = None,
+                  detector: str | Path | None = None, decoder: str | Path | None = None, state=None,
+                  fixed_g: float = 0.5, info: dict[str, Any] | None = None) -> DSAPipeline:
+    """Assemble a pipeline from the folders of a run (what ``dsanchor train`` and the demo call) and save it.
+
+    The encoder and region configs come from the feature store's manifest, the object vocabulary from the
+    store, and the CHAIR vocabulary from its object names.
+    """
+    from dsanchor.align.heads import AlignmentHeads
+    from dsanchor.captioning.decoder import CaptionDecoder
+    from dsanchor.captioning.tokenizer import Vocabulary
+    from dsanchor.config import config_from_dict
+    from dsanchor.controller import GranularityController
+    from dsanchor.encoders.regions import RegionConfig
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.hallucination import HallucinationDetector
+    from dsanchor.hallucination.matrices import guess_vocabulary
+
+    store = FeatureStore(features)
+    man = store.manifest
+    regions = config_from_dict(RegionConfig, man["regions"], where=str(Path(features) / "manifest.json"))
+    ctrl = None
+    if controller is not None:
+        c = Path(controller)
+        ctrl = GranularityController.from_pretrained(c / "controller" if (c / "controller").is_dir() else c)
+    det = HallucinationDetector.from_pretrained(detector) if detector is not None else None
+    dec = vocab = None
+    if decoder is not None:
+        dec, vocab = CaptionDecoder.from_pretrained(decoder), Vocabulary.load(decoder)
+    pipe = DSAPipeline({k: man["encoder"][k] for k in ("name", "config", "dims")}, regions,
+                       AlignmentHeads.from_pretrained(heads), ctrl, state, fixed_g, det,
+                       store.object_vocabulary() if det is not None else None, dec, vocab,
+                       guess_vocabulary(store.images()), {
+                           "features": str(features), "heads": str(heads),
+                           **{k: str(v) for k, v in (("controller", controller), ("detector", detector),
+                                                     ("decoder", decoder)) if v is not None}, **(info or {})})
+    pipe.save_pretrained(out)
+    return pipe
+
+
+def load(path: str | Path) -> DSAPipeline:
+    """Load a saved :class:`DSAPipeline` (``dsanchor.load("runs/demo/pipeline")``)."""
+    return DSAPipeline.from_pretrained(path)
+
+
+def _replace(pipe: DSAPipeline, **changes) -> DSAPipeline:
+    """A copy of ``pipe`` with some parts replaced (tests use it to build misfits)."""
+    kw = {"encoder": pipe.encoder_spec, "regions": pipe.regions, "heads": pipe.heads, "controller": pipe.controller,
+          "state": pipe.state, "fixed_g": pipe.fixed_g, "detector": pipe.detector, "objects": pipe.objects,
+          "decoder": pipe.decoder, "vocab": pipe.vocab, "vocabulary": pipe.vocabulary, "info": pipe.info}
+    kw.update(changes)
+    return DSAPipeline(**kw)
+

@@ -1,0 +1,221 @@
+"""The saved pipeline, the Python API, the index (with resume) and the index / search / caption commands, on a
+tiny random CLIP encoder and randomly initialised parts (seconds, no downloads)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+
+from dsanchor.cli import main as cli_main
+from dsanchor.errors import ConfigError, DataError
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny synth dataset, its feature store (tiny CLIP) and every part of a pipeline, saved to folders."""
+    from dsanchor.align.heads import AlignConfig, AlignmentHeads
+    from dsanchor.captioning import DecoderConfig, VocabConfig, Vocabulary
+    from dsanchor.captioning.decoder import CaptionDecoder
+    from dsanchor.controller import ControllerConfig, GranularityController
+    from dsanchor.data import SynthConfig, generate_synth, load_dataset
+    from dsanchor.encoders import create_encoder
+    from dsanchor.encoders.clip import save_tiny_clip
+    from dsanchor.encoders.regions import RegionConfig
+    from dsanchor.features.extract import ExtractConfig, extract_features
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.hallucination import DetectorConfig, HallucinationDetector
+    from dsanchor.state import query_states
+
+    root = tmp_path_factory.mktemp("pipeline")
+    generate_synth(root / "synth", SynthConfig(scenes=7, image_size=64, max_objects=3, supersample=1))
+    clip = save_tiny_clip(root / "clip")
+    encoder = create_encoder("clip", model_path=str(clip), coarse_layer=1)
+    extract_features(load_dataset("synth", root / "synth"), root / "synth", root / "feats", encoder,
+                     ExtractConfig(workers=0, progress=False, shard_size=4), RegionConfig(max_regions=4))
+    store = FeatureStore(root / "feats")
+    d = store.dims
+    torch.manual_seed(0)
+    AlignmentHeads(AlignConfig(coarse_dim=d["coarse"], region_dim=d["region"], text_dim=d["text"], dim=16,
+                               hidden=16)).save_pretrained(root / "heads")
+    ctrl = GranularityController(ControllerConfig(state_dim=d["text"] + d["coarse"] + 1, hidden=8, layers=1,
+                                                  codebook=2, text_dim=d["text"]))
+    s_t, s_i = query_states(store.texts().embeddings, store.images().coarse)
+    ctrl.fit_inputs(torch.cat([s_t, s_i]))
+    ctrl.save_pretrained(root / "ppo" / "controller")
+    HallucinationDetector(DetectorConfig(coarse_dim=d["coarse"], region_dim=d["region"], text_dim=d["text"], dim=8,
+                                         hidden=8)).save_pretrained(root / "detector")
+    vocab = Vocabulary.build(store.texts().captions, VocabConfig(max_len=12))
+    dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), visual_dim=16, width=16, layers=1, heads=2,
+                                       max_len=vocab.max_len + 2, granularities=("scene", "object")))
+    dec.save_pretrained(root / "decoder", vocab)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipe(parts):
+    from dsanchor.pipeline import load, save_pipeline
+
+    save_pipeline(parts / "pipe", parts / "feats", parts / "heads", parts / "ppo", parts / "detector",
+                  parts / "decoder", fixed_g=0.4)
+    return load(parts / "pipe")
+
+
+def _images(parts):
+    return sorted((parts / "synth" / "images").glob("*.png"))
+
+
+def test_saved_pipeline_is_json_and_safetensors_and_loads_the_same(parts, pipe):
+    from dsanchor.pipeline import load
+
+    files = {p.suffix for p in (parts / "pipe").rglob("*") if p.is_file()}
+    assert files <= {".json", ".safetensors"}  # nothing to unpickle
+    meta = json.loads((parts / "pipe" / "pipeline.json").read_text())
+    assert meta["parts"] == {"heads": True, "controller": True, "detector": True, "decoder": True}
+    assert meta["encoder"]["name"] == "clip" and meta["fixed_g"] == 0.4
+    again = load(parts / "pipe")
+    img = _images(parts)[0]
+    a, b = pipe.choose_g(image=img), again.choose_g(image=img)
+    assert a == b and a.source == "controller" and a.query_type in (2, 3)  # image query types: k..2k-1
+    t = pipe.choose_g(text="a red cube")
+    assert t.query_type in (0, 1) and 0.0 <= t.g <= 1.0 and "query type" in t.describe()
+    assert pipe.choose_g(text="a red cube", g=0.25).describe() == "g = 0.25 (given)"
+
+
+def test_parts_that_do_not_fit_are_one_line_errors(parts, pipe):
+    from dsanchor.captioning import DecoderConfig
+    from dsanchor.captioning.decoder import CaptionDecoder
+    from dsanchor.controller import ControllerConfig, GranularityController
+    from dsanchor.pipeline import _replace, load
+
+    wrong_ctrl = GranularityController(ControllerConfig(state_dim=7))
+    with pytest.raises(ConfigError, match="controller reads states of size 7"):
+        _replace(pipe, controller=wrong_ctrl)
+    wrong_dec = CaptionDecoder(DecoderConfig(vocab_size=len(pipe.vocab), visual_dim=12, width=16, layers=1, heads=2,
+                                             max_len=pipe.vocab.max_len + 2))
+    with pytest.raises(ConfigError, match="reads 12-d visual tokens"):
+        _replace(pipe, decoder=wrong_dec)
+    with pytest.raises(ConfigError, match="heads expect features"):
+        _replace(pipe, encoder={**pipe.encoder_spec, "dims": {**pipe.encoder_spec["dims"], "text": 3}})
+    with pytest.raises(DataError, match="not a saved DSA pipeline"):
+        load(parts / "heads")
+    no_ctrl = _replace(pipe, controller=None)
+    assert no_ctrl.choose_g(text="a cube").source == "fixed" and no_ctrl.choose_g(text="a cube").g == 0.4
+
+
+def test_api_index_search_rank_and_caption(parts, pipe):
+    images = _images(parts)
+    idx = pipe.index(parts / "synth" / "images", progress=False, workers=0)  # in memory
+    assert len(idx) == len(images) and sorted(idx.paths) == sorted(str(p) for p in images)
+    hits = pipe.search("a large green metal sphere", idx, k=3)
+    assert [h.rank for h in hits] == [1, 2, 3] and hits[0].score >= hits[1].score >= hits[2].score
+    assert len({h.path for h in hits}) == 3 and all(h.g == hits[0].g for h in hits)
+    assert pipe.search("a large green metal sphere", idx, k=3, g=0.0)[0].g == 0.0
+    # search agrees with exact DSA scoring of the whole (small) gallery
+    from dsanchor.retrieval import anchored_scores, pair_terms
+
+    text = pipe.heads.encode_text(pipe.encode_texts(["a large green metal sphere"]))
+    exact = anchored_scores(pair_terms(text, idx.joint, pipe.heads.pool_s.item()), torch.tensor([[hits[0].g]]))[0]
+    assert [idx.paths[i] for i in exact.topk(3).indices.tolist()] == [h.path for h in hits]
+    ranked, choice = pipe.rank_captions(images[0], ["a red cube", "there are two objects", "a blue sphere"])
+    assert sorted(c for c, _ in ranked) == sorted(["a red cube", "there are two objects", "a blue sphere"])
+    assert [s for _, s in ranked] == sorted((s for _, s in ranked), reverse=True) and choice.source == "controller"
+    caps = pipe.caption(images[:2], g=0.7)
+    assert len(caps) == 2 and set(caps[0]["captions"]) == {"scene", "object"} and caps[0]["g"] == 0.7
+    assert all(isinstance(t, str) for c in caps for t in c["captions"].values())
+    with pytest.raises(ConfigError, match=r"\[0, 1\]"):
+        pipe.caption(images[0], g=1.5)
+    with pytest.raises(ConfigError, match="non-empty"):
+        pipe.search("  ", idx)
+
+
+def test_a_killed_index_run_resumes_to_the_same_index(parts, pipe, tmp_path, monkeypatch):
+    import dsanchor.features.extract as extract_module
+    from dsanchor.index import build_index, load_index
+
+    folder = parts / "synth" / "images"
+    whole = build_index(pipe, folder, tmp_path / "whole", workers=0, shard_size=2, progress=False)
+    real_write = extract_module.StoreWriter.write_shard
+    calls = []
+
+    def dying(self, index, data):
+        calls.append(index)
+        if len(calls) == 2:
+            raise KeyboardInterrupt  # killed while writing the second shard
+        return real_write(self, index, data)
+
+    monkeypatch.setattr(extract_module.StoreWriter, "write_shard", dying)
+    with pytest.raises(KeyboardInterrupt):
+        build_index(pipe, folder, tmp_path / "killed", workers=0, shard_size=2, progress=False)
+    monkeypatch.setattr(extract_module.StoreWriter, "write_shard", real_write)
+    with pytest.raises(DataError, match="unfinished"):
+        load_index(tmp_path / "killed")
+    done = []
+    monkeypatch.setattr(extract_module.StoreWriter, "write_shard",
+                        lambda self, i, data: (done.append(i), real_write(self, i, data))[1])
+    build_index(pipe, folder, tmp_path / "killed", workers=0, shard_size=2, progress=False)
+    assert 0 not in done  # the first shard was kept
+    resumed, _ = load_index(tmp_path / "killed")
+    assert resumed.paths == whole.paths
+    torch.testing.assert_close(resumed.joint.coarse, whole.joint.coarse)
+    q = "a small red rubber cube"
+    assert [h.path for h in pipe.search(q, resumed, k=4)] == [h.path for h in pipe.search(q, whole, k=4)]
+
+
+def test_index_of_another_pipeline_is_refused(parts, pipe, tmp_path):
+    from dsanchor.index import build_index, load_index
+    from dsanchor.pipeline import _replace
+
+    build_index(pipe, parts / "synth" / "images", tmp_path / "idx", workers=0, progress=False)
+    other = _replace(pipe, heads=type(pipe.heads)(pipe.heads.config))
+    with pytest.raises(ConfigError, match="another pipeline"):
+        load_index(tmp_path / "idx", other)
+    with pytest.raises(ConfigError, match="another pipeline"):
+        build_index(other, parts / "synth" / "images", tmp_path / "idx", workers=0, progress=False)
+
+
+def test_commands_index_search_caption(parts, pipe, tmp_path, capsys):
+    idx = tmp_path / "idx"
+    assert cli_main(["index", "--pipeline", str(parts / "pipe"), "--images", str(parts / "synth" / "images"),
+                     "--out", str(idx), "--workers", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli_main(["search", "--index", str(idx), "--query", "a large green metal sphere", "--k", "2",
+                     "--json"]) == 0
+    out = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert len(out["results"]) == 2 and set(out["results"][0]) == {"path", "score", "g"}
+    assert out["source"] == "controller"
+    img = str(_images(parts)[0])
+    assert cli_main(["caption", "--pipeline", str(parts / "pipe"), img, "--g", "0.5", "--json"]) == 0
+    row = json.loads(capsys.readouterr().out.strip().splitlines()[-1])
+    assert row["image"] == img and row["g"] == 0.5 and set(row["captions"]) == {"scene", "object"}
+    assert cli_main(["search", "--index", str(idx), "--image", img]) == 2  # no captions in a folder index
+    assert "holds no captions" in capsys.readouterr().err
+    # a dataset index holds its captions: image -> caption ranking
+    assert cli_main(["index", "--pipeline", str(parts / "pipe"), "--data", str(parts / "synth"), "--format",
+                     "synth", "--out", str(tmp_path / "ds"), "--workers", "0", "--no-progress"]) == 0
+    capsys.readouterr()
+    assert cli_main(["search", "--index", str(tmp_path / "ds"), "--image", img, "--k", "3", "--json"]) == 0
+    res = json.loads(capsys.readouterr().out.strip().splitlines()[-1])["results"]
+    assert len(res) == 3 and all("caption" in r for r in res)
+
+
+def test_folder_loader_reads_any_size_and_names_a_bad_file(tmp_path):
+    from PIL import Image
+
+    from dsanchor.data import load_dataset
+
+    (tmp_path / "sub").mkdir()
+    Image.new("RGB", (120, 40)).save(tmp_path / "b.PNG")
+    Image.new("RGB", (30, 90)).save(tmp_path / "sub" / "a.jpg")
+    (tmp_path / "notes.txt").write_text("not an image")
+    samples = load_dataset("images", tmp_path)
+    assert [(s.image_path, s.width, s.height) for s in samples] == [("b.PNG", 120, 40), ("sub/a.jpg", 30, 90)]
+    (tmp_path / "c.png").write_text("broken")
+    with pytest.raises(DataError, match="c.png.*not a readable image"):
+        load_dataset("images", tmp_path)
+    with pytest.raises(DataError, match="has no splits"):
+        load_dataset("images", tmp_path / "sub", split="train")
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DataError, match="no image files"):
+        load_dataset("images", tmp_path / "empty")
