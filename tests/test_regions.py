@@ -153,3 +153,14 @@ def test_pad_boxes():
     assert boxes.shape == (5, 4) and mask.tolist() == [True, True, True, False, False]
     assert boxes[3:].abs().sum() == 0
     assert pad_boxes(torch.ones(7, 4), 5)[1].all()
+
+
+def test_stores_record_new_region_fields_only_away_from_their_defaults():
+    from dsanchor.encoders.regions import region_record
+
+    old_keys = {"max_regions", "grid_scales", "components", "background_tolerance", "background_min_fraction",
+                "min_component_area", "proposal_size"}
+    assert set(region_record(RegionConfig())) == old_keys  # a store made before these fields still resumes
+    assert region_record(RegionConfig(annotations=False))["annotations"] is False
+    rec = region_record(RegionConfig(detector="weights/detr", detector_threshold=0.2))
+    assert rec["detector"] == "weights/detr" and rec["detector_threshold"] == 0.2

@@ -12,6 +12,7 @@ from typing import Any
 from dsanchor.config import config_from_dict
 from dsanchor.encoders.base import EncoderBackend, EncoderConfig, EncoderDims, ImageEncoding, pool_coarse
 from dsanchor.encoders.clip import CLIPEncoder, CLIPEncoderConfig, save_tiny_clip
+from dsanchor.encoders.detectors import RegionDetector, check_detector, nms, save_tiny_detr, save_tiny_owlvit
 from dsanchor.encoders.effnet_minilm import EffnetMiniLMConfig, EffnetMiniLMEncoder
 from dsanchor.encoders.regions import RegionConfig, propose_boxes, roi_align, roi_vectors, sample_boxes
 from dsanchor.encoders.transforms import ImageTransform, load_rgb
@@ -28,16 +29,21 @@ __all__ = [
     "ImageEncoding",
     "ImageTransform",
     "RegionConfig",
+    "RegionDetector",
+    "check_detector",
     "create_encoder",
     "encoder_config_class",
     "list_encoders",
     "load_rgb",
+    "nms",
     "pool_coarse",
     "propose_boxes",
     "roi_align",
     "roi_vectors",
     "sample_boxes",
     "save_tiny_clip",
+    "save_tiny_detr",
+    "save_tiny_owlvit",
 ]
 
 DEFAULT_ENCODER = "effnet-minilm"

@@ -1,8 +1,10 @@
 """The object-detection module: which regions of an image get a region vector, and RoI-align.
 
 Boxes come from the dataset's object annotations where an image has them. An image without boxes
-gets a class-agnostic fallback: the connected components of the pixels that differ from a uniform
-background (CLEVR-like renders), followed by the cells of a multi-scale grid.
+gets the boxes of a transformers object detector when one is configured (``RegionConfig.detector``,
+run by :class:`dsanchor.encoders.detectors.RegionDetector`), else a class-agnostic fallback: the
+connected components of the pixels that differ from a uniform background (CLEVR-like renders),
+followed by the cells of a multi-scale grid.
 
 Boxes are ``x, y, w, h``: in pixels on the way in, normalised to [0, 1] by the image size in the
 store and in :func:`roi_align`.
@@ -26,6 +28,7 @@ from dsanchor.data.records import ObjectAnnotation
 
 __all__ = [
     "RegionConfig",
+    "annotated_boxes",
     "annotation_boxes",
     "component_boxes",
     "grid_boxes",
@@ -40,7 +43,7 @@ __all__ = [
 
 @dataclass
 class RegionConfig:
-    """Which boxes an image gets (annotations first, else class-agnostic proposals)."""
+    """Which boxes an image gets: annotations first, else a local detector's (if set), else class-agnostic proposals."""
 
     max_regions: int = field(default=10, metadata={"help": "regions per image R; padded and masked; "
                                                            "keeps the R largest annotated boxes"})
@@ -57,14 +60,50 @@ class RegionConfig:
     proposal_size: int = field(default=128, metadata={
         "help": "longest side of the downsampled copy that components are found on"})
     annotations: bool = field(default=True, metadata={
-        "help": "use annotated boxes where an image has them; off: every image gets the fallback, as images "
-                "without boxes do (e.g. to train on synth the way real CLEVR renders are seen)"})
+        "help": "use annotated boxes where an image has them; off: every image gets what images without boxes "
+                "get, the detector's boxes or the fallback (e.g. to train on synth the way real CLEVR renders "
+                "are seen)"})
+    detector: str = field(default="", metadata={
+        "help": "local transformers object detector (DETR family or OWL-ViT/OWLv2, a save_pretrained folder) "
+                "for images without annotated boxes; empty: none, they get the fallback"})
+    detector_threshold: float = field(default=0.3, metadata={
+        "help": "detector score threshold in [0, 1]; an image with no box above it gets the fallback "
+                "(OWL-ViT scores run lower than DETR's: try 0.1)"})
+    detector_iou: float = field(default=0.5, metadata={
+        "help": "non-maximum suppression: a box overlapping a higher-scored one by more IoU than this is dropped"})
+    detector_queries: tuple[str, ...] = field(default=("an object", "a person", "an animal", "a vehicle"),
+                                              metadata={"help": "OWL-ViT/OWLv2 text queries (open vocabulary), "
+                                                                "e.g. 'a cube' 'a sphere' 'a cylinder' for CLEVR"})
+    detector_batch_size: int = field(default=8, metadata={
+        "help": "images per detector forward pass (in extraction, at most the images of one batch)"})
 
     def __post_init__(self) -> None:
         if self.max_regions < 1:
             raise ValueError(f"max_regions must be >= 1, got {self.max_regions}")
         if not self.grid_scales or min(self.grid_scales) < 1:
             raise ValueError(f"grid_scales must be positive integers, got {self.grid_scales}")
+        for name in ("detector_threshold", "detector_iou"):
+            if not 0.0 <= getattr(self, name) <= 1.0:
+                raise ValueError(f"{name} must be in [0, 1], got {getattr(self, name)}")
+        if self.detector_batch_size < 1:
+            raise ValueError(f"detector_batch_size must be >= 1, got {self.detector_batch_size}")
+        if not self.detector_queries or not all(q.strip() for q in self.detector_queries):
+            raise ValueError(f"detector_queries must be non-empty texts, got {self.detector_queries}")
+
+
+def region_record(config: RegionConfig) -> dict:
+    """The config as a feature store records it: fields added after the first stores (``annotations`` and the
+    ``detector*`` fields) are left out at their defaults, so a store made before them still matches its plan
+    and resumes."""
+    from dsanchor.config import config_to_dict
+
+    d = config_to_dict(config)
+    if d.get("annotations", True):
+        d.pop("annotations", None)
+    if not d.get("detector"):
+        for k in [k for k in d if k.startswith("detector")]:
+            d.pop(k)
+    return d
 
 
 def annotation_boxes(objects: Sequence[ObjectAnnotation], width: float, height: float,
@@ -150,23 +189,45 @@ def normalize_boxes(boxes: torch.Tensor, width: float, height: float) -> torch.T
     return (boxes.float() / scale).clamp_(0.0, 1.0)
 
 
-def sample_boxes(objects: Sequence[ObjectAnnotation], declared_size: tuple[int, int], image: Image.Image,
-                 config: RegionConfig) -> torch.Tensor:
-    """The normalised boxes of one image: its annotations (unless ``config.annotations`` is off), else the
-    proposal fallback.
+def annotated_boxes(objects: Sequence[ObjectAnnotation], declared_size: tuple[int, int], image: Image.Image,
+                    config: RegionConfig) -> torch.Tensor:
+    """The annotated boxes :func:`sample_boxes` uses, normalised; empty when there are none (or annotations are off).
 
     Annotated boxes are in the frame of the size the dataset declares (``declared_size``, the
     Sample's width and height); when that is unknown (zero) the image's own size is used.
 
     Returns:
-        (n, 4) float32 xywh in [0, 1], 1 <= n <= max_regions.
+        (n, 4) float32 xywh in [0, 1], 0 <= n <= max_regions.
     """
     width, height = declared_size
     if width <= 0 or height <= 0:
         width, height = image.size
     boxes = annotation_boxes(objects if config.annotations else (), width, height, config.max_regions)
+    return normalize_boxes(boxes, width, height)
+
+
+def sample_boxes(objects: Sequence[ObjectAnnotation], declared_size: tuple[int, int], image: Image.Image,
+                 config: RegionConfig, detected: torch.Tensor | None = None) -> torch.Tensor:
+    """The normalised boxes of one image: its annotations (unless ``config.annotations`` is off), else the
+    detector's boxes ``detected``, else the proposal fallback.
+
+    Args:
+        objects: the image's annotations (see :func:`annotated_boxes` for their frame).
+        declared_size: the Sample's width and height.
+        image: the opened image.
+        config: the region settings.
+        detected: (n, 4) pixel xywh boxes in the frame of ``image``, from
+            :meth:`dsanchor.encoders.detectors.RegionDetector.detect`; None (or empty) when there is no
+            detector, which gives the fallback.
+
+    Returns:
+        (n, 4) float32 xywh in [0, 1], 1 <= n <= max_regions.
+    """
+    boxes = annotated_boxes(objects, declared_size, image, config)
     if boxes.shape[0] > 0:
-        return normalize_boxes(boxes, width, height)
+        return boxes
+    if detected is not None and detected.shape[0] > 0:
+        return normalize_boxes(detected[: config.max_regions], *image.size)
     return normalize_boxes(propose_boxes(image, config), *image.size)
 
 

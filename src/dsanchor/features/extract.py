@@ -29,14 +29,15 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
+from PIL import Image
 from safetensors.torch import save
 from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
-from dsanchor.config import config_to_dict
 from dsanchor.data.records import Sample
 from dsanchor.encoders.base import EncoderBackend
-from dsanchor.encoders.regions import RegionConfig, pad_boxes, sample_boxes
+from dsanchor.encoders.detectors import RegionDetector, check_detector
+from dsanchor.encoders.regions import RegionConfig, annotated_boxes, pad_boxes, region_record, sample_boxes
 from dsanchor.encoders.transforms import ImageTransform, load_rgb
 from dsanchor.errors import ConfigError, DataError
 from dsanchor.features.store import (
@@ -108,10 +109,14 @@ class ExtractResult:
 
 
 class ImageBoxDataset(Dataset):
-    """Opens one image, picks its boxes and preprocesses it (runs inside DataLoader workers).
+    """Opens images, picks their boxes and preprocesses them (runs inside DataLoader workers).
 
     Items are ``(index, pixels (3, S, S), boxes (R, 4), mask (R,), error)``; a file that cannot be read
     gives zeros and the error message, which the main process raises as a :class:`DataError`.
+
+    With ``regions.detector`` set, each process (every DataLoader worker, or the main process with no
+    workers) loads the detector once, on its first batch, and runs it once per batch over the images
+    of the batch that have no annotated boxes (``detector_batch_size`` at a time).
     """
 
     def __init__(self, samples: Sequence[Sample], root: str | Path, transform: ImageTransform,
@@ -120,19 +125,55 @@ class ImageBoxDataset(Dataset):
         self.root = Path(root)
         self.transform = transform
         self.regions = regions
+        if regions.detector:
+            check_detector(regions.detector)  # a bad path fails here in one line, not inside a worker
+        self._detector: RegionDetector | None = None  # loaded on first use, once per process
+
+    def __getstate__(self) -> dict[str, Any]:
+        return {**self.__dict__, "_detector": None}  # a worker loads its own detector
 
     def __len__(self) -> int:
         return len(self.samples)
 
     def __getitem__(self, index: int) -> tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, str]:
-        s = self.samples[index]
+        return self.__getitems__([index])[0]
+
+    def __getitems__(self, indices: Sequence[int]) -> list[tuple[int, torch.Tensor, torch.Tensor, torch.Tensor, str]]:
+        """One batch (the DataLoader calls this with a batch's indices)."""
         R, S = self.regions.max_regions, self.transform.size
-        try:
-            image = load_rgb(self.root / s.image_path)
-        except DataError as exc:
-            return index, torch.zeros(3, S, S), torch.zeros(R, 4), torch.zeros(R, dtype=torch.bool), exc.message
-        boxes, mask = pad_boxes(sample_boxes(s.objects, (s.width, s.height), image, self.regions), R)
-        return index, self.transform(image), boxes, mask, ""
+        images: dict[int, Image.Image] = {}
+        errors: dict[int, str] = {}
+        for i in indices:
+            try:
+                images[i] = load_rgb(self.root / self.samples[i].image_path)
+            except DataError as exc:
+                errors[i] = exc.message
+        detected = self._detect(images)
+        out = []
+        for i in indices:
+            if i in errors:
+                out.append((i, torch.zeros(3, S, S), torch.zeros(R, 4), torch.zeros(R, dtype=torch.bool), errors[i]))
+                continue
+            s, image = self.samples[i], images[i]
+            boxes = sample_boxes(s.objects, (s.width, s.height), image, self.regions, detected.get(i))
+            padded, mask = pad_boxes(boxes, R)
+            out.append((i, self.transform(image), padded, mask, ""))
+        return out
+
+    def _detect(self, images: dict[int, Image.Image]) -> dict[int, torch.Tensor]:
+        """Detector boxes (pixels, (n, 4) xywh) of the images without annotated boxes; {} with no detector."""
+        if not self.regions.detector:
+            return {}
+        todo = []
+        for i, image in images.items():
+            s = self.samples[i]
+            if annotated_boxes(s.objects, (s.width, s.height), image, self.regions).shape[0] == 0:
+                todo.append(i)
+        if not todo:
+            return {}
+        if self._detector is None:
+            self._detector = RegionDetector(self.regions)
+        return dict(zip(todo, self._detector.detect([images[i] for i in todo]), strict=True))
 
 
 class TextCache:
@@ -212,7 +253,7 @@ def build_plan(samples: Sequence[Sample], root: str | Path, encoder: EncoderBack
     plan = {
         "format_version": FORMAT_VERSION,
         "encoder": enc,
-        "regions": config_to_dict(regions),
+        "regions": region_record(regions),
         "source": {"root": str(Path(root).resolve()), **(source or {})},
         "shard_size": config.shard_size,
         "n_shards": -(-len(samples) // config.shard_size),
@@ -244,6 +285,8 @@ def extract_features(samples: Sequence[Sample], root: str | Path, out: str | Pat
         The store directory and what this process did (counts, time per stage).
     """
     config, regions = config or ExtractConfig(), regions or RegionConfig()
+    if regions.detector:
+        check_detector(regions.detector)  # before the store is started
     rank, world = _rank_world()
     plan = build_plan(samples, root, encoder, config, regions, source)
     writer = StoreWriter(out, plan, overwrite=config.overwrite)
