@@ -38,6 +38,8 @@ SIZES: dict[str, tuple[dict, dict]] = {
                    "two_stage_queries": 100, "repeats": 1}),
     "controller": ({"gallery": 1000, "repeats": 30}, {"gallery": 1000, "repeats": 10}),
     "ppo_env": ({"ppo_steps": 4096, "raw_steps": 5000}, {"ppo_steps": 2048, "raw_steps": 2000}),
+    "search_scale": ({"gallery": 100_000, "queries": 256, "index_size": 10_000, "single_queries": 50},
+                     {"gallery": 20_000, "queries": 64, "index_size": 10_000, "single_queries": 20, "repeats": 1}),
 }
 
 Row = tuple[str, str, str, str]  # metric, value, target, met?
@@ -97,9 +99,27 @@ def _ppo_rows(r: dict) -> list[Row]:
              f"< {r['ppo_time_target_s']:.0f}", _met(r["meets_ppo_time_target"]))]
 
 
+def _search_scale_rows(r: dict) -> list[Row]:
+    size, k = f"{r['queries']} x {r['gallery']:,} x R={r['regions']}", r["k"]
+    rows = [(f"exact DSA {size}, ms/query", f"{r['exact_ms_per_query']:.2f}", "", _met(None)),
+            (f"exact DSA: chunked top-{k} = unchunked", "yes" if r["exact_chunking_ok"] else "no", "yes",
+             _met(r["exact_chunking_ok"]))]
+    for m in r["ms"]:
+        s = r[f"m{m}"]
+        rows += [(f"two-stage M={m:,} (faiss + DSA), ms/query (speed-up)",
+                  f"{s['ms_per_query']:.3f} ({s['speedup']:.0f}x)", "", _met(None)),
+                 (f"two-stage M={m:,}: exact top-{k} / top-1 lost (random vectors: worst case)",
+                  f"{100 * s[f'lost_top{k}']:.1f} % / {100 * s['lost_top1']:.1f} %", "", _met(None))]
+    return rows + [
+        (f"one text query, {r['index_size']:,}-image index, median ms (encoder ms)",
+         f"{r['total_ms']:.2f} ({r['encode_ms']:.2f})", "", _met(None)),
+        ("controller (state + MLP) / whole query", f"{100 * r['controller_share']:.2f} %",
+         f"<= {100 * r['share_target']:.0f} %", _met(r["meets_target"]))]
+
+
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "synth": _synth_rows, "extract": _extract_rows, "retrieval": _retrieval_rows,
-    "controller": _controller_rows, "ppo_env": _ppo_rows,
+    "controller": _controller_rows, "ppo_env": _ppo_rows, "search_scale": _search_scale_rows,
 }
 
 

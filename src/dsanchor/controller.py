@@ -155,9 +155,19 @@ class GranularityController(PretrainedMixin, nn.Module):
         """
         state = self._check(state)
         dt, k = self.config.text_dim, self.config.codebook
-        code_t = (state[:, :dt] @ self.text_centroids.T).argmax(1)
-        code_i = (state[:, dt:-1] @ self.image_centroids.T).argmax(1) + k
-        return torch.where(state[:, -1] > 0.5, code_i, code_t)
+        if state.shape[0] == 1:  # one query, as at inference: its direction read on the host, one branch run
+            is_image, n_image = None, int(state[0, -1].item() > 0.5)
+        else:
+            is_image = state[:, -1] > 0.5  # (B,)
+            n_image = int(is_image.sum())
+        # linear(x, c) is x @ c.T (the same matmul) in one call; (B, k) scores, argmax over the centroids
+        if n_image == 0:  # text queries only
+            return nn.functional.linear(state[:, :dt], self.text_centroids).argmax(1)
+        code_i = nn.functional.linear(state[:, dt:-1], self.image_centroids).argmax(1) + k
+        if n_image == state.shape[0]:  # image queries only
+            return code_i
+        code_t = nn.functional.linear(state[:, :dt], self.text_centroids).argmax(1)
+        return torch.where(is_image, code_i, code_t)
 
     def encode(self, state: torch.Tensor) -> torch.Tensor:
         """What the MLP reads: the state itself, or with a codebook the (B, 2k) one-hot query type."""
@@ -167,12 +177,26 @@ class GranularityController(PretrainedMixin, nn.Module):
 
     def _code_table(self) -> torch.Tensor:
         """(2k,) mean g of every query type, recomputed only when a parameter or buffer has changed."""
-        key = tuple((id(t), t._version) for t in (*self.parameters(), *self.buffers()))
+        key = self._tensor_key()
         if getattr(self, "_table_key", None) != key:
             eye = torch.eye(self.input_dim, dtype=self.state_mean.dtype)
             self._table = self._mean_g(self.head(self.body(self.normalize(eye))))
             self._table_key = key
         return self._table
+
+    def _tensor_key(self) -> list[tuple[int, int]]:
+        """(id, version) of every parameter and buffer of the module tree: changes with any of them.
+
+        Read from the modules' own dicts: the generators behind ``parameters()`` and ``buffers()`` cost more
+        than the whole codebook lookup, and this runs on every inference call.
+        """
+        key, stack = [], [self]
+        while stack:
+            module = stack.pop()
+            for tensors in (module._parameters, module._buffers):
+                key += [(id(t), t._version) for t in tensors.values() if t is not None]
+            stack += [m for m in module._modules.values() if m is not None]
+        return key
 
     def set_normalization(self, mean: torch.Tensor, std: torch.Tensor) -> None:
         """Store the statistics used to standardise the encoded states (:meth:`encode`)."""
@@ -199,7 +223,7 @@ class GranularityController(PretrainedMixin, nn.Module):
         With a codebook and no gradient (inference), g is read from a table of the 2k query types.
         """
         if self.config.codebook and not torch.is_grad_enabled():
-            return self._code_table()[self.code(state)]
+            return self._code_table().index_select(0, self.code(state))  # = table[code], fewer kernels
         return self._mean_g(self._raw(state))
 
     def _mean_g(self, out: torch.Tensor) -> torch.Tensor:

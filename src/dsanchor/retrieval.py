@@ -23,8 +23,8 @@ import torch
 
 from dsanchor.align.heads import JointFeatures
 
-__all__ = ["PairTerms", "pair_terms", "anchored_scores", "pool_pairs", "positives_matrix", "topk_search",
-           "two_stage_scores", "two_stage_search", "rerank_terms"]
+__all__ = ["PairTerms", "pair_terms", "anchored_scores", "pool_pairs", "positives_matrix", "faiss_index",
+           "topk_search", "two_stage_scores", "two_stage_search", "rerank_terms"]
 
 
 class PairTerms(NamedTuple):
@@ -106,27 +106,44 @@ def pool_pairs(text: torch.Tensor, regions: torch.Tensor, mask: torch.Tensor, po
     return torch.nn.functional.normalize(torch.einsum("pr,prd->pd", w, regions), dim=-1)  # (P, D)
 
 
+def faiss_index(gallery: torch.Tensor):
+    """A faiss ``IndexFlatIP`` over ``gallery`` (G, D), built once for :func:`topk_search` to reuse.
+
+    Building copies the whole gallery (a 10k x 256 index costs several times a single query's search), so
+    a fixed gallery searched query by query should pass its index to every call.
+    """
+    import faiss
+
+    index = faiss.IndexFlatIP(gallery.shape[1])
+    index.add(gallery.float().contiguous().numpy())
+    return index
+
+
 @torch.no_grad()
 def topk_search(queries: torch.Tensor, gallery: torch.Tensor, k: int, backend: str = "torch",
-                chunk: int = 1024) -> tuple[torch.Tensor, torch.Tensor]:
+                chunk: int = 1024, index=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Exact inner-product top-k with bounded memory.
 
     Args:
         queries: (Q, D). gallery: (G, D). k: neighbours per query (clipped to G).
         backend: "torch" (chunked matmul) or "faiss" (``IndexFlatIP``).
+        index: with backend "faiss", a :func:`faiss_index` of ``gallery`` to search instead of building one.
     Returns:
         scores (Q, k) and indices (Q, k), best first.
     """
     k = min(k, gallery.shape[0])
     if backend == "faiss":
-        import faiss
-
-        index = faiss.IndexFlatIP(gallery.shape[1])
-        index.add(gallery.float().contiguous().numpy())
+        if index is None:
+            index = faiss_index(gallery)
+        elif (index.ntotal, index.d) != tuple(gallery.shape):
+            raise ValueError(f"the faiss index holds {index.ntotal} vectors of size {index.d} but the gallery is "
+                             f"{tuple(gallery.shape)}; build it with faiss_index(gallery)")
         s, i = index.search(queries.float().contiguous().numpy(), k)
         return torch.from_numpy(s), torch.from_numpy(i).long()
     if backend != "torch":
         raise ValueError(f"unknown search backend {backend!r}; valid: ['faiss', 'torch']")
+    if index is not None:
+        raise ValueError("a prebuilt index is searched by backend='faiss'; got backend='torch'")
     scores, idx = [], []
     for start in range(0, queries.shape[0], chunk):
         s, i = (queries[start:start + chunk] @ gallery.T).topk(k, dim=1)
@@ -179,16 +196,19 @@ def _per_query_g(g: torch.Tensor | float, q: int, dtype) -> torch.Tensor:
 
 @torch.no_grad()
 def two_stage_search(text: torch.Tensor, images: JointFeatures, pool_s: float, g: torch.Tensor | float,
-                     m: int = 100, k: int = 10, backend: str = "torch") -> tuple[torch.Tensor, torch.Tensor]:
+                     m: int = 100, k: int = 10, backend: str = "torch",
+                     index=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Text-to-image top-k: the coarse top-M from :func:`topk_search` (torch or faiss), re-ranked with DSA.
 
     Args:
         text: (Q, D). images: the gallery. g: per query (Q,) or a float. m: first-stage depth. k: results.
+        backend: first-stage search, "torch" or "faiss". index: with "faiss", a :func:`faiss_index` of
+            ``images.coarse`` reused across calls (else one is built per call).
     Returns:
         scores (Q, k) and gallery indices (Q, k), best first.
     """
     m = min(m, images.coarse.shape[0])
-    _, cand = topk_search(text, images.coarse, m, backend)  # (Q, M)
+    _, cand = topk_search(text, images.coarse, m, backend, index=index)  # (Q, M)
     scores = _rerank_chunks(text, images, pool_s, _per_query_g(g, text.shape[0], text.dtype), cand)  # (Q, M)
     top, pos = scores.topk(min(k, m), dim=1)
     return top, cand.gather(1, pos)
