@@ -90,6 +90,8 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--seeds", type=int, default=3)
     p.add_argument("--epochs", type=int, default=24, help="maximum epochs of each head training")
     p.add_argument("--threads", type=int, default=0)
+    p.add_argument("--against", default=None, help="another finished --out on the same real store: adds this run "
+                                                    "minus that one per row (fixed_best), with its interval")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -128,16 +130,47 @@ def main(argv: list[str] | None = None) -> dict:
                 for s in SCORINGS:
                     ranks["synth@synth"][s].append(r[s])
                 same_size.append(_same_size(heads, synth, len(real_test.images), val, seed))
+                synth_test = _view(heads, synth, "test")
+                hits_s = ranks["synth@synth"]["fixed_best"][-1].eq(1).double()
+                for kind, sel in _kinds(synth_test).items():
+                    if sel.any():
+                        by_kind.setdefault("synth@synth", {}).setdefault(kind, []).append(float(hits_s[sel].mean()))
             hits = ranks[row]["fixed_best"][-1].eq(1).double()  # (Q,) real test, this seed
             for kind, sel in _kinds(real_test).items():
                 by_kind.setdefault(row, {}).setdefault(kind, []).append(float(hits[sel].mean()))
                 kind_n[kind] = int(sel.sum())
     table = summarise(ranks, chosen, same_size, by_kind, kind_n, synth, real, real_test, args.seeds)
+    from safetensors.torch import save_file
+
+    from dsanchor.eval.compare import query_clusters
+
+    save_file({**{f"{row}.{sc}": torch.stack(rs).to(torch.int32) for row, by in ranks.items() for sc, rs in by.items()},
+               "cluster": query_clusters(real_test)["t2i"]}, str(out / "ranks.safetensors"))
+    if args.against:
+        table["against"] = {"run": args.against, **against(out, Path(args.against))}
     (out / "transfer.json").write_text(json.dumps(table, indent=2))
     md = markdown(table)
     (out / "transfer.md").write_text(md)
     print(md)
     return table
+
+
+def against(this: Path, other: Path) -> dict:
+    """Per row, this run's fixed_best minus the other run's on the same real test queries (R@1, R@10), with
+    the bootstrap over test images and seeds; e.g. two generator versions."""
+    from safetensors.torch import load_file
+
+    from dsanchor.eval.compare import cluster_bootstrap, query_metric
+
+    a, b = load_file(str(this / "ranks.safetensors")), load_file(str(other / "ranks.safetensors"))
+    if not torch.equal(a["cluster"], b["cluster"]):
+        raise SystemExit(f"{other} was scored on other test queries; compare runs on the same real store")
+    out = {}
+    for row in ("synth", "synth+ft"):
+        for m in ("R@1", "R@10"):
+            key = f"{row}.fixed_best"
+            out[f"{row}.{m}"] = cluster_bootstrap(query_metric(a[key], m) - query_metric(b[key], m), a["cluster"])
+    return out
 
 
 def summarise(ranks, chosen, same_size, by_kind, kind_n, synth, real, real_test, seeds: int) -> dict:
@@ -200,9 +233,11 @@ def markdown(t: dict) -> str:
               "| heads | " + " | ".join(f"{k} (n={t['fact_type_n'][k]})" for k in kinds) + " |",
               "|---|" + "---|" * len(kinds)]
     for row, by in t["by_fact_type"].items():
-        lines.append(f"| {row} | " + " | ".join(f"{by[k]:.3f}" for k in kinds) + " |")
+        lines.append(f"| {row} | " + " | ".join(f"{by[k]:.3f}" if k in by else "–" for k in kinds) + " |")
+    diffs = dict(t["differences"])
+    diffs.update({f"this run − {t['against']['run']}: {k}": v for k, v in t.get("against", {}).items() if k != "run"})
     lines += ["", "| difference (fixed_best, real test) | value [95% CI] |", "|---|---|"]
-    for k, d in t["differences"].items():
+    for k, d in diffs.items():
         star = "**" if d["lo"] > 0 or d["hi"] < 0 else ""
         lines.append(f"| {k} | {star}{d['diff']:+.3f} [{d['lo']:+.3f}, {d['hi']:+.3f}]{star} |")
     return "\n".join(lines) + "\n"

@@ -1,0 +1,309 @@
+"""`dsanchor serve`: the JSON API over HTTP (a server on port 0 in a thread) and, marked slow, the page in
+headless Chromium. Built on a tiny random CLIP encoder and randomly initialised parts (seconds, no downloads).
+
+The browser test needs the ``chromium`` and ``chromedriver`` binaries and the ``selenium`` package
+(``apt-get install chromium chromium-driver``, ``pip install -e .[dev]``) and is skipped without them. With
+``DSANCHOR_SCREENSHOT=path.png`` it saves a screenshot of the page there.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import threading
+import urllib.error
+import urllib.request
+
+import pytest
+import torch
+
+from dsanchor.cli import main as cli_main
+from dsanchor.errors import ConfigError
+
+QUERY = "a large green metal sphere"
+
+
+@pytest.fixture(scope="module")
+def parts(tmp_path_factory):
+    """A tiny synth dataset, its feature store (tiny CLIP) and every part of a pipeline, saved to folders."""
+    from dsanchor.align.heads import AlignConfig, AlignmentHeads
+    from dsanchor.captioning import DecoderConfig, VocabConfig, Vocabulary
+    from dsanchor.captioning.decoder import CaptionDecoder
+    from dsanchor.controller import ControllerConfig, GranularityController
+    from dsanchor.data import SynthConfig, generate_synth, load_dataset
+    from dsanchor.encoders import create_encoder
+    from dsanchor.encoders.clip import save_tiny_clip
+    from dsanchor.encoders.regions import RegionConfig
+    from dsanchor.features.extract import ExtractConfig, extract_features
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.hallucination import DetectorConfig, HallucinationDetector
+    from dsanchor.state import query_states
+
+    root = tmp_path_factory.mktemp("serve")
+    generate_synth(root / "synth", SynthConfig(scenes=7, image_size=64, max_objects=3, supersample=1))
+    clip = save_tiny_clip(root / "clip")
+    encoder = create_encoder("clip", model_path=str(clip), coarse_layer=1)
+    extract_features(load_dataset("synth", root / "synth"), root / "synth", root / "feats", encoder,
+                     ExtractConfig(workers=0, progress=False, shard_size=4), RegionConfig(max_regions=4))
+    store = FeatureStore(root / "feats")
+    d = store.dims
+    torch.manual_seed(0)
+    AlignmentHeads(AlignConfig(coarse_dim=d["coarse"], region_dim=d["region"], text_dim=d["text"], dim=16,
+                               hidden=16)).save_pretrained(root / "heads")
+    ctrl = GranularityController(ControllerConfig(state_dim=d["text"] + d["coarse"] + 1, hidden=8, layers=1,
+                                                  codebook=2, text_dim=d["text"]))
+    s_t, s_i = query_states(store.texts().embeddings, store.images().coarse)
+    ctrl.fit_inputs(torch.cat([s_t, s_i]))
+    ctrl.save_pretrained(root / "ppo" / "controller")
+    HallucinationDetector(DetectorConfig(coarse_dim=d["coarse"], region_dim=d["region"], text_dim=d["text"], dim=8,
+                                         hidden=8)).save_pretrained(root / "detector")
+    vocab = Vocabulary.build(store.texts().captions, VocabConfig(max_len=12))
+    dec = CaptionDecoder(DecoderConfig(vocab_size=len(vocab), visual_dim=16, width=16, layers=1, heads=2,
+                                       max_len=vocab.max_len + 2, granularities=("scene", "object")))
+    dec.save_pretrained(root / "decoder", vocab)
+    return root
+
+
+@pytest.fixture(scope="module")
+def pipe(parts):
+    from dsanchor.pipeline import load, save_pipeline
+
+    save_pipeline(parts / "pipe", parts / "feats", parts / "heads", parts / "ppo", parts / "detector",
+                  parts / "decoder", fixed_g=0.4)
+    return load(parts / "pipe")
+
+
+def _images(parts):
+    return sorted((parts / "synth" / "images").glob("*.png"))
+
+
+def _start(index_dir, pipeline):
+    from dsanchor.serve import make_server
+
+    server = make_server(index_dir, port=0, pipeline=pipeline)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    return server
+
+
+@pytest.fixture(scope="module")
+def server(parts, pipe):
+    """A server on a dataset index (it holds captions) of the tiny pipeline (it has a decoder)."""
+    from dsanchor.index import build_index
+
+    build_index(pipe, data=parts / "synth", format="synth", out=parts / "idx", workers=0, progress=False)
+    srv = _start(parts / "idx", parts / "pipe")
+    yield srv
+    srv.shutdown()
+    srv.server_close()
+
+
+def _call(srv, path: str, body: bytes | None = None, ctype: str | None = None):
+    """(status, headers, payload): the JSON of a JSON answer, else its bytes."""
+    req = urllib.request.Request(srv.url.rstrip("/") + path, data=body, headers={"Content-Type": ctype} if ctype
+                                 else {}, method="POST" if body is not None else "GET")
+    try:
+        with urllib.request.urlopen(req, timeout=60) as res:
+            status, headers, data = res.status, res.headers, res.read()
+    except urllib.error.HTTPError as err:
+        status, headers, data = err.code, err.headers, err.read()
+    return status, headers, json.loads(data) if headers["Content-Type"] == "application/json" else data
+
+
+def test_page_and_info(server, parts):
+    status, headers, page = _call(server, "/")
+    assert status == 200 and headers["Content-Type"].startswith("text/html")
+    html = page.decode()
+    for element in ('id="q"', 'id="search"', 'id="g"', 'type="range"', 'step="0.05"', 'id="use-controller"',
+                    "checked", 'type="file"', 'id="results"', 'id="error"'):
+        assert element in html
+    assert "http://" not in html and "https://" not in html and "<script src" not in html  # self-contained
+    status, _, info = _call(server, "/api/info")
+    assert status == 200 and info["images"] == len(_images(parts))
+    assert info["has_captions"] and info["has_decoder"] and info["has_controller"]
+
+
+def test_search_matches_the_pipeline(server, pipe):
+    status, _, out = _call(server, "/api/search?q=a+large+green+metal+sphere&k=3")
+    assert status == 200 and out["source"] == "controller" and out["query_type"] in (0, 1)
+    expected = pipe.search(QUERY, server.app.index, k=3)
+    assert [r["path"] for r in out["results"]] == [h.path for h in expected]
+    assert [r["score"] for r in out["results"]] == pytest.approx([h.score for h in expected])
+    assert [r["rank"] for r in out["results"]] == [1, 2, 3] and out["g"] == expected[0].g
+    assert out["describe"] == pipe.choose_g(text=QUERY).describe()
+    for r in out["results"]:
+        assert set(r) == {"path", "url", "score", "g", "rank"} and r["g"] == out["g"]
+        assert server.app.index.paths[int(r["url"].removeprefix("/image/"))] == r["path"]
+    status, _, given = _call(server, "/api/search?q=a+large+green+metal+sphere&k=4&g=0.3")
+    assert status == 200 and len(given["results"]) == 4 and given["source"] == "given"
+    assert given["describe"] == "g = 0.30 (given)" and {r["g"] for r in given["results"]} == {0.3}
+    status, _, many = _call(server, "/api/search?q=a+cube&k=50")  # more than the index holds
+    assert status == 200 and len(many["results"]) == len(server.app.index)
+
+
+def test_image_query_gives_the_controllers_g_captions_and_index_captions(server, parts, pipe):
+    img = _images(parts)[0]
+    status, _, out = _call(server, "/api/image", img.read_bytes(), "image/png")
+    assert status == 200, out
+    want = pipe.choose_g(image=img)
+    assert out["source"] == "controller" and out["g"] == pytest.approx(want.g) and out["query_type"] in (2, 3)
+    assert out["controller"]["g"] == out["g"] and out["describe"] == out["controller"]["describe"]
+    assert set(out["captions"]) == {"scene", "object"} and all(isinstance(c, str) for c in out["captions"].values())
+    assert len(out["index_captions"]) == server.app.config.caption_k
+    scores = [c["score"] for c in out["index_captions"]]
+    assert scores == sorted(scores, reverse=True)
+    status, _, given = _call(server, "/api/image?g=0.7&k=2", img.read_bytes(), "image/png")
+    assert status == 200 and given["g"] == 0.7 and given["source"] == "given" and len(given["index_captions"]) == 2
+    assert given["controller"]["g"] == pytest.approx(want.g)  # the controller's pick is still shown
+    assert given["captions"] == pipe.caption(img, g=0.7)[0]["captions"]
+
+
+def test_image_files_are_served_by_number_only(server):
+    index = server.app.index
+    status, headers, data = _call(server, "/image/0")
+    assert status == 200 and headers["Content-Type"] == "image/png"
+    assert data == open(index.paths[0], "rb").read()
+    for bad in (f"/image/{len(index)}", "/image/-1", "/image/..%2F..%2Fetc%2Fpasswd", "/image/../api/info",
+                "/image/", "/nowhere"):
+        status, _, out = _call(server, bad)
+        assert status == 404 and "error" in out, bad
+
+
+@pytest.mark.parametrize(("path", "body", "ctype", "match"), [
+    ("/api/search?q=", None, None, "query is empty"),
+    ("/api/search?q=%20%20&k=3", None, None, "query is empty"),
+    ("/api/search?k=3", None, None, "query is empty"),
+    ("/api/search?q=a+cube&g=1.5", None, None, r"\[0, 1\]"),
+    ("/api/search?q=a+cube&g=-0.1", None, None, r"\[0, 1\]"),
+    ("/api/search?q=a+cube&g=nan", None, None, r"\[0, 1\]"),
+    ("/api/search?q=a+cube&g=abc", None, None, "number"),
+    ("/api/search?q=a+cube&k=0", None, None, "k must lie"),
+    ("/api/search?q=a+cube&k=ten", None, None, "whole number"),
+    ("/api/image", b"certainly not a png", "image/png", "not a readable image"),
+    ("/api/image", b"", "image/png", "no image"),
+    ("/api/image", b"--x\r\n", "multipart/form-data; boundary=x", "raw bytes"),
+    ("/api/image?g=2", b"x", "image/png", "not a readable image"),
+])
+def test_bad_input_is_a_400_line(server, path, body, ctype, match):
+    import re
+
+    status, _, out = _call(server, path, body, ctype)
+    assert status == 400 and re.search(match, out["error"]) and "\n" not in out["error"]
+
+
+def test_bad_g_on_a_good_image_is_a_400(server, parts):
+    status, _, out = _call(server, "/api/image?g=1.2", _images(parts)[0].read_bytes(), "image/png")
+    assert status == 400 and "[0, 1]" in out["error"]
+
+
+def test_folder_index_without_decoder_answers_nulls(parts, pipe, tmp_path):
+    from dsanchor.index import build_index
+    from dsanchor.pipeline import _replace
+
+    build_index(pipe, parts / "synth" / "images", tmp_path / "idx", workers=0, progress=False)
+    srv = _start(tmp_path / "idx", _replace(pipe, decoder=None))
+    try:
+        _, _, info = _call(srv, "/api/info")
+        assert not info["has_captions"] and not info["has_decoder"]
+        status, _, out = _call(srv, "/api/image", _images(parts)[1].read_bytes(), "image/png")
+        assert status == 200 and out["captions"] is None and out["index_captions"] is None
+        assert out["source"] == "controller"
+    finally:
+        srv.shutdown()
+        srv.server_close()
+
+
+def test_busy_port_and_bad_index_are_one_line_errors(server, parts, tmp_path, capsys):
+    from dsanchor.cli import build_parser
+    from dsanchor.serve import DEFAULT_PORT, make_server
+
+    host, port = server.server_address[:2]
+    with pytest.raises(ConfigError, match="cannot listen"):
+        make_server(parts / "idx", host=host, port=port, pipeline=server.app.pipe)
+    args = build_parser().parse_args(["serve", "--index", "x"])
+    assert (args.port, args.host, args.pipeline) == (DEFAULT_PORT, "127.0.0.1", None)
+    assert cli_main(["serve", "--index", str(tmp_path / "none"), "--port", "0"]) == 2
+    assert "not a dsanchor index" in capsys.readouterr().err
+
+
+# ---- the page in a browser ---------------------------------------------------------------------------------------
+
+
+def _browser():
+    """A headless Chromium driver, or skip saying what is missing."""
+    webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (pip install "
+                                                                 "-e .[dev])")
+    chromium = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
+                    None)
+    driver = shutil.which("chromedriver")
+    if chromium is None or driver is None:
+        pytest.skip("the browser test needs the chromium and chromedriver binaries "
+                    "(apt-get install chromium chromium-driver)")
+    opts = webdriver.ChromeOptions()
+    opts.binary_location = chromium
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
+                "--window-size=1280,900"):
+        opts.add_argument(arg)
+    return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
+
+
+def drive_page(driver, url: str, query: str, k: int, image, g_steps: int = 3, timeout: float = 60) -> dict:
+    """Search by text with the controller's g, then with the slider's g, then upload ``image``; what the page
+    showed at each step (the README screenshot script calls this too)."""
+    from selenium.webdriver.common.by import By
+    from selenium.webdriver.common.keys import Keys
+    from selenium.webdriver.support import expected_conditions as ec
+    from selenium.webdriver.support.ui import WebDriverWait
+
+    wait = WebDriverWait(driver, timeout)
+    find = driver.find_element
+    driver.get(url)
+    wait.until(lambda d: "images" in find(By.ID, "info").text)
+    find(By.ID, "q").send_keys(query)
+    find(By.ID, "k").clear()
+    find(By.ID, "k").send_keys(str(k))
+    find(By.ID, "search").click()
+    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .hit")) == k)
+    first = {"summary": find(By.ID, "summary").text,
+             "hits": [(h.find_element(By.CLASS_NAME, "rank").text, h.find_element(By.CLASS_NAME, "score").text,
+                       h.find_element(By.CLASS_NAME, "g").text) for h in driver.find_elements(By.CSS_SELECTOR, ".hit")]}
+    find(By.ID, "use-controller").click()  # uncheck: the slider's g is sent
+    slider = find(By.ID, "g")
+    slider.click()
+    slider.send_keys(*[Keys.ARROW_RIGHT] * g_steps)
+    g = float(find(By.ID, "g-value").text)
+    find(By.ID, "search").click()
+    wait.until(ec.text_to_be_present_in_element((By.ID, "summary"), f"g = {g:.2f} (given)"))
+    second = {"g": g, "checked": find(By.ID, "use-controller").is_selected(), "summary": find(By.ID, "summary").text,
+              "g_texts": [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".hit .g")]}
+    find(By.ID, "file").send_keys(str(image))
+    wait.until(ec.text_to_be_present_in_element((By.ID, "image-g"), "picked for this image: g = "))
+    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#captions li") or not find(By.ID, "error").text == "")
+    upload = {"image_g": find(By.ID, "image-g").text, "error": find(By.ID, "error").text,
+              "captions": [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#captions li")],
+              "index_captions": [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#index-captions li")]}
+    return {"first": first, "second": second, "upload": upload}
+
+
+@pytest.mark.slow
+def test_page_in_headless_chromium(server, parts):
+    driver = _browser()
+    try:
+        seen = drive_page(driver, server.url, QUERY, 4, _images(parts)[0])
+        shot = os.environ.get("DSANCHOR_SCREENSHOT")
+        if shot:
+            driver.save_screenshot(shot)
+    finally:
+        driver.quit()
+    first, second, upload = seen["first"], seen["second"], seen["upload"]
+    assert "chosen by the controller" in first["summary"] and len(first["hits"]) == 4
+    controller_g = server.app.pipe.choose_g(text=QUERY).g
+    assert [h[0] for h in first["hits"]] == ["#1", "#2", "#3", "#4"]
+    scores = [float(h[1]) for h in first["hits"]]  # each card shows its score
+    assert scores == sorted(scores, reverse=True) and [h[2] for h in first["hits"]] == [f"g {controller_g:.2f}"] * 4
+    assert not second["checked"] and second["g"] == pytest.approx(0.65)  # a click sets 0.5, then 3 steps of 0.05
+    assert second["g_texts"] == [f"g {second['g']:.2f}"] * 4
+    assert upload["error"] == "" and "chosen by the controller" in upload["image_g"]
+    assert "shown at g = 0.65 (given)" in upload["image_g"]
+    assert len(upload["captions"]) == 2 and upload["captions"][0].startswith("scene: ")
+    assert len(upload["index_captions"]) == server.app.config.caption_k
