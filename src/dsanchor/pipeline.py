@@ -284,12 +284,17 @@ class DSAPipeline:
 
         return build_index(self, images, out, **kwargs)
 
-    @torch.no_grad()
     def search(self, query: str, index, k: int = 10, g: float | None = None, m: int = 100) -> list[Hit]:
         """The top ``k`` images of ``index`` for a text query, with their DSA scores and the g used.
 
         ``g`` overrides the controller; ``m`` is the depth of the faiss first stage that DSA re-ranks.
         """
+        return self.search_with_choice(query, index, k, g, m)[0]
+
+    @torch.no_grad()
+    def search_with_choice(self, query: str, index, k: int = 10, g: float | None = None,
+                           m: int = 100) -> tuple[list[Hit], GChoice]:
+        """:meth:`search`, also returning the :class:`GChoice` (g, its source and the query type)."""
         from dsanchor.retrieval import two_stage_search
 
         if not isinstance(query, str) or not query.strip():
@@ -299,8 +304,9 @@ class DSAPipeline:
         text = self.heads.encode_text(raw)
         scores, idx = two_stage_search(text, index.joint, self.heads.pool_s.item(), choice.g, m=m, k=k,
                                        backend="faiss", index=index.faiss)
-        return [Hit(index.paths[int(i)], float(s), choice.g, r + 1)
+        hits = [Hit(index.paths[int(i)], float(s), choice.g, r + 1)
                 for r, (s, i) in enumerate(zip(scores[0].tolist(), idx[0].tolist(), strict=True))]
+        return hits, choice
 
     @torch.no_grad()
     def rank_captions(self, image: str | Path | Image.Image, captions: Sequence[str],

@@ -131,8 +131,7 @@ class ServeApp:
             raise _bad("the query is empty; type what to look for (q=...)")
         k, g = self._k(params, self.config.k), self._g(params)
         with self._lock:
-            choice = self.pipe.choose_g(text=query, g=g)
-            hits = self.pipe.search(query, self.index, k=k, g=choice.g, m=max(self.config.m, k))
+            hits, choice = self.pipe.search_with_choice(query, self.index, k=k, g=g, m=max(self.config.m, k))
         results = [{"path": h.path, "url": f"/image/{self._pos[h.path]}", "score": h.score, "g": h.g,
                     "rank": h.rank} for h in hits]
         return {"query": query, "results": results, **_choice(choice)}

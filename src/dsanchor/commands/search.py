@@ -36,8 +36,7 @@ def run(args) -> int:
         rows = [{"caption": c, "score": s, "g": choice.g} for c, s in ranked]
         head = f"captions for {args.image}, {choice.describe()}"
     else:
-        hits = pipe.search(args.query, idx, k=args.k, g=args.g, m=args.m)
-        choice = pipe.choose_g(text=args.query, g=args.g)
+        hits, choice = pipe.search_with_choice(args.query, idx, k=args.k, g=args.g, m=args.m)
         rows = [{"path": h.path, "score": h.score, "g": h.g} for h in hits]
         head = f"{args.query!r}: {choice.describe()}"
     if args.json:
