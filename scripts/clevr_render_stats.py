@@ -82,11 +82,16 @@ def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--synth", required=True, help="synth dataset root (scenes.json, images/)")
     p.add_argument("--real", required=True, help="CLEVR root (scenes/*.json, images/<split>/)")
-    p.add_argument("--synth-focal", type=float, default=516.0 / 224.0,
-                   help="the generator's focal length as a fraction of the image width")
+    p.add_argument("--synth-focal", type=float, default=None,
+                   help="the generator's focal length as a fraction of the image width (default: from the camera "
+                        "recorded in scenes.json: 516 / 224 for the default camera, 35 / 32 for clevr)")
     p.add_argument("--out", default=None, help="write the measurements here as JSON")
     args = p.parse_args(argv)
-    res = {"synth": measure(Path(args.synth), args.synth_focal), "real": measure(Path(args.real), 35.0 / 32.0)}
+    focal = args.synth_focal
+    if focal is None:
+        info = json.loads((Path(args.synth) / "scenes.json").read_text()).get("info", {})
+        focal = 35.0 / 32.0 if info.get("camera") == "clevr" else 516.0 / 224.0
+    res = {"synth": measure(Path(args.synth), focal), "real": measure(Path(args.real), 35.0 / 32.0)}
     s, r = res["synth"], res["real"]
     print(f"aspect (w/h): synth {s['aspect']:.2f}, real {r['aspect']:.2f}")
     for key in ("ground_top", "ground_bottom"):

@@ -60,6 +60,10 @@ def test_merge_seeds_means_and_stds():
     assert "gate_grad" not in m["methods"]  # a method that did not run is absent, not zero
     table = main_table(m)
     assert "0.300 ± 0.100" in table and "gate_grad" not in table
+    chance = {"paired": {"t2i": {"R@1": 0.1, "R@10": 0.5}, "i2t": {"R@1": 0.1, "R@10": 0.6}}}
+    m = merge_seeds([{**a, "chance": chance}, {**b, "chance": chance}])
+    row = main_table(m).splitlines()[-1]
+    assert row.startswith("| chance (random ranking) | 0.100 | 0.500 | 0.100 | 0.600 |") and "±" not in row
 
 
 def test_caption_g_does_not_overwrite_retrieval_g():

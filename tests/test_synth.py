@@ -170,6 +170,24 @@ def test_linear_look_mutes_the_palette_as_clevr_renders_do():
         SynthConfig(color_space="srgb")
 
 
+def test_clevr_camera_renders_non_square_images_with_their_boxes_inside(tmp_path):
+    import json
+
+    from PIL import Image
+
+    cfg = SynthConfig(scenes=3, image_size=120, image_height=80, camera="clevr", max_objects=4, supersample=1)
+    generate_synth(tmp_path / "c", cfg)
+    scenes = json.loads((tmp_path / "c" / "scenes.json").read_text())["scenes"]
+    for sc in scenes:
+        assert (sc["width"], sc["height"]) == (120, 80)
+        assert Image.open(tmp_path / "c" / "images" / sc["image_filename"]).size == (120, 80)
+        for o in sc["objects"]:
+            x, y, w, h = o["bbox"]
+            assert 0 <= x and 0 <= y and x + w <= 120 and y + h <= 80
+    with pytest.raises(ValueError, match="camera"):
+        SynthConfig(camera="fisheye")
+
+
 # ---- captions -----------------------------------------------------------------------------------------------
 
 def test_caption_mix_and_counts(captions, scenes):

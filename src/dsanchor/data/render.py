@@ -77,16 +77,18 @@ class Camera:
     """A pinhole camera above the ground, looking at it from the front (towards +y).
 
     Args:
-        image_size: side of the square image in pixels.
+        image_size: width of the image in pixels (and its height, unless ``height`` is given).
         elevation_deg: how far the view direction points down from the horizontal.
         distance: distance from the camera to its look-at point on the ground.
-        focal_224: focal length in pixels for a 224-pixel image; scaled with ``image_size``.
+        focal_224: focal length in pixels for a 224-pixel-wide image; scaled with the width.
         target_y: y of the look-at point, so that the scene sits in the middle of the frame.
+        height: image height in pixels (default: square).
     """
 
     def __init__(self, image_size: int, elevation_deg: float = 40.0, distance: float = 18.0,
-                 focal_224: float = 516.0, target_y: float = 0.25):
-        self.image_size = image_size
+                 focal_224: float = 516.0, target_y: float = 0.25, height: int | None = None):
+        self.image_size = self.width = image_size
+        self.height = height or image_size
         self.focal = focal_224 * image_size / 224.0
         e = math.radians(elevation_deg)
         self.forward = np.array([0.0, math.cos(e), -math.sin(e)])  # (3,)
@@ -98,9 +100,8 @@ class Camera:
         """World points (N, 3) -> (N, 3): pixel x, pixel y (down) and depth along the view axis."""
         d = np.asarray(points, dtype=np.float64).reshape(-1, 3) - self.position  # (N, 3)
         depth = d @ self.forward  # (N,)
-        half = self.image_size / 2.0
-        px = half + self.focal * (d @ self.right) / depth
-        py = half - self.focal * (d @ self.up) / depth
+        px = self.width / 2.0 + self.focal * (d @ self.right) / depth
+        py = self.height / 2.0 - self.focal * (d @ self.up) / depth
         return np.stack([px, py, depth], axis=1)
 
 
@@ -227,18 +228,17 @@ def project_object(obj: SceneObject, cam: Camera) -> ObjectGeometry:
 
 
 @functools.cache
-def _background(size: int, look: Look) -> np.ndarray:
-    """(size, size, 3) float32 ground in the working space: darker far away (top), lighter near (bottom)."""
-    t = np.linspace(0.0, 1.0, size, dtype=np.float32)[:, None, None]  # (S, 1, 1)
+def _background(width: int, height: int, look: Look) -> np.ndarray:
+    """(height, width, 3) float32 ground in the working space: darker far away (top), lighter near (bottom)."""
+    t = np.linspace(0.0, 1.0, height, dtype=np.float32)[:, None, None]  # (H, 1, 1)
     top, bottom = (np.asarray(c, dtype=np.float32) for c in (look.ground_top, look.ground_bottom))
-    row = look.to_working(top * (1 - t) + bottom * t)  # (S, 1, 3)
-    return np.ascontiguousarray(np.broadcast_to(row, (size, size, 3)))
+    row = look.to_working(top * (1 - t) + bottom * t)  # (H, 1, 3)
+    return np.ascontiguousarray(np.broadcast_to(row, (height, width, 3)))
 
 
 def _shadow_mask(geoms: list[ObjectGeometry], cam: Camera, ss: int) -> np.ndarray:
-    """(S, S) float32 in [0, 1]: soft ground shadows, cast away from the light."""
-    size = cam.image_size * ss
-    img = Image.new("L", (size, size), 0)
+    """(H, W) float32 in [0, 1]: soft ground shadows, cast away from the light."""
+    img = Image.new("L", (cam.width * ss, cam.height * ss), 0)
     draw = ImageDraw.Draw(img)
     away = -_LIGHT[:2] / np.linalg.norm(_LIGHT[:2])  # ground direction of the shadows
     for g in geoms:
@@ -305,12 +305,12 @@ def _shade(normals: np.ndarray, base: np.ndarray, metal: bool, to_cam: np.ndarra
 
 
 def _draw_object(canvas: np.ndarray, g: ObjectGeometry, cam: Camera, ss: int, look: Look) -> None:
-    """Draw one object onto ``canvas`` (S*ss, S*ss, 3) in place."""
-    size = canvas.shape[0]
+    """Draw one object onto ``canvas`` (H*ss, W*ss, 3) in place."""
+    height, width = canvas.shape[:2]
     x0 = max(int(math.floor(g.bbox[0] * ss)) - 1, 0)
     y0 = max(int(math.floor(g.bbox[1] * ss)) - 1, 0)
-    x1 = min(int(math.ceil(g.bbox[2] * ss)) + 1, size)
-    y1 = min(int(math.ceil(g.bbox[3] * ss)) + 1, size)
+    x1 = min(int(math.ceil(g.bbox[2] * ss)) + 1, width)
+    y1 = min(int(math.ceil(g.bbox[3] * ss)) + 1, height)
     if x1 <= x0 or y1 <= y0:
         return
     ids = Image.new("L", (x1 - x0, y1 - y0), 0)
@@ -341,9 +341,9 @@ def render_scene(geoms: list[ObjectGeometry], cam: Camera, supersample: int = 2,
     ``look``: the colour pipeline (default :class:`Look`, CLEVR's linear one)."""
     look = look or Look()
     ss = supersample
-    size = cam.image_size * ss
     shadow = 0.42 if look.color_space == "display" else 0.6  # the same visible darkening after encoding
-    canvas = _background(size, look) * (1.0 - shadow * _shadow_mask(geoms, cam, ss))[:, :, None]
+    canvas = _background(cam.width * ss, cam.height * ss, look) * (
+        1.0 - shadow * _shadow_mask(geoms, cam, ss))[:, :, None]
     for g in sorted(geoms, key=lambda g: -g.pixel[2]):
         _draw_object(canvas, g, cam, ss, look)
     canvas = look.to_display(canvas)

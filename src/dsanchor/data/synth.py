@@ -63,7 +63,11 @@ class SynthConfig:
 
     scenes: int = field(default=1000, metadata={"help": "number of images to generate"})
     seed: int = field(default=0, metadata={"help": "random seed; the same seed gives the same files"})
-    image_size: int = field(default=224, metadata={"help": "side of the square images in pixels"})
+    image_size: int = field(default=224, metadata={"help": "image width in pixels (and height, unless image_height)"})
+    image_height: int = field(default=0, metadata={"help": "image height in pixels; 0: square"})
+    camera: str = field(default="default", metadata={
+        "help": "default: the generator's camera (far, narrow view, 40 degrees down); clevr: CLEVR's (35 mm lens "
+                "on a 32 mm sensor, about 11.3 units away, 28 degrees down), for 3:2 images as CLEVR's 480 x 320"})
     min_objects: int = field(default=3, metadata={"help": "fewest objects in a scene"})
     max_objects: int = field(default=10, metadata={"help": "most objects in a scene"})
     split_fractions: tuple[float, float, float] = field(
@@ -82,6 +86,10 @@ class SynthConfig:
             raise ValueError("need 1 <= min_objects <= max_objects")
         if self.color_space not in LOOKS:
             raise ValueError(f"color_space must be one of {', '.join(LOOKS)}, got {self.color_space!r}")
+        if self.camera not in ("default", "clevr"):
+            raise ValueError(f"camera must be default or clevr, got {self.camera!r}")
+        if self.image_height and self.image_height < 32:
+            raise ValueError("image_height must be 0 (square) or >= 32")
         if self.scenes < 1 or self.image_size < 32:
             raise ValueError("need scenes >= 1 and image_size >= 32")
         if len(self.split_fractions) != 3 or min(self.split_fractions) < 0 or sum(self.split_fractions) <= 0:
@@ -116,7 +124,7 @@ def _acceptable(g: ObjectGeometry, placed: list[ObjectGeometry], cfg: SynthConfi
     """Inside the image, and no object's box more than ``max_occlusion`` covered by nearer ones."""
     margin = 1.0
     x0, y0, x1, y1 = g.bbox
-    if x0 < margin or y0 < margin or x1 > cam.image_size - margin or y1 > cam.image_size - margin:
+    if x0 < margin or y0 < margin or x1 > cam.width - margin or y1 > cam.height - margin:
         return False
     everyone = placed + [g]
     for a in everyone:
@@ -158,7 +166,7 @@ def _layout(rng: np.random.Generator, n: int, cfg: SynthConfig, cam: Camera) -> 
                 break  # this object found no place: start the scene again
         if len(placed) == n:
             return placed
-    raise ConfigError(f"synth: could not place {n} objects without overlap in a {cam.image_size}px image; "
+    raise ConfigError(f"synth: could not place {n} objects without overlap in a {cam.width}x{cam.height}px image; "
                       "lower max_objects or min_gap, or raise max_occlusion")
 
 
@@ -174,9 +182,22 @@ def _object_record(attrs: dict[str, Any], g: ObjectGeometry) -> dict[str, Any]:
     }
 
 
+CAMERAS = ("default", "clevr")
+
+
+def make_camera(cfg: SynthConfig) -> Camera:
+    """The camera of ``cfg``: the generator's own, or CLEVR's (focal length 35 / 32 of the width, the distance
+    and elevation of CLEVR's Blender camera, ``clevr-dataset-gen`` base_scene.blend)."""
+    height = cfg.image_height or cfg.image_size
+    if cfg.camera == "clevr":
+        return Camera(cfg.image_size, elevation_deg=28.3, distance=11.26, focal_224=224 * 35 / 32, target_y=0.0,
+                      height=height)
+    return Camera(cfg.image_size, height=height)
+
+
 def build_scene(index: int, cfg: SynthConfig, split: str | None = None) -> tuple[dict[str, Any], list[ObjectGeometry]]:
     """Scene ``index`` as a CLEVR scene dict (deterministic for (seed, index)) and its projected objects."""
-    cam = Camera(cfg.image_size)
+    cam = make_camera(cfg)
     rng = np.random.default_rng([cfg.seed, index])
     n = int(rng.integers(cfg.min_objects, cfg.max_objects + 1))
     placed = _layout(rng, n, cfg, cam)
@@ -185,7 +206,7 @@ def build_scene(index: int, cfg: SynthConfig, split: str | None = None) -> tuple
     dirs = {k: np.asarray(d) for k, d in DEFAULT_DIRECTIONS.items()}
     scene = {
         "split": split, "image_index": index, "image_filename": f"synth_{index:06d}.png",
-        "width": cfg.image_size, "height": cfg.image_size, "objects": objects,
+        "width": cam.width, "height": cam.height, "objects": objects,
         "relationships": compute_relationships(coords, dirs),
         "directions": {k: list(d) for k, d in DEFAULT_DIRECTIONS.items()},
     }
@@ -195,7 +216,7 @@ def build_scene(index: int, cfg: SynthConfig, split: str | None = None) -> tuple
 def render_synth_image(geoms: list[ObjectGeometry], cfg: SynthConfig) -> Image.Image:
     """The PIL image of a built scene."""
     look = Look() if cfg.color_space == "linear" else DISPLAY_LOOK
-    return render_scene(geoms, Camera(cfg.image_size), cfg.supersample, look)
+    return render_scene(geoms, make_camera(cfg), cfg.supersample, look)
 
 
 # ---- files ---------------------------------------------------------------------------------------------------
@@ -294,7 +315,8 @@ def generate_synth(out_dir: str | Path, config: SynthConfig | None = None,
         outlines.append(polygons)
     n_caps = _write_coco(out, scenes, captions, outlines)
     info = {"split": "all", "version": SYNTH_VERSION, "license": "CC BY 4.0", "seed": cfg.seed,
-            "image_size": cfg.image_size, "color_space": cfg.color_space, "captioner": config_to_dict(ccfg)}
+            "image_size": cfg.image_size, "image_height": cfg.image_height or cfg.image_size, "camera": cfg.camera,
+            "color_space": cfg.color_space, "captioner": config_to_dict(ccfg)}
     _write_json(out / "scenes.json", {"info": info, "scenes": scenes})
     _write_json(out / "splits.json", {sp: [s["image_index"] for s in scenes if s["split"] == sp] for sp in SPLITS})
     n_obj = sum(len(s["objects"]) for s in scenes)

@@ -127,7 +127,10 @@ def main_table(results: dict) -> str:
                   _fmt(row, "ms_per_query", digits=4), _overhead(results, name, row)]
         lines.append(f"| {_label(name, row)} | " + " | ".join(cells) + " |")
     chance = results.get("chance")
-    if chance:  # expected recall of a random ranking (dsanchor.metrics.retrieval.chance_recall)
+    if chance:  # expected recall of a random ranking (dsanchor.metrics.retrieval.chance_recall); the same for
+        # every seed, so no spread is shown
+        chance = {p: {d: {k: v for k, v in r.items() if not k.endswith("_std")} for d, r in v.items()
+                      if isinstance(r, dict)} for p, v in chance.items() if isinstance(v, dict)}
         cells = []
         if exact:
             et, ei = chance.get("exact", {}).get("t2i", {}), chance.get("exact", {}).get("i2t", {})
