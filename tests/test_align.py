@@ -176,3 +176,15 @@ def test_train_heads_with_hard_negatives():
     _, info = train_heads(images, texts, images, texts, cfg, AlignTrainConfig(epochs=1, batch_size=1,
                                                                                hard_negatives=1))
     assert math.isfinite(info["history"][0]["loss"])
+
+
+def test_run_refuses_missing_init_heads_before_any_stage(tmp_path):
+    from dsanchor.run import RunConfig, run_pipeline
+
+    config = RunConfig(seeds=2, init_heads=str(tmp_path / "seed{seed}"))
+    with pytest.raises(ConfigError, match="init-heads.*seed0 is not a folder"):
+        run_pipeline(tmp_path / "data", "synth", tmp_path / "out", config)
+    (tmp_path / "seed0").mkdir()
+    with pytest.raises(ConfigError, match="seed1 is not a folder"):
+        run_pipeline(tmp_path / "data", "synth", tmp_path / "out", config)
+    assert not (tmp_path / "out" / "features").exists()
