@@ -219,3 +219,12 @@ def test_folder_loader_reads_any_size_and_names_a_bad_file(tmp_path):
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="no image files"):
         load_dataset("images", tmp_path / "empty")
+
+
+def test_region_note_warns_when_new_images_get_other_regions_than_training(pipe):
+    import dataclasses
+
+    from dsanchor.pipeline import _replace
+
+    assert "annotation boxes" in pipe.region_note()  # trained on synth boxes; a new image gets proposals
+    assert _replace(pipe, regions=dataclasses.replace(pipe.regions, annotations=False)).region_note() is None

@@ -132,6 +132,11 @@ def build_index(pipe, images: str | Path | Sequence[str | Path] | None = None, o
     from dsanchor.features.store import FeatureStore
 
     samples, root, source = _samples(images, data, format)
+    note = pipe.region_note()
+    if note and not any(s.objects for s in samples):
+        import logging
+
+        logging.getLogger(__name__).warning("index: %s", note)
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="dsanchor-index-")

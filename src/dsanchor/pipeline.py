@@ -278,6 +278,14 @@ class DSAPipeline:
 
     # ---- what a user calls ------------------------------------------------------------------------------------
 
+    def region_note(self) -> str | None:
+        """A warning when new images will get other regions than the heads were trained on, else None."""
+        if self.regions.annotations and not self.regions.detector:
+            return ("the heads were trained on annotation boxes, but an image without them gets class-agnostic "
+                    "proposals (README 'Regions'); for images without boxes, train with --no-annotations or "
+                    "--detector")
+        return None
+
     def index(self, images: str | Path | Sequence[str | Path], out: str | Path | None = None, **kwargs):
         """Index a folder (or list) of images for :meth:`search`; see :func:`dsanchor.index.build_index`."""
         from dsanchor.index import build_index
