@@ -3,13 +3,12 @@
 from __future__ import annotations
 
 import argparse
-import json
-from pathlib import Path
 from typing import Any
 
 import torch
 
 from dsanchor.config import load_yaml
+from dsanchor.stages import write_json  # the one JSON writer (re-exported for the commands)
 
 __all__ = ["add_common", "yaml_of", "write_json", "set_threads"]
 
@@ -28,8 +27,3 @@ def set_threads(args: argparse.Namespace) -> None:
         torch.set_num_threads(args.threads)
 
 
-def write_json(path: str | Path, data: Any) -> Path:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=2))
-    return p
