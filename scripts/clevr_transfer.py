@@ -126,11 +126,11 @@ def main(argv: list[str] | None = None) -> dict:
             for s in SCORINGS:
                 ranks[row][s].append(r[s])
             if row == "synth":
-                r, _ = _score(heads, _view(heads, synth, "test"), val)
+                synth_test = _view(heads, synth, "test")
+                r, _ = _score(heads, synth_test, val)
                 for s in SCORINGS:
                     ranks["synth@synth"][s].append(r[s])
                 same_size.append(_same_size(heads, synth, len(real_test.images), val, seed))
-                synth_test = _view(heads, synth, "test")
                 hits_s = ranks["synth@synth"]["fixed_best"][-1].eq(1).double()
                 for kind, sel in _kinds(synth_test).items():
                     if sel.any():

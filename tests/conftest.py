@@ -1,5 +1,6 @@
 """Shared fixtures: a tiny pipeline (random parts on a tiny random CLIP encoder) for the pipeline, index and
-serve tests, built once per session in seconds with no downloads."""
+serve tests, built once per session in seconds with no downloads (``parts``: the folders; ``pipe``: the loaded
+pipeline)."""
 
 from __future__ import annotations
 
@@ -8,7 +9,7 @@ import torch
 
 
 @pytest.fixture(scope="session")
-def tiny_parts(tmp_path_factory):
+def parts(tmp_path_factory):
     """A tiny synth dataset, its feature store (tiny CLIP) and every part of a pipeline, saved to folders."""
     from dsanchor.align.heads import AlignConfig, AlignmentHeads
     from dsanchor.captioning import DecoderConfig, VocabConfig, Vocabulary
@@ -46,3 +47,13 @@ def tiny_parts(tmp_path_factory):
                                        max_len=vocab.max_len + 2, granularities=("scene", "object")))
     dec.save_pretrained(root / "decoder", vocab)
     return root
+
+
+@pytest.fixture(scope="session")
+def pipe(parts):
+    """The saved and reloaded pipeline of :func:`parts` (fixed g 0.4, used without a controller)."""
+    from dsanchor.pipeline import load, save_pipeline
+
+    save_pipeline(parts / "pipe", parts / "feats", parts / "heads", parts / "ppo", parts / "detector",
+                  parts / "decoder", fixed_g=0.4)
+    return load(parts / "pipe")

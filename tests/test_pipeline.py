@@ -12,20 +12,6 @@ from dsanchor.cli import main as cli_main
 from dsanchor.errors import ConfigError, DataError
 
 
-@pytest.fixture(scope="module")
-def parts(tiny_parts):
-    return tiny_parts
-
-
-@pytest.fixture(scope="module")
-def pipe(parts):
-    from dsanchor.pipeline import load, save_pipeline
-
-    save_pipeline(parts / "pipe", parts / "feats", parts / "heads", parts / "ppo", parts / "detector",
-                  parts / "decoder", fixed_g=0.4)
-    return load(parts / "pipe")
-
-
 def _images(parts):
     return sorted((parts / "synth" / "images").glob("*.png"))
 
@@ -192,3 +178,25 @@ def test_region_note_warns_when_new_images_get_other_regions_than_training(pipe)
 
     assert "annotation boxes" in pipe.region_note()  # trained on synth boxes; a new image gets proposals
     assert _replace(pipe, regions=dataclasses.replace(pipe.regions, annotations=False)).region_note() is None
+
+
+def test_new_images_get_the_detector_boxes_of_a_detector_region_source(parts, pipe, tmp_path):
+    import dataclasses
+
+    from PIL import Image
+
+    from dsanchor.encoders.detectors import RegionDetector, save_tiny_detr
+    from dsanchor.pipeline import _replace
+
+    regions = dataclasses.replace(pipe.regions, detector=str(save_tiny_detr(tmp_path / "detr")),
+                                  detector_threshold=0.0)
+    with_detector = _replace(pipe, regions=regions)
+    image = Image.open(_images(parts)[0]).convert("RGB")
+    feats = with_detector.encode_images([image])
+    want = RegionDetector(regions).detect([image])[0] / torch.tensor([*image.size, *image.size], dtype=torch.float32)
+    torch.testing.assert_close(feats.boxes[0][feats.mask[0]], want)
+    loaded = with_detector._detector_model
+    again = with_detector.encode_images([image])
+    assert with_detector._detector_model is loaded  # loaded once, then reused
+    torch.testing.assert_close(again.boxes, feats.boxes)
+    assert pipe._detector_model is None  # a pipeline without a detector never loads one

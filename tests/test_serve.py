@@ -23,20 +23,6 @@ from dsanchor.errors import ConfigError
 QUERY = "a large green metal sphere"
 
 
-@pytest.fixture(scope="module")
-def parts(tiny_parts):
-    return tiny_parts
-
-
-@pytest.fixture(scope="module")
-def pipe(parts):
-    from dsanchor.pipeline import load, save_pipeline
-
-    save_pipeline(parts / "pipe", parts / "feats", parts / "heads", parts / "ppo", parts / "detector",
-                  parts / "decoder", fixed_g=0.4)
-    return load(parts / "pipe")
-
-
 def _images(parts):
     return sorted((parts / "synth" / "images").glob("*.png"))
 

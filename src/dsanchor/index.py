@@ -68,7 +68,6 @@ class ImageIndex:
 def _samples(images, data: str | Path | None, fmt: str | None):
     """(samples, root, source) from a folder or list of images, or from a dataset."""
     from dsanchor.data import load_dataset
-    from dsanchor.data.records import Sample
 
     if data is not None:
         if fmt is None:
@@ -79,20 +78,12 @@ def _samples(images, data: str | Path | None, fmt: str | None):
     if isinstance(images, (str, Path)):
         return load_dataset("images", images), (Path(images) if Path(images).is_dir() else Path(images).parent), \
             {"format": "images", "split": None}
+    from dsanchor.data.folder import image_samples
+
     files = [Path(p) for p in images]
     if not files:
         raise ConfigError("no images to index")
-    missing = [str(f) for f in files if not f.is_file()]
-    if missing:
-        raise DataError(missing[0], f"image file not found ({len(missing)} of {len(files)} missing)")
-    from PIL import Image
-
-    out = []
-    for i, f in enumerate(files):
-        with Image.open(f) as im:
-            w, h = im.size
-        out.append(Sample(i, str(f.resolve()), w, h))
-    return out, Path("/"), {"format": "images", "split": None}
+    return image_samples(files), Path("/"), {"format": "images", "split": None}
 
 
 def _finish(pipe, store, folder: Path | None) -> ImageIndex:

@@ -100,6 +100,7 @@ class DSAPipeline:
         self.info = info or {}
         self.path: Path | None = None  # the folder it was loaded from or saved to
         self._encoder = None
+        self._detector_model = None  # the region source's object detector, when it has one
         self._check()
 
     # ---- parts ------------------------------------------------------------------------------------------------
@@ -228,31 +229,54 @@ class DSAPipeline:
 
     @torch.no_grad()
     def encode_images(self, images: Sequence[str | Path | Image.Image]):
-        """Encoder features of raw images with the pipeline's region source: an
-        :class:`~dsanchor.features.types.ImageFeatures` (ids 0..N-1, no objects)."""
-        from dsanchor.encoders.regions import sample_boxes
+        """Encoder features of raw images with the pipeline's region source, boxes chosen as extraction chooses
+        them (:func:`dsanchor.features.extract.image_boxes`; a new image has no annotations): an
+        :class:`~dsanchor.features.types.ImageFeatures` (ids 0..N-1, no objects). The methods that take images
+        also take this, so an image encoded once can be asked several things."""
+        from dsanchor.data.records import Sample
+        from dsanchor.encoders.regions import pad_boxes
+        from dsanchor.features.extract import image_boxes
         from dsanchor.features.types import ImageFeatures
 
         pil = [_open(im) for im in images]
-        scale = [torch.tensor([im.size[0], im.size[1]] * 2, dtype=torch.float32) for im in pil]
-        boxes = [sample_boxes([], (0, 0), im, self.regions) * s for im, s in zip(pil, scale, strict=True)]
-        enc = self.encoder.encode_images(pil, boxes, self.regions.max_regions)
+        samples = [Sample(i, "", *im.size) for i, im in enumerate(pil)]
+        padded = [pad_boxes(b, self.regions.max_regions)
+                  for b in image_boxes(samples, pil, self.regions, self._region_detector)]
+        boxes, mask = torch.stack([b for b, _ in padded]), torch.stack([m for _, m in padded])  # (N, R, 4), (N, R)
+        pixels = torch.stack([self.encoder.transform(im) for im in pil])  # (N, 3, S, S)
+        coarse, regions = self.encoder.encode_pixels(pixels, boxes, mask)
         n = len(pil)
-        return ImageFeatures(torch.arange(n), enc.coarse.float(), enc.regions.float(), enc.boxes.float(),
-                             enc.mask.bool(), [[] for _ in range(n)], [None] * n)
+        return ImageFeatures(torch.arange(n), coarse.float(), regions.float(), boxes, mask, [[] for _ in range(n)],
+                             [None] * n)
+
+    def _region_detector(self):
+        """The region source's object detector, loaded on first use (only with ``regions.detector``)."""
+        if self._detector_model is None:
+            from dsanchor.encoders.detectors import RegionDetector
+
+            self._detector_model = RegionDetector(self.regions)
+        return self._detector_model
+
+    def _features(self, images):
+        """``images`` as ImageFeatures: encoded here, unless they already are (:meth:`encode_images`)."""
+        from dsanchor.features.types import ImageFeatures
+
+        return images if isinstance(images, ImageFeatures) else self.encode_images(images)
 
     # ---- granularity ------------------------------------------------------------------------------------------
 
     @torch.no_grad()
     def choose_g(self, text: str | None = None, image: str | Path | Image.Image | None = None,
                  g: float | None = None) -> GChoice:
-        """The g for a text query (``text``) or an image query (``image``), and why (:class:`GChoice`)."""
+        """The g for a text query (``text``) or an image query (``image``: a file, a PIL image or the
+        :meth:`encode_images` of one), and why (:class:`GChoice`)."""
         if (text is None) == (image is None):
             raise ConfigError("choose_g takes a text or an image query, not both or neither")
         if g is not None:
             return self._given(g)
         if image is not None:
-            return self._choices(coarse_raw=self.encode_images([image]).coarse)[0]
+            feats = self._features(image if not isinstance(image, (str, Path, Image.Image)) else [image])
+            return self._choices(coarse_raw=feats.coarse)[0]
         return self._choices(text_raw=self.encode_texts([text]))[0]
 
     @staticmethod
@@ -262,16 +286,15 @@ class DSAPipeline:
         return GChoice(float(g), "given")
 
     def _choices(self, text_raw: torch.Tensor | None = None, coarse_raw: torch.Tensor | None = None) -> list[GChoice]:
+        from dsanchor.state import query_states
+
         d = self.encoder_spec["dims"]
         n = (text_raw if text_raw is not None else coarse_raw).shape[0]
         if self.controller is None:
             return [GChoice(self.fixed_g, "fixed")] * n
-        state = torch.zeros(n, d["text"] + d["coarse"] + 1)
-        if text_raw is not None:
-            state[:, :d["text"]] = torch.nn.functional.normalize(text_raw.float(), dim=-1)
-        else:
-            state[:, d["text"]:-1] = torch.nn.functional.normalize(coarse_raw.float(), dim=-1)
-            state[:, -1] = 1.0
+        s_t, s_i = query_states(text_raw if text_raw is not None else torch.zeros(0, d["text"]),
+                                coarse_raw if coarse_raw is not None else torch.zeros(0, d["coarse"]))
+        state = s_t if text_raw is not None else s_i
         g = self.controller(state)
         codes = self.controller.code(state).tolist() if self.controller.config.codebook else [None] * n
         return [GChoice(float(v), "controller", c) for v, c in zip(g.tolist(), codes, strict=True)]
@@ -327,11 +350,12 @@ class DSAPipeline:
     @torch.no_grad()
     def rank_captions_embedded(self, image: str | Path | Image.Image, text_raw: torch.Tensor, captions: list[str],
                                g: float | None = None) -> tuple[list[tuple[str, float]], GChoice]:
-        """:meth:`rank_captions` with the captions' encoder vectors ``text_raw`` (T, Dt) already computed."""
+        """:meth:`rank_captions` with the captions' encoder vectors ``text_raw`` (T, Dt) already computed;
+        ``image`` may be the :meth:`encode_images` of one image."""
         from dsanchor.align.train import embed_images
         from dsanchor.retrieval import anchored_scores, pair_terms
 
-        feats = self.encode_images([image])
+        feats = self._features(image if not isinstance(image, (str, Path, Image.Image)) else [image])
         choice = self._given(g) if g is not None else self._choices(coarse_raw=feats.coarse)[0]
         text = self.heads.encode_text(text_raw.float())
         terms = pair_terms(text, embed_images(self.heads, feats), self.heads.pool_s.item())  # (T, 1)
@@ -343,17 +367,15 @@ class DSAPipeline:
     def caption(self, images: Sequence[str | Path | Image.Image] | str | Path | Image.Image, g: float | None = None,
                 beam: int = 3) -> list[dict[str, Any]]:
         """Captions of each image at the controller's g (or ``g``): per image ``{"g", "source", "query_type",
-        "captions": {granularity: text}}``."""
+        "captions": {granularity: text}}``. ``images`` may be their :meth:`encode_images`."""
         from dsanchor.align.train import embed_images
         from dsanchor.captioning.decode import DecodeConfig, generate_caption_sets
         from dsanchor.captioning.tokens import build_token_pair
 
         if self.decoder is None:
             raise ConfigError("this pipeline has no caption decoder (train one with `dsanchor caption train`)")
-        many = isinstance(images, Sequence) and not isinstance(images, str)
-        images = list(images) if many else [images]
-        feats = self.encode_images(images)
-        choices = [self._given(g)] * len(images) if g is not None else self._choices(coarse_raw=feats.coarse)
+        feats = self._features([images] if isinstance(images, (str, Path, Image.Image)) else images)
+        choices = [self._given(g)] * len(feats) if g is not None else self._choices(coarse_raw=feats.coarse)
         joint = embed_images(self.heads, feats)
         pair = build_token_pair(joint.coarse, joint.regions, feats.boxes, joint.mask, self.decoder.positions)
         gs = torch.tensor([c.g for c in choices])

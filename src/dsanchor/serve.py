@@ -141,16 +141,17 @@ class ServeApp:
         image = self._decode_image(body, content_type)
         g, k = self._g(params), self._k(params, self.config.caption_k)
         with self._lock:
-            controller = self.pipe.choose_g(image=image)
-            used = controller if g is None else self.pipe.choose_g(image=image, g=g)
+            feats = self.pipe.encode_images([image])  # once, for every question below
+            controller = self.pipe.choose_g(image=feats)
+            used = controller if g is None else self.pipe.choose_g(image=feats, g=g)
             captions = None
             if self.pipe.decoder is not None:
-                captions = self.pipe.caption(image, g=used.g)[0]["captions"]
+                captions = self.pipe.caption(feats, g=used.g)[0]["captions"]
             ranked = None
             if self.index.has_captions:
                 from dsanchor.index import rank_index_captions
 
-                top, _ = rank_index_captions(self.pipe, self.index, image, k, used.g)
+                top, _ = rank_index_captions(self.pipe, self.index, feats, k, used.g)
                 ranked = [{"caption": c, "score": s} for c, s in top]
         return {**_choice(used), "controller": {key: v for key, v in _choice(controller).items() if key != "source"},
                 "size": list(image.size), "captions": captions, "index_captions": ranked}

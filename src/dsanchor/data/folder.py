@@ -17,7 +17,7 @@ from dsanchor.data.base import DatasetLoader
 from dsanchor.data.records import Sample
 from dsanchor.errors import DataError
 
-__all__ = ["IMAGE_SUFFIXES", "FolderLoader", "image_files"]
+__all__ = ["IMAGE_SUFFIXES", "FolderLoader", "image_files", "image_samples"]
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
@@ -48,12 +48,20 @@ class FolderLoader(DatasetLoader):
         files = image_files(self.path)
         if not files:
             raise DataError(self.path, f"no image files ({', '.join(IMAGE_SUFFIXES)}) in the folder")
-        samples = []
-        for i, f in enumerate(files):
-            try:
-                with Image.open(f) as im:
-                    width, height = im.size
-            except (UnidentifiedImageError, OSError) as exc:
-                raise DataError(f, f"not a readable image ({exc.__class__.__name__})") from None
-            samples.append(Sample(i, self.relative_image_path(f), width, height))
-        return samples
+        return image_samples(files, self.relative_image_path)
+
+
+def image_samples(files: list[Path], name=lambda f: str(Path(f).resolve())) -> list[Sample]:
+    """One caption-less Sample per image file, ids 0.. in order, sizes from the file headers; ``name(file)`` is
+    the sample's image path (default: absolute). A missing or unreadable file is a one-line error naming it."""
+    samples = []
+    for i, f in enumerate(files):
+        try:
+            with Image.open(f) as im:
+                width, height = im.size
+        except FileNotFoundError:
+            raise DataError(f, "image file not found") from None
+        except (UnidentifiedImageError, OSError) as exc:
+            raise DataError(f, f"not a readable image ({exc.__class__.__name__})") from None
+        samples.append(Sample(i, name(Path(f)), width, height))
+    return samples

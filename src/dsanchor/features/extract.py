@@ -53,7 +53,7 @@ from dsanchor.features.store import (
 from dsanchor.features.types import GRANULARITY_CODES
 
 __all__ = ["ExtractConfig", "ExtractResult", "ImageBoxDataset", "TextCache", "build_plan", "extract_features",
-           "init_distributed"]
+           "image_boxes", "init_distributed"]
 
 log = logging.getLogger(__name__)
 
@@ -148,32 +148,36 @@ class ImageBoxDataset(Dataset):
                 images[i] = load_rgb(self.root / self.samples[i].image_path)
             except DataError as exc:
                 errors[i] = exc.message
-        detected = self._detect(images)
+        boxes = image_boxes([self.samples[i] for i in images], list(images.values()), self.regions, self._get_detector)
+        by_index = dict(zip(images, boxes, strict=True))
         out = []
         for i in indices:
             if i in errors:
                 out.append((i, torch.zeros(3, S, S), torch.zeros(R, 4), torch.zeros(R, dtype=torch.bool), errors[i]))
                 continue
-            s, image = self.samples[i], images[i]
-            boxes = sample_boxes(s.objects, (s.width, s.height), image, self.regions, detected.get(i))
-            padded, mask = pad_boxes(boxes, R)
-            out.append((i, self.transform(image), padded, mask, ""))
+            padded, mask = pad_boxes(by_index[i], R)
+            out.append((i, self.transform(images[i]), padded, mask, ""))
         return out
 
-    def _detect(self, images: dict[int, Image.Image]) -> dict[int, torch.Tensor]:
-        """Detector boxes (pixels, (n, 4) xywh) of the images without annotated boxes; {} with no detector."""
-        if not self.regions.detector:
-            return {}
-        todo = []
-        for i, image in images.items():
-            s = self.samples[i]
-            if annotated_boxes(s.objects, (s.width, s.height), image, self.regions).shape[0] == 0:
-                todo.append(i)
-        if not todo:
-            return {}
+    def _get_detector(self) -> RegionDetector:
         if self._detector is None:
             self._detector = RegionDetector(self.regions)
-        return dict(zip(todo, self._detector.detect([images[i] for i in todo]), strict=True))
+        return self._detector
+
+
+def image_boxes(samples: Sequence[Sample], images: Sequence[Image.Image], regions: RegionConfig,
+                get_detector: Callable[[], RegionDetector]) -> list[torch.Tensor]:
+    """The normalised boxes of opened images (:func:`~dsanchor.encoders.regions.sample_boxes`): their annotations,
+    else (with ``regions.detector``) the detector's boxes, found in one batched call over the images without
+    annotations, else proposals. ``get_detector`` is called only when some image needs the detector."""
+    detected: dict[int, torch.Tensor] = {}
+    if regions.detector:
+        todo = [k for k, (s, im) in enumerate(zip(samples, images, strict=True))
+                if annotated_boxes(s.objects, (s.width, s.height), im, regions).shape[0] == 0]
+        if todo:
+            detected = dict(zip(todo, get_detector().detect([images[k] for k in todo]), strict=True))
+    return [sample_boxes(s.objects, (s.width, s.height), im, regions, detected.get(k))
+            for k, (s, im) in enumerate(zip(samples, images, strict=True))]
 
 
 class TextCache:

@@ -22,6 +22,7 @@ import copy
 import json
 import logging
 import math
+import re
 import time
 from collections import Counter
 from dataclasses import dataclass, field
@@ -70,8 +71,6 @@ class BuildConfig:
 
 def words(text: str) -> list[str]:
     """The tokenizer's words: lower-cased, word characters and punctuation split (its pre-tokenizer)."""
-    import re
-
     return re.findall(r"\w+|[^\w\s]+", text.lower())
 
 
@@ -137,10 +136,11 @@ class _UniformG(nn.Module):
         return torch.rand(state.shape[0], generator=self.gen)
 
 
-def _batches(processor, prompt: str, captions: list[str], max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """Token ids (C, L) of prompt + caption + </s> and labels (C, L), -100 outside the caption, right padded."""
-    tok = processor.tokenizer
-    head = tok(prompt.replace("<image>", "<image>" * processor.num_image_tokens), add_special_tokens=False).input_ids
+def _batches(tok, prompt: str, n_image_tokens: int, captions: list[str],
+             max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """Token ids (C, L) of prompt (its ``<image>`` expanded to the image's tokens) + caption + </s> and labels
+    (C, L), -100 outside the caption, right padded."""
+    head = tok(prompt.replace("<image>", "<image>" * n_image_tokens), add_special_tokens=False).input_ids
     rows = []
     for c in captions:
         body = tok(" ".join(words(c)[:max_words]), add_special_tokens=False).input_ids + [tok.eos_token_id]
@@ -166,7 +166,6 @@ def train_llava(train: list[tuple[Any, str]], val: list[tuple[Any, str]], cfg: B
     tokenizer = build_tokenizer([c for _, c in train] + [prompt])
     model, processor = build_llava(tokenizer, cfg)
     n_img = (cfg.image_size // cfg.patch_size) ** 2
-    processor.num_image_tokens = n_img
 
     def pixels(pairs):
         images = list({id(im): im for im, _ in pairs}.values())
@@ -176,8 +175,8 @@ def train_llava(train: list[tuple[Any, str]], val: list[tuple[Any, str]], cfg: B
 
     tr_pv, tr_img = pixels(train)
     va_pv, va_img = pixels(val)
-    tr_ids, tr_lab = _batches(processor, prompt, [c for _, c in train], cfg.max_words)
-    va_ids, va_lab = _batches(processor, prompt, [c for _, c in val], cfg.max_words)
+    tr_ids, tr_lab = _batches(tokenizer, prompt, n_img, [c for _, c in train], cfg.max_words)
+    va_ids, va_lab = _batches(tokenizer, prompt, n_img, [c for _, c in val], cfg.max_words)
     g_source = _UniformG(cfg.seed)
     handle = attach_dsa(model, g_source, cfg.coarse_layer, state_fn=lambda vf, vc: vf.mean(1))
     opt = torch.optim.AdamW(model.parameters(), lr=cfg.lr, weight_decay=0.01)
