@@ -363,6 +363,8 @@ def test_score_captions_uses_annotated_and_caption_objects():
     samples = [Sample(1, "1.png", 8, 8, [Caption("a dog on a couch")], [ObjectAnnotation("cat", (0, 0, 1, 1))]),
                Sample(2, "2.png", 8, 8, [Caption("a red car")], [])]
     scores = score_captions({1: "a cat and a dog and a horse", 2: "a red car"}, samples, "coco")
-    assert scores["CHAIR_i"] == pytest.approx(1 / 4)  # horse is the one hallucination of 4 mentions
-    assert scores["CHAIR_s"] == pytest.approx(1 / 2)
+    # image 2 has no instance annotations, so only image 1 is judged: horse is its one hallucination of 3
+    assert scores["CHAIR_images"] == 1
+    assert scores["CHAIR_i"] == pytest.approx(1 / 3)
+    assert scores["CHAIR_s"] == pytest.approx(1.0)
     assert scores["BLEU-1"] > 0 and "CIDEr" in scores

@@ -45,6 +45,9 @@ class ControllerConfig:
     init_log_std: float = field(default=-0.5, metadata={"help": "initial log std of the gaussian head"})
     codebook: int = field(default=0, metadata={"help": "query-type codebook size k (0: the MLP reads the state)"})
     text_dim: int = field(default=0, metadata={"help": "size of the text part of a query state (with a codebook)"})
+    state_layout: dict = field(default_factory=dict, metadata={
+        "help": "what the state holds, for states built elsewhere (MLLM controllers: "
+                "dsanchor.integrations.state.StateLayout); empty for retrieval and captioning states"})
 
 
 @torch.no_grad()

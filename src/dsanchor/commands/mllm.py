@@ -29,6 +29,9 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     caption.add_argument("--config", help="YAML file with MLLMCaptionConfig values (flags override it)")
     add_config_args(caption, MLLMCaptionConfig)
     caption.set_defaults(func=run_caption)
+    from dsanchor.commands.mllm_loop import add_actions
+
+    add_actions(sub)
     build = sub.add_parser("build", help="train a small LLaVA (CLIP vision + Llama) on a dataset's captions",
                            description="Train transformers' LlavaForConditionalGeneration from a small config on "
                                        "the train captions, with g ~ U[0, 1] at the seam; save it with its "

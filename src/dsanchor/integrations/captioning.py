@@ -26,7 +26,8 @@ from dsanchor.errors import ConfigError, DataError, MissingDependencyError
 from dsanchor.integrations.hf import MODEL_TYPES, attach_dsa, get_dsa
 
 __all__ = ["MLLMCaptionConfig", "CaptionRun", "MODEL_CLASSES", "DEFAULT_PROMPTS", "load_mllm", "processor_fns",
-           "caption_samples", "chair_ground_truth", "score_captions", "write_captions", "run_mllm_caption"]
+           "caption_samples", "chair_ground_truth", "POPE_QUESTION", "QUESTION_PROMPTS",
+           "question_prompt", "read_yes_no", "score_captions", "write_captions", "run_mllm_caption"]
 
 log = logging.getLogger(__name__)
 
@@ -40,6 +41,14 @@ DEFAULT_PROMPTS: dict[str, str] = {
     "llava": "USER: <image>\nDescribe the image in one sentence. ASSISTANT:",
     "blip2": "a photo of",
     "idefics": "Describe the image in one sentence.",
+}
+# POPE (Li et al. 2023): the question asked per (image, object); the answer is read as yes / no
+POPE_QUESTION = "Is there a {object} in the image?"
+# how each model type is asked a question about its image ({question} is filled in)
+QUESTION_PROMPTS: dict[str, str] = {
+    "llava": "USER: <image>\n{question} Answer yes or no. ASSISTANT:",
+    "blip2": "Question: {question} Answer:",
+    "idefics": "{question} Answer yes or no.",
 }
 # dataset format -> CHAIR vocabulary (COCO synonyms, or the synth colour + shape names)
 CHAIR_VOCABULARY: dict[str, str] = {"coco": "coco", "vg": "coco", "clevr": "synth", "synth": "synth"}
@@ -126,6 +135,19 @@ def processor_fns(model_type: str, processor: Any, prompt: str | None = None) ->
     return prepare, decode
 
 
+def question_prompt(model_type: str, obj: str) -> str:
+    """The POPE prompt asking ``model_type`` whether ``obj`` is in its image."""
+    return QUESTION_PROMPTS[model_type].format(question=POPE_QUESTION.format(object=obj))
+
+
+def read_yes_no(answer: str) -> bool | None:
+    """True for an answer that starts with yes, False for no, None for anything else (POPE counts it as no)."""
+    words = answer.strip().lower().replace(",", " ").replace(".", " ").split()
+    if not words:
+        return None
+    return True if words[0] == "yes" else False if words[0] == "no" else None
+
+
 def _open_image(root: Path, sample: Sample) -> Image.Image:
     path = root / sample.image_path
     try:
@@ -174,17 +196,23 @@ def caption_samples(model: nn.Module, prepare: Prepare, decode: Decode, samples:
     return run
 
 
-def chair_ground_truth(samples: Sequence[Sample], vocabulary: str) -> dict[int, set[str]]:
-    """The objects CHAIR counts as present in each image.
+def chair_ground_truth(samples: Sequence[Sample], vocabulary: str) -> dict[int, set[str] | None]:
+    """The objects CHAIR counts as present in each image; ``None`` for an image CHAIR cannot judge.
 
-    For the COCO vocabulary this is the paper's ground truth (as :func:`dsanchor.metrics.gt_objects_from_coco`):
-    the annotated objects plus every object the reference captions name. For the synth vocabulary it is the
-    annotated objects only (generated captions may name absent objects, e.g. "there is no red cube").
+    Only images with annotated objects are judged (as :func:`dsanchor.captioning.evaluate.chair_ground_truth`):
+    an image without instance annotations (40 of the 120 real COCO photos in the reference sample) would make
+    every object its caption names a hallucination. For the COCO vocabulary the ground truth is the paper's
+    (as :func:`dsanchor.metrics.gt_objects_from_coco`): the annotated objects plus every object the reference
+    captions name. For the synth vocabulary it is the annotated objects only (generated captions may name
+    absent objects, e.g. "there is no red cube").
     """
     from dsanchor.metrics.chair import caption_objects
 
-    gt: dict[int, set[str]] = {}
+    gt: dict[int, set[str] | None] = {}
     for s in samples:
+        if not s.objects:
+            gt[s.image_id] = None
+            continue
         names = {o.name for o in s.objects}
         if vocabulary == "coco":
             names.update(n for c in s.captions for n in caption_objects(c.text, vocabulary))
@@ -195,7 +223,8 @@ def chair_ground_truth(samples: Sequence[Sample], vocabulary: str) -> dict[int, 
 def score_captions(captions: dict[int, str], samples: Sequence[Sample], vocabulary: str) -> dict[str, float]:
     """BLEU-1..4, CIDEr-D (raw scale, not x100) and CHAIR_s / CHAIR_i (fractions) of ``captions``.
 
-    BLEU and CIDEr are left out when no sample has reference captions (never filled with zeros).
+    BLEU and CIDEr are left out when no sample has reference captions (never filled with zeros); CHAIR is
+    over the images with annotated objects (``CHAIR_images`` of them) and left out when there is none.
     """
     from dsanchor.metrics.captioning import caption_metrics
     from dsanchor.metrics.chair import chair
@@ -205,8 +234,11 @@ def score_captions(captions: dict[int, str], samples: Sequence[Sample], vocabula
     scores: dict[str, float] = {}
     if cands:
         scores.update(caption_metrics(cands, {i: refs[i] for i in cands}).as_dict())
-    result = chair(captions, chair_ground_truth(samples, vocabulary), vocabulary=vocabulary)
-    scores.update({"CHAIR_s": result.chair_s, "CHAIR_i": result.chair_i})
+    truth = chair_ground_truth(samples, vocabulary)
+    judged = {i: c for i, c in captions.items() if truth.get(i) is not None}
+    if judged:
+        result = chair(judged, {i: sorted(truth[i]) for i in judged}, vocabulary=vocabulary)
+        scores.update({"CHAIR_s": result.chair_s, "CHAIR_i": result.chair_i, "CHAIR_images": len(judged)})
     return scores
 
 

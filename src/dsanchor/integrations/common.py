@@ -15,6 +15,7 @@ Removing the hooks (:meth:`DSAHandle.detach`) restores the model exactly; nothin
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 
 import torch
@@ -24,12 +25,14 @@ from torch.utils.hooks import RemovableHandle
 from dsanchor.anchoring import anchor, check_g
 from dsanchor.errors import ConfigError
 
-__all__ = ["StateFn", "DSAHandle", "CoarseTap", "default_state", "find_encoder_layers", "replace_last_hidden_state"]
+__all__ = ["StateFn", "DSAHandle", "CoarseTap", "default_state", "find_encoder_layers", "install_prompt_capture",
+           "replace_last_hidden_state"]
 
 # state_fn(v_fine, v_coarse) -> state (B, S); both inputs (B, N, D) after being shaped alike
 StateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ATTR = "_dsanchor_dsa"  # the model attribute holding the attached handle while DSA is on
+ADAPTER_ATTR = "_dsanchor_adapter"  # the model attribute holding a seam adapter (dsanchor mllm adapt)
 
 
 def default_state(v_fine: torch.Tensor, v_coarse: torch.Tensor) -> torch.Tensor:
@@ -100,6 +103,37 @@ class CoarseTap:
         self.value = None
 
 
+class _GenerateWrapper:
+    """Instance-level ``generate`` that records the prompt first (BLIP-2's generate never calls forward)."""
+
+    def __init__(self, model: nn.Module, handle: DSAHandle):
+        self.model, self.handle = model, handle
+        self.original = model.generate  # the bound class method
+
+    def __call__(self, *args, **kwargs):
+        self.handle.set_prompt(kwargs.get("input_ids", args[1] if len(args) > 1 else None),
+                               kwargs.get("attention_mask"))
+        return self.original(*args, **kwargs)
+
+    def remove(self) -> None:
+        if self.model.__dict__.get("generate") is self:
+            del self.model.__dict__["generate"]
+
+
+def install_prompt_capture(model: nn.Module, handle: DSAHandle) -> None:
+    """Record ``input_ids`` and ``attention_mask`` of every ``forward`` and ``generate`` call on ``handle``.
+
+    The vision seam runs inside these calls, after the prompt is known, so the state reads the prompt of
+    the same call. Both hooks are removed by :meth:`DSAHandle.detach`.
+    """
+    def record(module: nn.Module, args: tuple, kwargs: dict):
+        handle.set_prompt(kwargs.get("input_ids", args[0] if args else None), kwargs.get("attention_mask"))
+
+    wrapper = _GenerateWrapper(model, handle)
+    model.__dict__["generate"] = wrapper
+    handle.add(model.register_forward_pre_hook(record, with_kwargs=True), wrapper)
+
+
 def replace_last_hidden_state(output, new: torch.Tensor):
     """Put ``new`` in place of a vision output's ``last_hidden_state`` (ModelOutput or tuple)."""
     if isinstance(output, tuple):
@@ -126,12 +160,24 @@ class DSAHandle:
         self.feature_dim = feature_dim
         self.state_fn: StateFn = state_fn or default_state
         self.last_g: torch.Tensor | None = None
-        self._hooks: list[RemovableHandle | CoarseTap] = []
+        self.adapter: nn.Module | None = getattr(model, ADAPTER_ATTR, None)  # applied to V' (mllm adapt)
+        self.controller_seconds = 0.0  # time spent building states and running the controller
+        self._hooks: list[RemovableHandle | CoarseTap | _GenerateWrapper] = []
+        self.layout = None  # the MLLM StateLayout when the state reads the prompt too
+        self._prompt: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (input_ids, attention_mask)
         if isinstance(controller_or_g, nn.Module):
             self.controller: nn.Module | None = controller_or_g
             self.fixed_g: float | None = None
-            self.state_dim = getattr(getattr(controller_or_g, "config", None), "state_dim", None)
-            if state_fn is None and self.state_dim is not None and self.state_dim != 2 * feature_dim:
+            config = getattr(controller_or_g, "config", None)
+            self.state_dim = getattr(config, "state_dim", None)
+            saved = getattr(config, "state_layout", None)
+            if saved and state_fn is None:  # a controller from `dsanchor mllm train`: rebuild its state
+                from dsanchor.integrations.state import StateLayout, state_layout
+
+                layout = StateLayout.from_dict(saved)
+                layout.check_against(state_layout(model, coarse_layer))
+                self.layout = layout
+            elif state_fn is None and self.state_dim is not None and self.state_dim != 2 * feature_dim:
                 raise ConfigError(
                     f"the controller expects state_dim={self.state_dim}, but the default DSA state of this "
                     f"{model_type} model is concat(mean V_coarse, mean V_fine) = 2 x {feature_dim} = "
@@ -155,7 +201,7 @@ class DSAHandle:
         batch = v_fine.shape[0]
         if self.controller is None:
             return torch.full((batch,), self.fixed_g, dtype=torch.float32)
-        state = self.state_fn(v_fine, v_coarse)  # (B, S)
+        state = self.state(v_fine, v_coarse)  # (B, S)
         if self.state_dim is not None and (state.dim() != 2 or state.shape[-1] != self.state_dim):
             raise ConfigError(f"the DSA state has shape {tuple(state.shape)} but the controller expects "
                               f"(B, {self.state_dim}); make state_fn return {self.state_dim} values per image")
@@ -164,6 +210,35 @@ class DSAHandle:
             state = state.to(param.device, param.dtype)
         return self.controller(state).reshape(batch).float()  # (B,)
 
+    def state(self, v_fine: torch.Tensor, v_coarse: torch.Tensor) -> torch.Tensor:
+        """The controller state of each image: ``state_fn(V_fine, V_coarse)``, or with an MLLM layout
+        ``[mean V_coarse | mean V_fine | prompt embedding]`` (:mod:`dsanchor.integrations.state`)."""
+        if self.layout is None:
+            return self.state_fn(v_fine, v_coarse)
+        from dsanchor.integrations.state import mllm_state
+
+        return mllm_state(v_fine, v_coarse, self.prompt_rows(v_fine.shape[0]))
+
+    def set_prompt(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> None:
+        """Record the prompt of the coming vision call (the hooks of :func:`install_prompt_capture` do it)."""
+        if input_ids is not None:
+            self._prompt = (input_ids, attention_mask)
+
+    def prompt_rows(self, n_images: int) -> torch.Tensor:
+        """``(n_images, H)``: each image's prompt embedding (a prompt with I images gives I equal rows)."""
+        from dsanchor.integrations.state import prompt_embedding
+
+        if self._prompt is None:
+            raise ConfigError("this DSA controller reads the prompt, but the model was called without input_ids; "
+                              "pass the prompt's input_ids to forward or generate")
+        ids, mask = self._prompt
+        rows = prompt_embedding(self.model, ids, mask)  # (B, H)
+        if n_images != rows.shape[0]:
+            if n_images % rows.shape[0]:
+                raise RuntimeError(f"DSA: {n_images} images for {rows.shape[0]} prompts")
+            rows = rows.repeat_interleave(n_images // rows.shape[0], dim=0)  # (B * I, H)
+        return rows
+
     def mix(self, v_fine: torch.Tensor, v_coarse: torch.Tensor) -> torch.Tensor:
         """``V' = g * V_fine + (1 - g) * V_coarse`` with g from :meth:`granularity`; records :attr:`last_g`.
 
@@ -171,15 +246,21 @@ class DSAHandle:
             v_fine: ``(B, N, D)``.
             v_coarse: ``(B, N, D)``, already shaped like ``v_fine``.
         """
+        tic = time.perf_counter()
         g = self.granularity(v_fine, v_coarse)  # (B,)
-        self.last_g = g.detach().float().cpu()
-        return anchor(v_fine, v_coarse, g.to(v_fine.device))  # (B, N, D)
+        self.last_g = g.detach().float().cpu()  # synchronises, so the time below includes the controller's work
+        self.controller_seconds += time.perf_counter() - tic
+        mixed = anchor(v_fine, v_coarse, g.to(v_fine.device))  # (B, N, D)
+        if self.adapter is not None:
+            mixed = self.adapter(mixed)
+        return mixed
 
     def detach(self) -> None:
         """Remove every hook so the model behaves exactly as before; calling it again does nothing."""
         for hook in self._hooks:
             hook.remove()
         self._hooks.clear()
+        self._prompt = None
         if getattr(self.model, ATTR, None) is self:
             delattr(self.model, ATTR)
 

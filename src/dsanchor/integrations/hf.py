@@ -36,7 +36,7 @@ from torch import nn
 
 from dsanchor.errors import ConfigError
 from dsanchor.integrations import blip2, idefics, llava
-from dsanchor.integrations.common import ATTR, DSAHandle, StateFn
+from dsanchor.integrations.common import ATTR, DSAHandle, StateFn, install_prompt_capture
 
 __all__ = ["MODEL_TYPES", "attach_dsa", "detect_model_type", "dsa_state_dim", "get_dsa"]
 
@@ -95,6 +95,8 @@ def attach_dsa(model: nn.Module, controller_or_g: nn.Module | float, coarse_laye
     handle = DSAHandle(model, model_type, controller_or_g, coarse_layer, family.feature_dim(model), state_fn)
     try:
         family.attach(model, handle)
+        if handle.layout is not None:
+            install_prompt_capture(model, handle)
     except Exception:
         handle.detach()
         raise

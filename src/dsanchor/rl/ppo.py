@@ -112,12 +112,12 @@ def _latest_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
 
 
 def controller_for(states: torch.Tensor, config: PPOConfig, codebook: int = 0, text_dim: int = 0,
-                   ) -> GranularityController:
+                   state_layout: dict | None = None) -> GranularityController:
     """A controller shaped like the PPO policy, its inputs (codebook, standardisation) fit on ``states``."""
     ctrl = GranularityController(ControllerConfig(state_dim=int(states.shape[1]), hidden=config.hidden,
                                                   layers=config.layers, distribution="gaussian",
                                                   init_log_std=config.log_std_init, codebook=codebook,
-                                                  text_dim=text_dim))
+                                                  text_dim=text_dim, state_layout=dict(state_layout or {})))
     ctrl.fit_inputs(states, config.seed)
     return ctrl
 
@@ -139,7 +139,7 @@ def export_controller(model: PPO, ctrl: GranularityController) -> GranularityCon
 
 def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardConfig, config: PPOConfig,
               out_dir: str | Path, progress: bool = True, codebook: int = 0,
-              text_dim: int = 0) -> tuple[GranularityController, dict]:
+              text_dim: int = 0, state_layout: dict | None = None) -> tuple[GranularityController, dict]:
     """Train PPO on a query pool and export the controller to ``out_dir/controller``.
 
     Args:
@@ -147,12 +147,14 @@ def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardCon
         reward_model: (R_acc, R_hall) of a query at a g.
         codebook, text_dim: a query-type codebook of this size over query states whose text part has
             ``text_dim`` columns (:mod:`dsanchor.state`); the policy then sees the one-hot query type.
+        state_layout: recorded in the exported controller's config (MLLM states,
+            :class:`dsanchor.integrations.state.StateLayout`).
     Returns:
         The controller and an info dict (training time, steps, learning curve path).
     """
     out = Path(out_dir)
     _resumable(out / "checkpoints", run_fingerprint(states, reward_model, reward, config, codebook, text_dim))
-    ctrl = controller_for(states, config, codebook, text_dim)
+    ctrl = controller_for(states, config, codebook, text_dim, state_layout)
     with torch.no_grad():
         obs = ctrl.encode(states.float())  # what the policy reads; the env standardises it like ctrl does
 
