@@ -97,7 +97,15 @@ def _setup(args: argparse.Namespace):
     return y, resolve_config(MLLMConfig, args, y, section="mllm"), resolve_config(GridConfig, args, y, section="grid")
 
 
-def _ppo(args, y, skip_timesteps: bool = False):
+def _finish() -> None:
+    """Leave torchrun's process group, if this process joined one."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        dist.destroy_process_group()
+
+
+def _ppo(args, y):
     from dsanchor.config import config_from_dict
     from dsanchor.rl.ppo import PPOConfig
 
@@ -118,6 +126,7 @@ def run_train(args: argparse.Namespace) -> int:
     reward = resolve_config(MLLMRewardConfig, args, y, section="reward")
     ppo = _ppo(args, y)
     info = train_mllm_controller(cfg, grid, reward, ppo, progress=not args.quiet)
+    _finish()
     if info is None:  # a torchrun rank other than 0: its share of the grid is written
         return 0
     save_resolved(cfg.out, mllm=cfg, grid=grid, reward=reward, ppo=ppo)
@@ -147,6 +156,7 @@ def run_tune(args: argparse.Namespace) -> int:
     tune = config_from_dict(TuneConfig, values, where="tune")
     ppo = _ppo(args, y)
     info = tune_mllm_reward(cfg, grid, tune, ppo, progress=not args.quiet)
+    _finish()
     if info is None:
         return 0
     save_resolved(cfg.out, mllm=cfg, grid=grid, tune=tune, ppo=ppo)
@@ -163,6 +173,7 @@ def run_eval(args: argparse.Namespace) -> int:
     y, cfg, grid = _setup(args)
     ev = resolve_config(EvalConfig, args, y, section="eval")
     results = run_mllm_eval(cfg, grid, ev, progress=not args.quiet)
+    _finish()
     if results is None:
         return 0
     save_resolved(cfg.out, mllm=cfg, grid=grid, eval=ev)
@@ -181,6 +192,7 @@ def run_adapt(args: argparse.Namespace) -> int:
     y, cfg, grid = _setup(args)
     ac = resolve_config(AdaptConfig, args, y, section="adapt")
     info = adapt(cfg, grid, ac, progress=not args.quiet)
+    _finish()
     if info is None:
         return 0
     save_resolved(cfg.out, mllm=cfg, grid=grid, adapt=ac)

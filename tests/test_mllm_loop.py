@@ -1,0 +1,276 @@
+"""DSA inside an MLLM, end to end on tiny random LLaVA, BLIP-2 and IDEFICS models (seconds each): the state from
+the seam and the prompt, the saved state layout, the grid cache (resume, torchrun), the rewards, and the
+`dsanchor mllm tune | train | eval | adapt` commands."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+pytest.importorskip("transformers")
+
+from dsanchor.cli import main as cli_main  # noqa: E402
+from dsanchor.controller import ControllerConfig, GranularityController  # noqa: E402
+from dsanchor.errors import ConfigError, DataError  # noqa: E402
+from dsanchor.integrations import attach_dsa  # noqa: E402
+from dsanchor.integrations.tiny import save_tiny_mllm, tiny_mllm  # noqa: E402
+
+TYPES = ("llava", "blip2", "idefics")
+TINY_PPO = ["--ppo-n-envs", "2", "--ppo-n-steps", "32", "--ppo-batch-size", "32", "--ppo-n-epochs", "1"]
+
+
+@pytest.fixture(scope="module")
+def world(tmp_path_factory):
+    """A synth dataset (32 train / 4 val / 4 test images; the tests use 8 / 4 / 4) and a tiny model of each type."""
+    from dsanchor.data import SynthConfig, generate_synth
+
+    root = tmp_path_factory.mktemp("mllm-loop")
+    generate_synth(root / "synth", SynthConfig(scenes=40, image_size=64, max_objects=3, supersample=1))
+    for t in TYPES:
+        save_tiny_mllm(t, root / t)
+    return root
+
+
+def _images(n: int):
+    from PIL import Image
+
+    rng = np.random.default_rng(0)
+    return [Image.fromarray(rng.integers(0, 255, (20, 24, 3), dtype=np.uint8)) for _ in range(n)]
+
+
+def _controller(model, coarse_layer: int = 1, seed: int = 0) -> GranularityController:
+    from dsanchor.integrations.state import state_layout
+
+    layout = state_layout(model, coarse_layer)
+    torch.manual_seed(seed)
+    return GranularityController(ControllerConfig(state_dim=layout.size, hidden=8, state_layout=layout.to_dict()))
+
+
+class _Spy(torch.nn.Module):
+    """Records the states a handle passes and returns g = 0.5."""
+
+    def __init__(self, ctrl):
+        super().__init__()
+        self.config, self.states = ctrl.config, []
+
+    def forward(self, state):
+        self.states.append(state)
+        return torch.full((state.shape[0],), 0.5)
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_state_reads_the_seam_and_the_prompt(model_type):
+    from dsanchor.integrations.captioning import processor_fns, question_prompt
+
+    model, processor = tiny_mllm(model_type)
+    spy = _Spy(_controller(model))
+    images = _images(2)
+    with attach_dsa(model, spy) as handle:
+        for prompt in (None, question_prompt(model_type, "red cube")):
+            prepare, _ = processor_fns(model_type, processor, prompt)
+            model.generate(**prepare(images), max_new_tokens=2, do_sample=False)
+        assert handle.layout is not None and handle.controller_seconds > 0
+    first, second = spy.states[0], spy.states[-1]
+    d = handle.layout.image_dim
+    assert first.shape == (2, handle.layout.size)
+    assert torch.allclose(first[:, :2 * d], second[:, :2 * d])  # same images: same image part
+    assert not torch.allclose(first[:, 2 * d:], second[:, 2 * d:])  # another prompt: another text part
+    assert not torch.allclose(first[0, :2 * d], first[1, :2 * d])  # two images differ
+
+
+def test_controller_needs_the_prompt():
+    model, processor = tiny_mllm("llava")
+    with attach_dsa(model, _controller(model)):
+        inputs = processor(images=_images(1), text=["<image> describe"], return_tensors="pt")
+        pixel = inputs["pixel_values"]
+        handle = model._dsanchor_dsa
+        handle._prompt = None
+        with pytest.raises(ConfigError, match="reads the prompt"):
+            handle.prompt_rows(1)
+        assert pixel.shape[0] == 1
+
+
+def test_saved_layout_rebuilds_the_state_and_rejects_another_model(tmp_path):
+    llava, _ = tiny_mllm("llava")
+    ctrl = _controller(llava)
+    ctrl.save_pretrained(tmp_path / "ctrl")
+    loaded = GranularityController.from_pretrained(tmp_path / "ctrl")
+    assert loaded.config.state_layout == ctrl.config.state_layout
+    attach_dsa(llava, loaded).detach()
+    blip2, _ = tiny_mllm("blip2")
+    with pytest.raises(ConfigError, match="model_type='llava'"):
+        attach_dsa(blip2, loaded)
+    with pytest.raises(ConfigError, match="coarse_layer=1"):
+        attach_dsa(llava, loaded, coarse_layer=2)
+    plain = GranularityController(ControllerConfig(state_dim=7))  # a retrieval-style controller
+    with pytest.raises(ConfigError, match="state_dim=7"):
+        attach_dsa(llava, plain)
+
+
+def _grid_args(world: Path, model_type: str, cache: Path) -> list[str]:
+    return ["--model-type", model_type, "--model-path", str(world / model_type), "--data", str(world / "synth"),
+            "--format", "synth", "--cache", str(cache), "--max-new-tokens", "3", "--grid", "3", "--chunk-size", "4",
+            "--batch-size", "2", "--limit", "8", "--threads", "1", "--quiet"]
+
+
+def _cache(world: Path, model_type: str, out: Path, split: str = "train"):
+    from dsanchor.integrations.grid import GridConfig
+    from dsanchor.integrations.train import MLLMConfig, load_mllm_data, split_grid
+
+    cfg = MLLMConfig(model_type=model_type, model_path=str(world / model_type), data=str(world / "synth"),
+                     format="synth", cache=str(out), out=str(out), limit=8)
+    data = load_mllm_data(cfg)
+    return split_grid(cfg, data, split, GridConfig(grid=3, chunk_size=4, batch_size=2, max_new_tokens=3), False)
+
+
+def test_grid_cache_resumes_after_a_kill_and_refuses_other_settings(world, tmp_path, monkeypatch):
+    from dsanchor.integrations.grid import GridRewardModel, load_grid_cache
+
+    cache, rewards = _cache(world, "llava", tmp_path)
+    assert len(cache.image_ids) == 8 and len(cache.captions[0]) == 3 and cache.states.shape[0] == 8
+    assert rewards["cider"].shape == (8, 3) and rewards["n_unjudged"] == 0
+    assert ((rewards["hallucination"] >= 0) & (rewards["hallucination"] <= 1)).all()
+    before = load_grid_cache(tmp_path / "train")
+    (tmp_path / "train" / "chunk-00001.json").unlink()  # as if killed while writing chunk 1
+    calls = []
+    import transformers
+
+    original = transformers.LlavaForConditionalGeneration.generate
+
+    def counting(self, *a, **k):
+        calls.append(1)
+        return original(self, *a, **k)
+
+    monkeypatch.setattr(transformers.LlavaForConditionalGeneration, "generate", counting)
+    again, _ = _cache(world, "llava", tmp_path)
+    assert len(calls) == 2 * 3  # one chunk of 4 images: 2 batches x 3 grid values
+    assert again.captions == before.captions and torch.equal(again.states, before.states)
+    m = GridRewardModel(cache.grid, rewards["cider"], rewards["hallucination"])
+    c0, h0 = m.values(0, 0.0)
+    c_mid, _ = m.values(0, 0.25)
+    assert c_mid == pytest.approx((rewards["cider"][0, 0] + rewards["cider"][0, 1]) / 2)
+    assert m(0, 0.0) == (c0, -h0)
+    meta = json.loads((tmp_path / "train" / "grid.json").read_text())
+    meta["prompt"] = "another prompt"
+    (tmp_path / "train" / "grid.json").write_text(json.dumps(meta))
+    with pytest.raises(ConfigError, match="another prompt"):
+        _cache(world, "llava", tmp_path)
+    shutil.rmtree(tmp_path / "train")
+    with pytest.raises(DataError, match="not a grid cache"):
+        load_grid_cache(tmp_path / "train")
+
+
+@pytest.mark.slow
+def test_torchrun_two_processes_write_the_same_grid_cache(world, tmp_path):
+    env = {**os.environ, "HF_HUB_OFFLINE": "1", "OMP_NUM_THREADS": "1"}
+    base = [*_grid_args(world, "llava", tmp_path / "one"), "--ppo-timesteps", "64", *TINY_PPO]
+    one = [sys.executable, "-m", "dsanchor", "mllm", "train", *base, "--out", str(tmp_path / "o1")]
+    subprocess.run(one, check=True, env=env, timeout=300, capture_output=True)
+    torchrun = shutil.which("torchrun", path=str(Path(sys.executable).parent)) or "torchrun"
+    two_args = [a if a != str(tmp_path / "one") else str(tmp_path / "two") for a in base]
+    two = [torchrun, "--nproc-per-node", "2", "--standalone", "-m", "dsanchor", "mllm", "train", *two_args,
+           "--out", str(tmp_path / "o2")]
+    subprocess.run(two, check=True, env=env, timeout=300, capture_output=True)
+    from dsanchor.integrations.grid import load_grid_cache
+
+    a, b = load_grid_cache(tmp_path / "one" / "train"), load_grid_cache(tmp_path / "two" / "train")
+    assert a.image_ids == b.image_ids and a.captions == b.captions
+    assert torch.allclose(a.states, b.states, atol=1e-5)
+    names = sorted(p.name for p in (tmp_path / "one" / "train").iterdir())
+    assert names == sorted(p.name for p in (tmp_path / "two" / "train").iterdir())
+    assert (tmp_path / "o2" / "controller" / "controller.safetensors").is_file()
+
+
+@pytest.mark.parametrize("model_type", TYPES)
+def test_tune_train_eval_adapt_end_to_end(world, tmp_path, model_type):
+    args = _grid_args(world, model_type, tmp_path / "cache")
+    assert cli_main(["mllm", "tune", *args, "--out", str(tmp_path / "tune"), "--tune-trials", "2",
+                     "--tune-startup-trials", "1", "--tune-timesteps", "64", *TINY_PPO]) == 0
+    best = json.loads((tmp_path / "tune" / "best_reward.json").read_text())
+    assert best["alpha"] == 1.0 and len(best["trials"]) == 2
+    assert cli_main(["mllm", "train", *args, "--out", str(tmp_path / "ctrl"), "--tuned", str(tmp_path / "tune"),
+                     "--ppo-timesteps", "128", *TINY_PPO]) == 0
+    info = json.loads((tmp_path / "ctrl" / "train_info.json").read_text())
+    assert info["reward"]["beta"] == pytest.approx(best["beta"]) and info["n_train_images"] == 8
+    assert set(info["seconds"]) >= {"grid_cache", "ppo"} and (tmp_path / "ctrl" / "tb").is_dir()
+    ctrl = GranularityController.from_pretrained(tmp_path / "ctrl" / "controller")
+    assert ctrl.config.state_layout["model_type"] == model_type
+    assert cli_main(["mllm", "eval", *args, "--out", str(tmp_path / "eval"), "--controller", str(tmp_path / "ctrl"),
+                     "--n-boot", "50", "--pope-positives", "1"]) == 0
+    res = json.loads((tmp_path / "eval" / "results.json").read_text())
+    assert list(res["rows"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
+    for name, row in res["rows"].items():
+        for key in ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s"):
+            assert key in row, (name, key)
+        assert set(row["pope"]) == {"random", "popular", "adversarial", "all"}
+        assert set(row["pope"]["all"]) == {"accuracy", "precision", "recall", "f1", "yes_ratio"}
+        assert set(row["retrieval"]) == {"protocol", "t2i", "i2t"} and "R@10" in row["retrieval"]["t2i"]
+    assert res["rows"]["fixed_best"]["g_mean"] == res["fixed_best_g"] and "ms_per_image" in res["rows"]["dsa_ppo"]
+    assert res["overhead"]["controller_ms_per_image"] > 0
+    for diff in ("dsa_ppo - base", "dsa_ppo - fixed_best"):
+        assert set(res["differences"][diff]) == {"CIDEr", "CHAIR_i", "POPE_F1"}
+        d = res["differences"][diff]["CIDEr"]
+        assert d["low"] <= d["diff"] <= d["high"]
+    assert "| dsa_ppo |" in (tmp_path / "eval" / "report.md").read_text()
+    assert cli_main(["mllm", "adapt", *args, "--out", str(tmp_path / "adapt"), "--steps", "2",
+                     "--adapt-batch-size", "2", "--eval-images", "2", "--eval-grid", "2"]) == 0
+    ad = json.loads((tmp_path / "adapt" / "adapt_info.json").read_text())
+    assert len(ad["cider_before"]) == len(ad["cider_after"]) == 2
+    assert ad["bytes"] < 200_000  # only the adapter is saved
+    # the adapter loads through --adapter and changes what the model reads at g = 0.5, not the base model
+    model, processor = tiny_mllm(model_type)
+    from dsanchor.integrations.adapt import load_adapter
+    from dsanchor.integrations.captioning import processor_fns
+
+    prepare, _ = processor_fns(model_type, processor)
+    inputs = prepare(_images(1))
+    with torch.no_grad():
+        base = model(**inputs).logits
+        with attach_dsa(model, 0.5):
+            plain = model(**inputs).logits
+        adapter = load_adapter(model, tmp_path / "adapt")
+        with torch.no_grad():
+            adapter.up.weight.add_(0.5)  # the trained one is nearly the identity after 2 steps
+        with attach_dsa(model, 0.5):
+            adapted = model(**inputs).logits
+        assert torch.equal(model(**inputs).logits, base)
+    assert not torch.allclose(plain, adapted)
+
+
+def test_adapter_for_another_seam_is_a_one_line_error(world, tmp_path):
+    from dsanchor.integrations.adapt import SeamAdapter, _save, load_adapter
+
+    _save(SeamAdapter(12, 4), tmp_path, "llava", 1)
+    model, _ = tiny_mllm("llava")
+    with pytest.raises(ConfigError, match="seam of width 12"):
+        load_adapter(model, tmp_path)
+    with pytest.raises(DataError, match="no seam adapter"):
+        load_adapter(model, tmp_path / "nowhere")
+
+
+def test_bootstrap_difference_resolves_a_shift_and_not_noise():
+    from dsanchor.integrations.evaluate import _mean, bootstrap_diff
+
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=200)
+    shifted = bootstrap_diff(_mean, a + 1.0, a + rng.normal(scale=0.1, size=200), 500)
+    assert shifted["excludes_zero"] and shifted["low"] > 0.8
+    noise = bootstrap_diff(_mean, rng.normal(size=200), rng.normal(size=200), 500)
+    assert noise["low"] < noise["diff"] < noise["high"]
+
+
+def test_bad_mllm_arguments_are_one_line_errors(world, tmp_path, capsys):
+    assert cli_main(["mllm", "train", "--model-type", "gpt", "--model-path", str(world / "llava"), "--data",
+                     str(world / "synth"), "--format", "synth", "--out", str(tmp_path)]) == 2
+    assert "unknown --model-type 'gpt'" in capsys.readouterr().err
+    assert cli_main(["mllm", "eval", *_grid_args(world, "llava", tmp_path / "c"), "--out", str(tmp_path / "e"),
+                     "--controller", str(tmp_path / "missing")]) == 2
+    assert "not a saved controller" in capsys.readouterr().err
