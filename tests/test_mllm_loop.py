@@ -196,12 +196,15 @@ def test_tune_train_eval_adapt_end_to_end(world, tmp_path, model_type):
                      "--tune-startup-trials", "1", "--tune-timesteps", "64", *TINY_PPO]) == 0
     best = json.loads((tmp_path / "tune" / "best_reward.json").read_text())
     assert best["alpha"] == 1.0 and len(best["trials"]) == 2
+    seeds = ["--seeds", "2"] if model_type == "llava" else []
     assert cli_main(["mllm", "train", *args, "--out", str(tmp_path / "ctrl"), "--tuned", str(tmp_path / "tune"),
-                     "--ppo-timesteps", "128", *TINY_PPO]) == 0
+                     "--ppo-timesteps", "128", *TINY_PPO, *seeds]) == 0
     info = json.loads((tmp_path / "ctrl" / "train_info.json").read_text())
     assert info["reward"]["beta"] == pytest.approx(best["beta"]) and info["n_train_images"] == 8
-    assert set(info["seconds"]) >= {"grid_cache", "ppo"} and (tmp_path / "ctrl" / "tb").is_dir()
-    ctrl = GranularityController.from_pretrained(tmp_path / "ctrl" / "controller")
+    assert set(info["seconds"]) >= {"grid_cache", "ppo"}
+    assert (tmp_path / "ctrl" / ("seed0" if seeds else "") / "tb").is_dir()  # TensorBoard logs
+    ctrl_dir = tmp_path / "ctrl" / ("seed1" if seeds else "") / "controller"
+    ctrl = GranularityController.from_pretrained(ctrl_dir)
     assert ctrl.config.state_layout["model_type"] == model_type
     assert cli_main(["mllm", "eval", *args, "--out", str(tmp_path / "eval"), "--controller", str(tmp_path / "ctrl"),
                      "--n-boot", "50", "--pope-positives", "1"]) == 0
@@ -211,10 +214,14 @@ def test_tune_train_eval_adapt_end_to_end(world, tmp_path, model_type):
         for key in ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s"):
             assert key in row, (name, key)
         assert set(row["pope"]) == {"random", "popular", "adversarial", "all"}
-        assert set(row["pope"]["all"]) == {"accuracy", "precision", "recall", "f1", "yes_ratio"}
-        assert set(row["retrieval"]) == {"protocol", "t2i", "i2t"} and "R@10" in row["retrieval"]["t2i"]
+        assert {"accuracy", "precision", "recall", "f1", "yes_ratio"} <= set(row["pope"]["all"])
+        assert {"protocol", "t2i", "i2t"} <= set(row["retrieval"]) and "R@10" in row["retrieval"]["t2i"]
     assert res["rows"]["fixed_best"]["g_mean"] == res["fixed_best_g"] and "ms_per_image" in res["rows"]["dsa_ppo"]
     assert res["overhead"]["controller_ms_per_image"] > 0
+    assert res["n_controller_seeds"] == (2 if seeds else 1)
+    if seeds:  # one dsa_ppo measurement per seed, combined as mean and std; intervals resample the seeds
+        assert len(res["rows"]["dsa_ppo"]["seeds"]) == 2 and "CIDEr_std" in res["rows"]["dsa_ppo"]
+        assert res["differences"]["dsa_ppo - base"]["CIDEr"]["seeds"] == [2, 1]
     for diff in ("dsa_ppo - base", "dsa_ppo - fixed_best"):
         assert set(res["differences"][diff]) == {"CIDEr", "CHAIR_i", "POPE_F1"}
         d = res["differences"][diff]["CIDEr"]
@@ -260,11 +267,17 @@ def test_bootstrap_difference_resolves_a_shift_and_not_noise():
     from dsanchor.integrations.evaluate import _mean, bootstrap_diff
 
     rng = np.random.default_rng(0)
-    a = rng.normal(size=200)
-    shifted = bootstrap_diff(_mean, a + 1.0, a + rng.normal(scale=0.1, size=200), 500)
+    a = rng.normal(size=(1, 200))
+    shifted = bootstrap_diff(_mean, a + 1.0, a + rng.normal(scale=0.1, size=(1, 200)), 500)
     assert shifted["excludes_zero"] and shifted["low"] > 0.8
-    noise = bootstrap_diff(_mean, rng.normal(size=200), rng.normal(size=200), 500)
+    noise = bootstrap_diff(_mean, rng.normal(size=(1, 200)), rng.normal(size=(1, 200)), 500)
     assert noise["low"] < noise["diff"] < noise["high"]
+    # three training seeds that disagree widen the interval beyond the image-only one
+    seeds = np.stack([a[0] + 0.5, a[0] + 1.0, a[0] + 1.5])  # (3, 200)
+    spread = bootstrap_diff(_mean, seeds, a, 500)
+    single = bootstrap_diff(_mean, seeds.mean(0, keepdims=True), a, 500)
+    assert spread["diff"] == pytest.approx(single["diff"]) and spread["seeds"] == [3, 1]
+    assert spread["high"] - spread["low"] > 3 * (single["high"] - single["low"])
 
 
 def test_bad_mllm_arguments_are_one_line_errors(world, tmp_path, capsys):

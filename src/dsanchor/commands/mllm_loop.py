@@ -45,6 +45,8 @@ def add_actions(sub: argparse._SubParsersAction) -> None:
                                        "sharded), score CIDEr-D and hallucination, train SB3 PPO on the "
                                        "interpolated rewards; the controller goes to OUT/controller.")
     _common(train)
+    train.add_argument("--seeds", type=int, default=1, help="PPO training seeds on the same cache (OUT/seed{k}; "
+                                                             "mllm eval measures each and resamples them)")
     add_config_args(train, MLLMRewardConfig)
     add_config_args(train, PPOConfig, prefix=PPO_PREFIX)
     train.set_defaults(func=run_train)
@@ -125,7 +127,7 @@ def run_train(args: argparse.Namespace) -> int:
     y, cfg, grid = _setup(args)
     reward = resolve_config(MLLMRewardConfig, args, y, section="reward")
     ppo = _ppo(args, y)
-    info = train_mllm_controller(cfg, grid, reward, ppo, progress=not args.quiet)
+    info = train_mllm_controller(cfg, grid, reward, ppo, progress=not args.quiet, seeds=args.seeds)
     _finish()
     if info is None:  # a torchrun rank other than 0: its share of the grid is written
         return 0

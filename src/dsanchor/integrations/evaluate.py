@@ -34,6 +34,7 @@ percentile interval from a bootstrap over test images (each with all its caption
 
 from __future__ import annotations
 
+import functools
 import json
 import logging
 import time
@@ -93,15 +94,22 @@ def objective_scores(cider: np.ndarray, hallucination: np.ndarray) -> np.ndarray
     return cider - hallucination
 
 
-def _resolve_controller(path: str | None):
+def resolve_controllers(path: str | None) -> list[Path]:
+    """The controller folders of ``--controller``: a controller, a ``mllm train --out`` folder, or one with
+    a ``seed*/controller`` per training seed (``mllm train --seeds N``)."""
     if path is None:
-        return None
-    from dsanchor.controller import GranularityController
-
+        return []
     p = Path(path)
     if (p / "controller").is_dir():
-        p = p / "controller"
-    return GranularityController.from_pretrained(p)
+        return [p / "controller"]
+    seeds = sorted(q / "controller" for q in p.glob("seed*") if (q / "controller").is_dir())
+    return seeds or [p]
+
+
+def _load_controllers(path: str | None) -> list:
+    from dsanchor.controller import GranularityController
+
+    return [GranularityController.from_pretrained(p) for p in resolve_controllers(path)]
 
 
 def _g_source(row: str, fixed_g: float, oracle: dict[int, float], ctrl):
@@ -369,21 +377,34 @@ def _recalls(img: torch.Tensor, txt: torch.Tensor, rel: torch.Tensor) -> dict[st
 
 
 def bootstrap_diff(stat, a: np.ndarray, b: np.ndarray, n_boot: int = 2000, seed: int = 0) -> dict[str, float]:
-    """``stat(a) - stat(b)`` with a 95% percentile interval from resampling the rows (images) of both together.
+    """``stat(a) - stat(b)`` with a 95% percentile interval from a bootstrap over images and training seeds.
 
     Args:
-        stat: maps an (n, ...) array of per-image values to a number (a mean, a ratio of sums, an F1).
-        a, b: per-image values of the two rows, aligned by image.
+        stat: maps an (m, ...) array of per-image values to a number (a mean, a ratio of sums, an F1).
+        a, b: per-image values of the two rows, ``(S, n, ...)``: one slice per training seed (a deterministic
+            row has S = 1). Images are aligned between the rows and resampled together; each row's seeds are
+            resampled with replacement in every draw, so the interval carries the spread over seeds as well as
+            over images.
     """
+    if a.ndim < 2 or b.ndim < 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"bootstrap_diff needs (seeds, images, ...) arrays with the same images; got "
+                         f"{a.shape} and {b.shape}")
     rng = np.random.default_rng(seed)
-    n = a.shape[0]
+    n = a.shape[1]
+
+    def flat(x: np.ndarray, seeds: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        y = x[seeds][:, idx]
+        return y.reshape(-1, *x.shape[2:])
+
     diffs = np.empty(n_boot)
     for k in range(n_boot):
         idx = rng.integers(0, n, n)
-        diffs[k] = stat(a[idx]) - stat(b[idx])
-    d = float(stat(a) - stat(b))
+        sa, sb = rng.integers(0, a.shape[0], a.shape[0]), rng.integers(0, b.shape[0], b.shape[0])
+        diffs[k] = stat(flat(a, sa, idx)) - stat(flat(b, sb, idx))
+    d = float(stat(a.reshape(-1, *a.shape[2:])) - stat(b.reshape(-1, *b.shape[2:])))
     lo, hi = np.percentile(diffs, [2.5, 97.5])
-    return {"diff": d, "low": float(lo), "high": float(hi), "excludes_zero": bool(lo > 0 or hi < 0)}
+    return {"diff": d, "low": float(lo), "high": float(hi), "excludes_zero": bool(lo > 0 or hi < 0),
+            "seeds": [int(a.shape[0]), int(b.shape[0])]}
 
 
 def _mean(x: np.ndarray) -> float:
@@ -401,20 +422,38 @@ def _f1_of(x: np.ndarray) -> float:  # columns: tp, fp, fn
 # ---------------------------------------- run
 
 
+def _combine(entries: list[dict[str, Any]]) -> dict[str, Any]:
+    """Mean over training seeds of every number (nested dicts too), with ``<key>_std`` beside it."""
+    if len(entries) == 1:
+        return entries[0]
+    out: dict[str, Any] = {}
+    for key, v in entries[0].items():
+        vals = [e.get(key) for e in entries]
+        if isinstance(v, dict):
+            out[key] = _combine(vals)
+        elif isinstance(v, (int, float)) and not isinstance(v, bool):
+            out[key] = float(np.mean(vals))
+            out[f"{key}_std"] = float(np.std(vals))
+        else:
+            out[key] = v
+    return out
+
+
 def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: EvalConfig, progress: bool = True,
                   data: MLLMData | None = None) -> dict[str, Any] | None:
-    """Every row and column of the module docstring; writes results.json and report.md to ``cfg.out``."""
+    """Every row and column of the module docstring; writes results.json and report.md to ``cfg.out``.
+
+    With several training seeds (``mllm train --seeds N``) ``dsa_ppo`` is measured once per seed: its numbers
+    are the means with ``_std`` beside them, and its intervals resample seeds as well as images.
+    """
     from dsanchor.anchoring import choose_fixed_g, choose_g_per_item
-    from dsanchor.integrations.captioning import score_captions
+    from dsanchor.integrations.hf import attach_dsa
 
     t0 = time.perf_counter()
     data = data or load_mllm_data(cfg)
-    ctrl = _resolve_controller(ev.controller)
-    if ctrl is not None:
-        ctrl = ctrl.to(data.device)
-        from dsanchor.integrations.hf import attach_dsa
-
-        attach_dsa(data.model, ctrl, coarse_layer=cfg.coarse_layer).detach()  # the layout check, before any work
+    ctrls = [c.to(data.device) for c in _load_controllers(ev.controller)]
+    for c in ctrls:
+        attach_dsa(data.model, c, coarse_layer=cfg.coarse_layer).detach()  # the layout check, before any work
     timing: dict[str, float] = {}
     tic = time.perf_counter()
     val_cache, val_rewards = split_grid(cfg, data, "val", grid, progress)
@@ -431,62 +470,47 @@ def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: EvalConfig, progress: b
     test_obj = objective_scores(test_rewards["cider"], test_rewards["hallucination"])  # (N, G)
     oracle_g = choose_g_per_item(torch.from_numpy(test_obj), grid_g)
     oracle = {i: float(g) for i, g in zip(test_cache.image_ids, oracle_g, strict=True)}
-    rows = [r for r in ROWS if r != "dsa_ppo" or ctrl is not None]
+    rows = [r for r in ROWS if r != "dsa_ppo" or ctrls]
     results: dict[str, Any] = {"rows": {}, "fixed_best_g": fixed_g, "grid": grid_g.tolist(),
                                "val_objective_by_g": val_obj.tolist(),
                                "test_objective_by_g": test_obj.mean(0).tolist(), "cider_scale": "raw (not x100)",
-                               "chair_scale": "fraction"}
+                               "chair_scale": "fraction", "n_controller_seeds": len(ctrls)}
     per_image: dict[str, dict[str, np.ndarray]] = {}
     questions = pope_questions(test, data.samples, ev.pope_positives, ev.seed) if ev.pope_positives else {}
     texts, rel, protocol = _relevance(test) if ev.retrieval else ([], None, None)
     txt_emb = _text_embeddings(data, cfg, texts, grid.batch_size, progress) if ev.retrieval and texts else None
+    measure = functools.partial(_measure_row, data, cfg, grid, test, test_cache, fixed_g, oracle, questions,
+                                txt_emb, rel, protocol, progress)
     for row in rows:
         tic = time.perf_counter()
-        source = _g_source(row, fixed_g, oracle, ctrl)
-        j = {round(float(g), 6): k for k, g in enumerate(grid_g)}
-        entry: dict[str, Any] = {}
-        if row in ("fixed_best", "oracle"):  # grid rows: their captions are in the test grid cache
-            caps = {i: test_cache.captions[n][j[round(fixed_g if row == "fixed_best" else oracle[i], 6)]]
-                    for n, i in enumerate(test_cache.image_ids)}
-            gs = {i: (fixed_g if row == "fixed_best" else oracle[i]) for i in test_cache.image_ids}
-        else:
-            caps, gs, secs, ctrl_s = _caption_row(data, cfg, grid, test, source, oracle, progress)
-            entry["ms_per_image"] = 1000 * secs / len(test)
-            if row == "dsa_ppo":
-                entry["controller_ms_per_image"] = 1000 * ctrl_s / len(test)
-                entry["controller_share"] = ctrl_s / secs if secs else 0.0
-        entry.update(score_captions(caps, test, data.vocabulary))
-        if gs:
-            g_arr = np.array(list(gs.values()))
-            entry["g_mean"], entry["g_std"] = float(g_arr.mean()), float(g_arr.std())
-        pi = _per_image_caption_scores(caps, test, data.vocabulary)
-        if questions:
-            answers = _pope_row(data, cfg, test, questions, source, oracle, grid.batch_size, progress)
-            entry["pope"] = _pope_metrics(questions, answers)
-            pi["pope"] = _pope_counts(questions, answers, len(test))
-        if txt_emb is not None:
-            img_emb = _image_embeddings(data, cfg, test, source, oracle, grid.batch_size, progress)
-            entry["retrieval"] = {"protocol": protocol, **_recalls(img_emb, txt_emb, rel)}
+        runs = [measure(row, c) for c in ctrls] if row == "dsa_ppo" else [measure(row, None)]
+        entry = _combine([r[0] for r in runs])
+        if len(runs) > 1:
+            entry["seeds"] = [r[0] for r in runs]
         entry["seconds"] = time.perf_counter() - tic
         results["rows"][row] = entry
-        per_image[row] = pi
+        per_image[row] = {k: np.stack([r[1][k] for r in runs]) for k in runs[0][1]}  # (S, n, ...)
         (Path(cfg.out) / "captions").mkdir(parents=True, exist_ok=True)
-        with (Path(cfg.out) / "captions" / f"{row}.jsonl").open("w") as f:
-            for i in test_cache.image_ids:
-                f.write(json.dumps({"image_id": i, "caption": caps[i], **({"g": gs[i]} if i in gs else {})}) + "\n")
-    if "base" in rows and ctrl is not None:
-        base_ms = results["rows"]["base"]["ms_per_image"]
-        results["overhead"] = {"base_ms_per_image": base_ms,
-                               "dsa_ppo_ms_per_image": results["rows"]["dsa_ppo"]["ms_per_image"],
-                               "controller_ms_per_image": results["rows"]["dsa_ppo"]["controller_ms_per_image"],
-                               "controller_share": results["rows"]["dsa_ppo"]["controller_share"]}
+        for k, (_, _, caps, gs) in enumerate(runs):
+            name = row if len(runs) == 1 else f"{row}_seed{k}"
+            with (Path(cfg.out) / "captions" / f"{name}.jsonl").open("w") as f:
+                for i in test_cache.image_ids:
+                    f.write(json.dumps({"image_id": i, "caption": caps[i], **({"g": gs[i]} if i in gs else {})})
+                            + "\n")
+    if ctrls:
+        d = results["rows"]["dsa_ppo"]
+        results["overhead"] = {"base_ms_per_image": results["rows"]["base"]["ms_per_image"],
+                               "dsa_ppo_ms_per_image": d["ms_per_image"],
+                               "controller_ms_per_image": d["controller_ms_per_image"],
+                               "controller_share": d["controller_share"]}
     results["differences"] = _differences(per_image, rows, ev)
     timing["total"] = time.perf_counter() - t0
     results.update({"model_type": cfg.model_type, "model_path": str(cfg.model_path), "dataset": cfg.format,
                     "data": str(cfg.data), "split_note": data.split_note, "n_test_images": len(test),
-                    "n_judged_chair": int(per_image["base"]["judged"].sum()),
+                    "n_judged_chair": int(per_image["base"]["judged"][0].sum()),
                     "n_pope_questions": {s: len(q) for s, q in questions.items()},
                     "retrieval_protocol": protocol, "n_captions": len(texts), "controller": ev.controller,
+                    "controllers": [str(p) for p in resolve_controllers(ev.controller)],
                     "timing_s": timing, "val_grid_seconds": val_cache.seconds, "test_grid_seconds": test_cache.seconds})
     out = Path(cfg.out)
     (out / "results.json").write_text(json.dumps(results, indent=2))
@@ -496,7 +520,40 @@ def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: EvalConfig, progress: b
     return results
 
 
+def _measure_row(data, cfg, grid, test, test_cache, fixed_g, oracle, questions, txt_emb, rel, protocol, progress,
+                 row: str, ctrl) -> tuple[dict[str, Any], dict[str, np.ndarray], dict[int, str], dict[int, float]]:
+    """(entry, per-image values, captions, g per image) of one row (one controller for dsa_ppo)."""
+    from dsanchor.integrations.captioning import score_captions
+
+    source = _g_source(row, fixed_g, oracle, ctrl)
+    j = {round(float(g), 6): k for k, g in enumerate(test_cache.grid)}
+    entry: dict[str, Any] = {}
+    if row in ("fixed_best", "oracle"):  # grid rows: their captions are in the test grid cache
+        gs = {i: (fixed_g if row == "fixed_best" else oracle[i]) for i in test_cache.image_ids}
+        caps = {i: test_cache.captions[n][j[round(gs[i], 6)]] for n, i in enumerate(test_cache.image_ids)}
+    else:
+        caps, gs, secs, ctrl_s = _caption_row(data, cfg, grid, test, source, oracle, progress)
+        entry["ms_per_image"] = 1000 * secs / len(test)
+        if row == "dsa_ppo":
+            entry["controller_ms_per_image"] = 1000 * ctrl_s / len(test)
+            entry["controller_share"] = ctrl_s / secs if secs else 0.0
+    entry.update(score_captions(caps, test, data.vocabulary))
+    if gs:
+        g_arr = np.array(list(gs.values()))
+        entry["g_mean"], entry["g_std"] = float(g_arr.mean()), float(g_arr.std())
+    pi = _per_image_caption_scores(caps, test, data.vocabulary)
+    if questions:
+        answers = _pope_row(data, cfg, test, questions, source, oracle, grid.batch_size, progress)
+        entry["pope"] = _pope_metrics(questions, answers)
+        pi["pope"] = _pope_counts(questions, answers, len(test))
+    if txt_emb is not None:
+        img_emb = _image_embeddings(data, cfg, test, source, oracle, grid.batch_size, progress)
+        entry["retrieval"] = {"protocol": protocol, **_recalls(img_emb, txt_emb, rel)}
+    return entry, pi, caps, gs
+
+
 def _differences(per_image: dict[str, dict[str, np.ndarray]], rows: list[str], ev: EvalConfig) -> dict[str, Any]:
+    """Bootstrap differences of CIDEr-D, CHAIR_i and POPE F1 (per-image arrays are (S, n, ...))."""
     pairs = [(a, "base") for a in rows if a != "base"]
     if "dsa_ppo" in rows:
         pairs.append(("dsa_ppo", "fixed_best"))
@@ -504,10 +561,10 @@ def _differences(per_image: dict[str, dict[str, np.ndarray]], rows: list[str], e
     for a, b in pairs:
         pa, pb = per_image[a], per_image[b]
         d = {"CIDEr": bootstrap_diff(_mean, pa["cider"], pb["cider"], ev.n_boot, ev.seed)}
-        judged = pa["judged"]
+        judged = pa["judged"][0]
         if judged.any():
-            d["CHAIR_i"] = bootstrap_diff(_chair_i, np.stack([pa["hall"], pa["mentions"]], 1)[judged],
-                                          np.stack([pb["hall"], pb["mentions"]], 1)[judged], ev.n_boot, ev.seed)
+            d["CHAIR_i"] = bootstrap_diff(_chair_i, np.stack([pa["hall"], pa["mentions"]], -1)[:, judged],
+                                          np.stack([pb["hall"], pb["mentions"]], -1)[:, judged], ev.n_boot, ev.seed)
         if "pope" in pa:
             d["POPE_F1"] = bootstrap_diff(_f1_of, pa["pope"], pb["pope"], ev.n_boot, ev.seed)
         out[f"{a} - {b}"] = d

@@ -19,6 +19,12 @@ def _f(x: Any, nd: int = 3) -> str:
     return "—" if x is None else f"{x:.{nd}f}"
 
 
+def _c(d: dict[str, Any], key: str, nd: int = 3) -> str:
+    """A cell: the value, with ``± std`` over training seeds where there are several."""
+    v, sd = d.get(key), d.get(f"{key}_std")
+    return _f(v, nd) if sd is None else f"{_f(v, nd)} ± {sd:.{nd}f}"
+
+
 def mllm_table(results: dict[str, Any]) -> list[str]:
     """The main table: one row per method, the seed's Table 1 columns."""
     lines = ["| method | g | BLEU-4 | CIDEr-D | CHAIR_i | CHAIR_s | POPE acc | POPE F1 | POPE yes | "
@@ -30,12 +36,10 @@ def mllm_table(results: dict[str, Any]) -> list[str]:
         g = "—" if "g_mean" not in r else (f"{r['g_mean']:.2f}" if r.get("g_std", 0) < 1e-9 else
                                            f"{r['g_mean']:.2f} ± {r['g_std']:.2f}")
         lines.append(
-            f"| {LABELS.get(name, name)} | {g} | {_f(r.get('BLEU-4'))} | {_f(r.get('CIDEr'))} | "
-            f"{_f(r.get('CHAIR_i'))} | {_f(r.get('CHAIR_s'))} | {_f(pope.get('accuracy'))} | {_f(pope.get('f1'))} | "
-            f"{_f(pope.get('yes_ratio'))} | "
-            f"{_f(ret.get('t2i', {}).get('R@1'))} | {_f(ret.get('t2i', {}).get('R@10'))} | "
-            f"{_f(ret.get('i2t', {}).get('R@1'))} | {_f(ret.get('i2t', {}).get('R@10'))} | "
-            f"{_f(r.get('ms_per_image'), 1)} |")
+            f"| {LABELS.get(name, name)} | {g} | {_c(r, 'BLEU-4')} | {_c(r, 'CIDEr')} | {_c(r, 'CHAIR_i')} | "
+            f"{_c(r, 'CHAIR_s')} | {_c(pope, 'accuracy')} | {_c(pope, 'f1')} | {_c(pope, 'yes_ratio')} | "
+            f"{_c(ret.get('t2i', {}), 'R@1')} | {_c(ret.get('t2i', {}), 'R@10')} | {_c(ret.get('i2t', {}), 'R@1')} | "
+            f"{_c(ret.get('i2t', {}), 'R@10')} | {_c(r, 'ms_per_image', 1)} |")
     return lines
 
 
@@ -102,6 +106,9 @@ def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
              f"({sum(results['n_pope_questions'].values())} questions); retrieval with the MLLM's own E5-V embeddings, "
              f"{results['retrieval_protocol'] or 'not run'} relevance over {results['n_captions']} captions.", ""]
     lines += mllm_table(results)
+    if results.get("n_controller_seeds", 1) > 1:
+        lines += ["", f"dsa_ppo: mean ± std over {results['n_controller_seeds']} PPO training seeds (one model, "
+                      "one grid cache)."]
     lines += ["", "The seed's own Table 1 reports LLaVA-1.5, BLIP-2 and Flamingo at 7B+ scale on COCO; those "
               "numbers are not reproduced here. This table has the same rows and columns for the model above, "
               "so the same command on `llava-1.5-7b-hf` gives the comparable row set.", "",
@@ -117,7 +124,8 @@ def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
     pope_rows = [(n, r["pope"]) for n, r in results["rows"].items() if "pope" in r]
     if pope_rows:
         lines += ["", "## POPE by sampling", "",
-                  "| method | sampling | accuracy | precision | recall | F1 | yes-ratio |", "|---|---|---|---|---|---|---|"]
+                  "| method | sampling | accuracy | precision | recall | F1 | yes-ratio |",
+                  "|---|---|---|---|---|---|---|"]
         for n, p in pope_rows:
             for s, m in p.items():
                 lines.append(f"| {n} | {s} | {_f(m['accuracy'])} | {_f(m['precision'])} | {_f(m['recall'])} | "

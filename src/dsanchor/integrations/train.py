@@ -186,8 +186,16 @@ def _reward_model(cache: GridCache, rewards: dict[str, Any]) -> GridRewardModel:
 
 
 def train_mllm_controller(cfg: MLLMConfig, grid: GridConfig, reward: MLLMRewardConfig, ppo: PPOConfig,
-                          progress: bool = True, data: MLLMData | None = None) -> dict[str, Any] | None:
-    """Grid cache, rewards and PPO (module docstring). Returns the info dict on rank 0, ``None`` elsewhere."""
+                          progress: bool = True, data: MLLMData | None = None, seeds: int = 1) -> dict[str, Any] | None:
+    """Grid cache, rewards and PPO (module docstring). Returns the info dict on rank 0, ``None`` elsewhere.
+
+    With ``seeds`` > 1, PPO is trained once per seed (``ppo.seed + k``) on the same cached rewards, into
+    ``OUT/seed{k}/controller``; ``mllm eval --controller OUT`` then measures every seed.
+    """
+    import dataclasses
+
+    if seeds < 1:
+        raise ConfigError(f"--seeds must be >= 1; got {seeds}")
     t0 = time.perf_counter()
     data = data or load_mllm_data(cfg)
     t_load = time.perf_counter() - t0
@@ -199,12 +207,18 @@ def train_mllm_controller(cfg: MLLMConfig, grid: GridConfig, reward: MLLMRewardC
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     rc = reward.reward_config()
-    tic = time.perf_counter()
-    ctrl, info = train_ppo(cache.states, _reward_model(cache, rewards), rc, ppo, out, progress,
-                           state_layout=cache.layout)
-    t_ppo = time.perf_counter() - tic
-    with torch.no_grad():
-        train_g = ctrl(cache.states)
+    runs = []
+    for k in range(seeds):
+        run_dir = out if seeds == 1 else out / f"seed{k}"
+        tic = time.perf_counter()
+        ctrl, info = train_ppo(cache.states, _reward_model(cache, rewards), rc,
+                               dataclasses.replace(ppo, seed=ppo.seed + k), run_dir, progress,
+                               state_layout=cache.layout)
+        with torch.no_grad():
+            g = ctrl(cache.states)
+        runs.append({"seed": ppo.seed + k, "controller": str(run_dir / "controller"), "ppo": info,
+                     "ppo_seconds": time.perf_counter() - tic, "train_mean_g": float(g.mean()),
+                     "train_g_std": float(g.std())})
     cider, hall = rewards["cider"], rewards["hallucination"]
     result = {
         "model_type": cfg.model_type, "model_path": str(cfg.model_path), "split_note": data.split_note,
@@ -212,9 +226,10 @@ def train_mllm_controller(cfg: MLLMConfig, grid: GridConfig, reward: MLLMRewardC
         "reward": {"alpha": rc.alpha, "beta": rc.beta, "clip_low": rc.clip_low, "clip_high": rc.clip_high},
         "n_unjudged": rewards["n_unjudged"],
         "train_cider_by_g": cider.mean(0).tolist(), "train_hallucination_by_g": hall.mean(0).tolist(),
-        "train_mean_g": float(train_g.mean()), "train_g_std": float(train_g.std()),
-        "seconds": {"load": t_load, "grid_cache": t_grid, "grid_generate_total": cache.seconds, "ppo": t_ppo},
-        "ppo": info, "controller": str(out / "controller"),
+        "train_mean_g": runs[0]["train_mean_g"], "seeds": runs,
+        "seconds": {"load": t_load, "grid_cache": t_grid, "grid_generate_total": cache.seconds,
+                    "ppo": sum(r["ppo_seconds"] for r in runs)},
+        "controller": runs[0]["controller"] if seeds == 1 else str(out),
     }
     (out / "train_info.json").write_text(json.dumps(result, indent=2))
     return result
