@@ -1,17 +1,33 @@
-"""`dsanchor mllm build`: a small LLaVA trained on a dataset's captions (tiny sizes here, seconds) loads back
-offline with its processor and runs through `dsanchor mllm caption` with and without DSA."""
+"""`dsanchor mllm build`: a small LLaVA trained on a dataset's captions and yes/no questions (tiny sizes here,
+seconds) loads back offline with its processor and runs through `dsanchor mllm caption` with and without DSA;
+its vision pre-training, question data and shuffled-image control are checked on their own."""
 
 from __future__ import annotations
 
 import json
+import math
 
 import pytest
+import torch
 
 from dsanchor.cli import main as cli_main
 
 TINY = ["--image-size", "32", "--patch-size", "16", "--vision-width", "16", "--vision-layers", "1",
         "--text-width", "16", "--text-layers", "1", "--heads", "2", "--steps", "4", "--eval-every", "2",
-        "--batch-size", "4", "--threads", "1"]
+        "--batch-size", "4", "--threads", "1", "--pretrain-steps", "3", "--pretrain-batch-size", "4",
+        "--align-steps", "2", "--questions-per-image", "2"]
+
+
+class FakeTextEncoder:
+    """Stands in for all-MiniLM-L6-v2: a fixed random unit vector per text (records what it encoded)."""
+
+    def __init__(self, dim: int = 12):
+        self.dim, self.seen = dim, []
+
+    def encode(self, texts, **kwargs):
+        self.seen += list(texts)
+        rows = [torch.randn(self.dim, generator=torch.Generator().manual_seed(sum(map(ord, t)))) for t in texts]
+        return torch.nn.functional.normalize(torch.stack(rows), dim=-1)
 
 
 @pytest.fixture(scope="module")
@@ -19,10 +35,18 @@ def built(tmp_path_factory):
     from dsanchor.data import SynthConfig, generate_synth
 
     root = tmp_path_factory.mktemp("build")
-    generate_synth(root / "synth", SynthConfig(scenes=8, image_size=64, max_objects=3, supersample=1))
-    assert cli_main(["mllm", "build", "--data", str(root / "synth"), "--format", "synth",
-                     "--out", str(root / "llava"), *TINY]) == 0
+    generate_synth(root / "synth", SynthConfig(scenes=16, image_size=64, max_objects=3, supersample=1))
+    encoder = FakeTextEncoder()
+    with pytest.MonkeyPatch.context() as mp:  # the project's loader is what the build calls (no model here)
+        mp.setattr("dsanchor.encoders.effnet_minilm._load_minilm", lambda device: encoder)
+        assert cli_main(["mllm", "build", "--data", str(root / "synth"), "--format", "synth",
+                         "--out", str(root / "llava"), *TINY]) == 0
+    assert encoder.seen  # the captions went through the text encoder
     return root
+
+
+def _info(built) -> dict:
+    return json.loads((built / "llava" / "build_info.json").read_text())
 
 
 def test_build_saves_a_llava_that_loads_offline_with_its_processor(built):
@@ -31,7 +55,7 @@ def test_build_saves_a_llava_that_loads_offline_with_its_processor(built):
 
     model = transformers.LlavaForConditionalGeneration.from_pretrained(built / "llava", local_files_only=True)
     proc = transformers.AutoProcessor.from_pretrained(built / "llava", local_files_only=True)
-    info = json.loads((built / "llava" / "build_info.json").read_text())
+    info = _info(built)
     assert info["best_step"] in (2, 4) and len(info["history"]) == 2 and info["image_tokens"] == 4
     inputs = proc(images=[Image.new("RGB", (50, 30))], text=[info["prompt"]], return_tensors="pt")
     assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 4  # (32 / 16)^2 image tokens
@@ -39,6 +63,31 @@ def test_build_saves_a_llava_that_loads_offline_with_its_processor(built):
     assert proc.tokenizer.unk_token_id not in ids  # the captions' words are in the vocabulary
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
     assert out.shape[1] <= inputs["input_ids"].shape[1] + 3
+
+
+def test_build_info_reports_stage_times_shuffled_image_loss_and_pope(built, capsys):
+    info = _info(built)
+    assert set(info["stage_times_s"]) == {"pretrain", "llava", "final_val"}
+    assert all(t > 0 for t in info["stage_times_s"].values())
+    assert info["pretrain"]["val_retrieval_chance"] > 0 and 0 <= info["pretrain"]["val_retrieval_acc"] <= 1
+    for key in ("val_loss_true_images", "val_loss_shuffled_images"):
+        assert set(info[key]) == {"g=1", "g=0"} and all(math.isfinite(v) and v > 0 for v in info[key].values())
+    assert info["n_train_questions"] > 0 and info["n_val_questions"] > 0
+    assert set(info["val_pope_accuracy"]) == {"g=1", "g=0"}
+    assert all(0 <= a <= 1 for a in info["val_pope_accuracy"].values())
+
+
+def test_tokenizer_knows_the_question_words_and_answers(built):
+    import transformers
+
+    from dsanchor.data import load_dataset
+    from dsanchor.integrations.captioning import question_prompt
+
+    proc = transformers.AutoProcessor.from_pretrained(built / "llava", local_files_only=True)
+    name = next(o.name for s in load_dataset("synth", built / "synth") if s.split == "train" for o in s.objects)
+    text = question_prompt("llava", name).replace("<image>", "") + " yes no"
+    ids = proc.tokenizer(text, add_special_tokens=False).input_ids
+    assert proc.tokenizer.unk_token_id not in ids
 
 
 def test_built_model_runs_through_mllm_caption_with_dsa(built, capsys):
@@ -51,9 +100,94 @@ def test_built_model_runs_through_mllm_caption_with_dsa(built, capsys):
     assert "CIDEr" in metrics["runs"]["dsa"] and "CHAIR_i" in metrics["runs"]["dsa"]
 
 
-def test_build_config_rejects_a_patch_that_does_not_divide_the_image():
+def test_pope_questions_are_balanced_and_true_to_the_objects():
+    from dsanchor.integrations.build import pope_questions
+    from dsanchor.integrations.captioning import question_prompt
+
+    objects = [("a", ["red cube", "red cube", "blue sphere"]), ("b", ["green cylinder"]), ("c", ["gray cube"])]
+    questions = pope_questions(objects, per_image=4, seed=0)
+    vocabulary = {"red cube", "blue sphere", "green cylinder", "gray cube"}
+    prompts = {question_prompt("llava", n): n for n in vocabulary}
+    for image, names in objects:
+        mine = [(prompts[p], a) for im, p, a in questions if im == image]
+        assert [a for _, a in mine].count("yes") == 2 and [a for _, a in mine].count("no") == 2
+        assert all((n in names) == (a == "yes") for n, a in mine)
+    assert {prompts[p] for im, p, a in questions if im == "a" and a == "yes"} == {"red cube", "blue sphere"}
+    assert pope_questions(objects, per_image=0) == []
+
+
+def test_pretraining_matches_images_to_their_texts():
+    """Eight random images with eight distinct texts: the contrastive loss must learn to pair them."""
+    from dsanchor.integrations.build import BuildConfig, build_llava, build_tokenizer, pretrain_vision
+
+    cfg = BuildConfig(image_size=32, patch_size=16, vision_width=32, vision_layers=1, text_width=16, text_layers=1,
+                      heads=2, pretrain_steps=80, pretrain_batch_size=8, pretrain_lr=3e-3, pretrain_shift=0)
+    model, _ = build_llava(build_tokenizer(["a b"]), cfg)
+    tower = model.model.vision_tower
+    pixels = torch.randn(8, 3, 32, 32, generator=torch.Generator().manual_seed(0))
+    texts = torch.nn.functional.normalize(torch.randn(8, 12, generator=torch.Generator().manual_seed(1)), dim=-1)
+    before = {k: v.clone() for k, v in tower.state_dict().items()}
+    info = pretrain_vision(tower, pixels, texts, torch.arange(8), cfg, val=(pixels, texts, torch.arange(8)),
+                           objects=torch.eye(8), val_objects=torch.eye(8), progress=False)
+    assert any(not torch.equal(before[k], v) for k, v in tower.state_dict().items())
+    assert info["val_retrieval_chance"] == pytest.approx(1 / 8)
+    assert info["val_retrieval_acc"] >= 0.75 and info["val_object_acc"] > 0.875  # 0.875: all 'absent'
+    assert info["pretrain_loss"] < math.log(8)
+
+
+def test_pretrain_steps_0_skips_the_text_encoder(tmp_path):
+    from PIL import Image
+
+    from dsanchor.integrations.build import BuildConfig, train_llava
+
+    class Refuse:
+        def encode(self, *args, **kwargs):
+            raise AssertionError("no pre-training was asked for")
+
+    red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
+    cfg = BuildConfig(image_size=32, patch_size=16, vision_width=16, vision_layers=1, text_width=16, text_layers=1,
+                      heads=2, steps=3, align_steps=1, eval_every=3, batch_size=4, pretrain_steps=0,
+                      questions_per_image=0)
+    pairs = [(red, "a red cube ."), (blue, "a blue sphere .")]
+    info = train_llava(pairs, pairs, cfg, tmp_path, "USER: <image>\nDescribe the image in one sentence. ASSISTANT:",
+                       progress=False, text_encoder=Refuse())
+    assert info["pretrain"] is None and info["val_pope_accuracy"] is None and info["n_train_questions"] == 0
+    assert info["val_loss_shuffled_images"]["g=1"] > 0
+
+
+def test_derangement_moves_every_image_and_random_shift_keeps_the_shape():
+    from dsanchor.integrations.build import derangement, random_shift
+
+    for n in (2, 3, 17):
+        d = derangement(n, seed=n)
+        assert sorted(d.tolist()) == list(range(n)) and bool((d != torch.arange(n)).all())
+    x = torch.arange(2 * 3 * 8 * 8, dtype=torch.float).reshape(2, 3, 8, 8)
+    gen = torch.Generator().manual_seed(0)
+    assert torch.equal(random_shift(x, 0, gen), x)
+    moved = random_shift(x, 2, gen)
+    assert moved.shape == x.shape and not torch.equal(moved, x)
+
+
+@pytest.mark.parametrize(("kwargs", "match"), [
+    ({"image_size": 30, "patch_size": 16}, "multiple of patch_size"),
+    ({"questions_per_image": 3}, "must be even"),
+    ({"steps": 10, "align_steps": 10}, "smaller than steps"),
+    ({"vision_lr_scale": -1.0}, ">= 0"),
+])
+def test_build_config_rejects_bad_values(kwargs, match):
     from dsanchor.errors import ConfigError
     from dsanchor.integrations.build import BuildConfig
 
-    with pytest.raises(ConfigError, match="multiple of patch_size"):
-        BuildConfig(image_size=30, patch_size=16)
+    with pytest.raises(ConfigError, match=match):
+        BuildConfig(**kwargs)
+
+
+def test_per_text_loss_weighs_a_short_answer_as_much_as_a_caption():
+    from dsanchor.integrations.build import _per_text_loss
+
+    logits = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(0))
+    labels = torch.tensor([[-100, -100, 1, 2, 3, 4], [-100, -100, -100, -100, 0, -100]])  # caption, "yes"
+    token = torch.nn.functional.cross_entropy(logits[:, :-1].flatten(0, 1), labels[:, 1:].flatten(),
+                                              ignore_index=-100, reduction="none").view(2, 5)
+    caption, answer = token[0, 1:].mean(), token[1, 3]
+    assert float(_per_text_loss(logits, labels)) == pytest.approx(float((caption + answer) / 2), rel=1e-5)

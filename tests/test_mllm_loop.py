@@ -287,3 +287,24 @@ def test_bad_mllm_arguments_are_one_line_errors(world, tmp_path, capsys):
     assert cli_main(["mllm", "eval", *_grid_args(world, "llava", tmp_path / "c"), "--out", str(tmp_path / "e"),
                      "--controller", str(tmp_path / "missing")]) == 2
     assert "not a saved controller" in capsys.readouterr().err
+
+
+def test_demo_mllm_runs_every_stage_and_reuses_them(tmp_path, capsys):
+    """`dsanchor demo --mllm` at tiny sizes: build, tune, grid + PPO, eval; a rerun reuses every stage."""
+    from test_mllm_build import TINY  # noqa: E402  (tests/ is on the path under pytest)
+
+    tiny = dict(zip([a[2:].replace("-", "_") for a in TINY[0::2]], TINY[1::2], strict=True))
+    tiny.pop("threads")
+    (tmp_path / "tiny.yaml").write_text("build:\n" + "".join(
+        f"  {k}: {v}\n" for k, v in tiny.items()))
+    argv = ["demo", "--mllm", "--out", str(tmp_path / "d"), "--config", str(tmp_path / "tiny.yaml"), "--scenes", "40",
+            "--image-size", "64", "--mllm-train-images", "8", "--mllm-eval-images", "4", "--mllm-grid", "3",
+            "--mllm-tune-trials", "2", "--mllm-tune-timesteps", "64", "--mllm-ppo-timesteps", "256", "--threads", "1"]
+    assert cli_main(argv) == 0
+    res = json.loads((tmp_path / "d" / "eval" / "results.json").read_text())
+    assert list(res["rows"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
+    assert {"build", "tune", "ppo", "eval", "total"} <= set(res["demo_timing_s"])
+    assert (tmp_path / "d" / "llava" / "config.json").is_file() and (tmp_path / "d" / "eval" / "report.md").is_file()
+    capsys.readouterr()
+    assert cli_main(argv) == 0
+    assert capsys.readouterr().out.count("reused") == 5

@@ -8,11 +8,16 @@ from dsanchor.config import add_config_args, resolve_config
 
 def add_parser(sub) -> None:
     from dsanchor.demo import DemoConfig
+    from dsanchor.demo_mllm import MLLMDemoConfig
 
-    p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 4 minutes on 2 idle cores)")
-    p.add_argument("--out", default="runs/demo", help="output directory (rerun to reuse finished stages)")
+    p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 8 minutes on 2 idle cores)")
+    p.add_argument("--out", default=None, help="output directory (rerun to reuse finished stages; default "
+                                               "runs/demo, with --mllm runs/demo_mllm)")
+    p.add_argument("--mllm", action="store_true", help="the MLLM part instead: build a small LLaVA, grid cache, "
+                                                       "tune, PPO and eval (its own ~10-minute budget)")
     add_common(p)
     add_config_args(p, DemoConfig)
+    add_config_args(p, MLLMDemoConfig, prefix="mllm_")
     p.set_defaults(func=run)
 
 
@@ -20,5 +25,19 @@ def run(args) -> int:
     from dsanchor.demo import DemoConfig, run_demo
 
     set_threads(args)
-    run_demo(args.out, resolve_config(DemoConfig, args, yaml_of(args), section="demo"))
+    demo = resolve_config(DemoConfig, args, yaml_of(args), section="demo")
+    if args.mllm:
+        from dsanchor.demo_mllm import MLLMDemoConfig, run_mllm_demo
+        from dsanchor.integrations.build import BuildConfig
+
+        mllm = resolve_config(MLLMDemoConfig, args, yaml_of(args), prefix="mllm_", section="demo_mllm")
+        build = resolve_config(BuildConfig, None, yaml_of(args), section="build")  # YAML only: the model's size
+        if "seed" not in (yaml_of(args).get("build") or {}):
+            build.seed = mllm.seed
+        out = args.out or "runs/demo_mllm"
+        results = run_mllm_demo(out, mllm, demo, build)
+        print(f"wrote {out}/eval/results.json and {out}/eval/report.md "
+              f"({results['demo_timing_s']['total']:.0f}s in all)")
+        return 0
+    run_demo(args.out or "runs/demo", demo)
     return 0

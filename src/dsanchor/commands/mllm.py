@@ -34,8 +34,10 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     add_actions(sub)
     build = sub.add_parser("build", help="train a small LLaVA (CLIP vision + Llama) on a dataset's captions",
                            description="Train transformers' LlavaForConditionalGeneration from a small config on "
-                                       "the train captions, with g ~ U[0, 1] at the seam; save it with its "
-                                       "processor (word-level tokenizer) for from_pretrained.")
+                                       "the train split: contrastive pre-training of the vision tower against "
+                                       "MiniLM caption embeddings, then captions mixed with POPE-style yes/no "
+                                       "questions, with g ~ U[0, 1] at the seam; save it with its processor "
+                                       "(word-level tokenizer) for from_pretrained.")
     build.add_argument("--data", required=True, help="dataset root")
     build.add_argument("--format", required=True, help="dataset format: coco, vg, clevr, synth")
     build.add_argument("--out", required=True, help="model directory (save_pretrained)")
@@ -60,34 +62,31 @@ def run_caption(args: argparse.Namespace) -> int:
 
 
 def run_build(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
-    from dsanchor.data import load_dataset
-    from dsanchor.data.splits import assign_splits
-    from dsanchor.encoders.transforms import load_rgb
-    from dsanchor.integrations.build import BuildConfig, train_llava
-    from dsanchor.integrations.captioning import DEFAULT_PROMPTS
+    from dsanchor.integrations.build import BuildConfig, build_from_dataset
 
     if args.threads:
         torch.set_num_threads(args.threads)
     cfg = resolve_config(BuildConfig, args, {})
-    samples, how = assign_splits(load_dataset(args.format, args.data), args.splits, seed=args.split_seed)
-    print(how, flush=True)
-    root = Path(args.data) if Path(args.data).is_dir() else Path(args.data).parent
-
-    def pairs(split: str):
-        out = []
-        for s in samples:
-            if s.split == split and s.captions:
-                image = load_rgb(root / s.image_path)
-                out += [(image, c.text) for c in s.captions]
-        return out
-
-    info = train_llava(pairs("train"), pairs("val"), cfg, args.out, DEFAULT_PROMPTS["llava"])
+    info = build_from_dataset(args.data, args.format, args.out, cfg, args.splits, args.split_seed)
     save_resolved(args.out, build=cfg, data=str(args.data), format=args.format)
-    print(f"small LLaVA saved to {args.out} in {info['train_time_s']:.0f}s (best val loss {info['best_val_loss']:.3f} "
-          f"at step {info['best_step']}, {info['vocab_size']} words); caption it with `dsanchor mllm caption "
-          f"--model-type llava --model-path {args.out} --data {args.data} --format {args.format}`")
+    t = info["stage_times_s"]
+    print(f"small LLaVA saved to {args.out} in {info['train_time_s']:.0f}s (vision pre-training "
+          f"{t['pretrain']:.0f}s, LLaVA {t['llava']:.0f}s, final val {t['final_val']:.0f}s); best val loss "
+          f"{info['best_val_loss']:.3f} at step {info['best_step']}, {info['vocab_size']} words")
+    if info["pretrain"]:
+        p = info["pretrain"]
+        nan = float("nan")
+        print(f"vision pre-training: loss {p['pretrain_loss']:.3f}, val caption->image retrieval "
+              f"{p.get('val_retrieval_acc', nan):.3f} (chance {p.get('val_retrieval_chance', nan):.3f})"
+              + (f", val object labels {p['val_object_acc']:.3f}" if "val_object_acc" in p else ""))
+    for g in info["val_loss_true_images"]:
+        print(f"val caption loss at {g}: {info['val_loss_true_images'][g]:.3f} with the true images, "
+              f"{info['val_loss_shuffled_images'][g]:.3f} with shuffled images")
+    if info["val_pope_accuracy"]:
+        shown = ", ".join(f"{g}: {a:.3f}" for g, a in info["val_pope_accuracy"].items())
+        print(f"val POPE accuracy ({info['n_val_questions']} yes/no questions, half yes): {shown}")
+    print(f"caption it with `dsanchor mllm caption --model-type llava --model-path {args.out} --data {args.data} "
+          f"--format {args.format}`")
     return 0

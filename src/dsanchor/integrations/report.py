@@ -12,7 +12,7 @@ from typing import Any
 __all__ = ["write_mllm_report", "mllm_table"]
 
 LABELS = {"base": "base (unmodified model)", "fixed_best": "fixed_best (g chosen on val)", "dsa_ppo": "dsa_ppo",
-          "oracle": "oracle (upper bound: g per test image on its own references)"}
+          "oracle": "oracle (upper bound of CIDEr-D − hallucinated share: g per test image on its own references)"}
 
 
 def _f(x: Any, nd: int = 3) -> str:
