@@ -27,10 +27,10 @@ __all__ = ["MLLMDemoConfig", "run_mllm_demo"]
 class MLLMDemoConfig:
     """The budget of the MLLM part (the synthetic data is :class:`~dsanchor.demo.DemoConfig`'s)."""
 
-    train_images: int = field(default=300, metadata={"help": "train images captioned on the grid for PPO"})
+    train_images: int = field(default=200, metadata={"help": "train images captioned on the grid for PPO"})
     eval_images: int = field(default=100, metadata={"help": "val and test images (each) for tune and eval"})
     grid: int = field(default=6, metadata={"help": "g values of the grid cache"})
-    tune_trials: int = field(default=6, metadata={"help": "Optuna trials"})
+    tune_trials: int = field(default=4, metadata={"help": "Optuna trials"})
     tune_timesteps: int = field(default=4096, metadata={"help": "PPO steps of each fold of a trial"})
     ppo_timesteps: int = field(default=16_384, metadata={"help": "PPO steps"})
     seed: int = field(default=0, metadata={"help": "seed of the build, tuning and PPO"})
