@@ -40,6 +40,7 @@ SIZES: dict[str, tuple[dict, dict]] = {
     "ppo_env": ({"ppo_steps": 4096, "raw_steps": 5000}, {"ppo_steps": 2048, "raw_steps": 2000}),
     "search_scale": ({"gallery": 100_000, "queries": 256, "index_size": 10_000, "single_queries": 50},
                      {"gallery": 20_000, "queries": 64, "index_size": 10_000, "single_queries": 20, "repeats": 1}),
+    "mllm_overhead": ({"images": 32, "batch": 8, "repeats": 5}, {"images": 16, "batch": 8, "repeats": 3}),
 }
 
 Row = tuple[str, str, str, str]  # metric, value, target, met?
@@ -117,9 +118,18 @@ def _search_scale_rows(r: dict) -> list[Row]:
          f"<= {100 * r['share_target']:.0f} %", _met(r["meets_target"]))]
 
 
+def _mllm_rows(r: dict) -> list[Row]:
+    return [("small LLaVA generate, ms / image", f"{1000 * r['seconds']['base'] / r['images']:.2f}", "", _met(None)),
+            ("DSA at fixed g / unmodified (same run)", f"{r['fixed_over_base']:.3f}", "", _met(None)),
+            ("DSA with controller / unmodified (same run)", f"{r['controller_over_base']:.3f}", "", _met(None)),
+            ("MLLM state + controller share of generation", f"{100 * r['controller_share']:.2f} %",
+             f"< {100 * r['share_target']:.0f} %", _met(r["meets_target"]))]
+
+
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "synth": _synth_rows, "extract": _extract_rows, "retrieval": _retrieval_rows,
     "controller": _controller_rows, "ppo_env": _ppo_rows, "search_scale": _search_scale_rows,
+    "mllm_overhead": _mllm_rows,
 }
 
 
