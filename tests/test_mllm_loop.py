@@ -287,6 +287,9 @@ def test_bad_mllm_arguments_are_one_line_errors(world, tmp_path, capsys):
     assert cli_main(["mllm", "eval", *_grid_args(world, "llava", tmp_path / "c"), "--out", str(tmp_path / "e"),
                      "--controller", str(tmp_path / "missing")]) == 2
     assert "not a saved controller" in capsys.readouterr().err
+    assert cli_main(["mllm", "train", *_grid_args(world, "llava", tmp_path / "c"), "--out", str(tmp_path / "t"),
+                     "--hall-detector", str(tmp_path)]) == 2
+    assert "--hall-detector and --features go together" in capsys.readouterr().err
 
 
 def test_demo_mllm_runs_every_stage_and_reuses_them(tmp_path, capsys):
@@ -308,3 +311,29 @@ def test_demo_mllm_runs_every_stage_and_reuses_them(tmp_path, capsys):
     capsys.readouterr()
     assert cli_main(argv) == 0
     assert capsys.readouterr().out.count("reused") == 5
+
+
+def test_images_without_annotations_get_the_detectors_estimate(parts, tmp_path):
+    """R_hall of an image CHAIR cannot judge comes from the hallucination detector reading the store's features."""
+    import dataclasses
+
+    from dsanchor.data import load_dataset
+    from dsanchor.integrations.grid import DetectorShares, GridCache, grid_rewards
+
+    samples = load_dataset("synth", parts / "synth")[:4]
+    stripped = [dataclasses.replace(s, objects=[]) if k % 2 else s for k, s in enumerate(samples)]
+    ids = [s.image_id for s in stripped]
+    captions = [["a red cube and a blue sphere", "there is nothing"] for _ in ids]
+    cache = GridCache(ids, torch.tensor([0.0, 1.0]), captions, torch.zeros(len(ids), 3), {}, 0.0)
+    plain = grid_rewards(cache, stripped, "synth")
+    assert plain["n_unjudged"] == 2 and plain["n_detector"] == 0
+    assert (plain["hallucination"][1::2] == 0).all()  # not judged and no detector: 0
+    det = DetectorShares(parts / "detector", parts / "feats", "synth")
+    with_det = grid_rewards(cache, stripped, "synth", det)
+    assert with_det["n_detector"] == 2
+    est = with_det["hallucination"][1::2, 0]  # the caption that names objects
+    assert ((est > 0) & (est < 1)).all()  # a probability-based share, not a ground-truth 0 / 0.5 / 1
+    assert (with_det["hallucination"][1::2, 1] == 0).all()  # names no object: 0
+    assert np.array_equal(with_det["hallucination"][0::2], plain["hallucination"][0::2])  # judged: ground truth
+    with pytest.raises(DataError, match="not in the feature store"):
+        det([10**9], ["a red cube"])

@@ -137,7 +137,9 @@ def run_train(args: argparse.Namespace) -> int:
           f"{len(info['grid'])} g; grid cache {s['grid_cache']:.0f}s, PPO {s['ppo']:.0f}s; mean train g "
           f"{info['train_mean_g']:.2f})")
     if info["n_unjudged"]:
-        print(f"note: {info['n_unjudged']} train images have no annotated objects; their R_hall is 0")
+        how = ("from the hallucination detector" if info["n_hallucination_by_detector"] else
+               "0 (pass --hall-detector and --features to estimate it)")
+        print(f"note: {info['n_unjudged']} train images have no annotated objects; their R_hall is {how}")
     return 0
 
 

@@ -17,8 +17,9 @@ after a barrier. A cache made with other settings is refused in one line (use an
 **Rewards** (:func:`grid_rewards`): R_acc is the CIDEr-D (raw scale) of the caption against the image's
 references, IDF over the split's references; R_hall is minus the share of the caption's named objects that
 the image lacks (CHAIR's mention extraction and ground truth; 0 for a caption that names no object).
-Images without annotated objects cannot be judged by ground truth; their R_hall is 0 and their number is
-reported (``n_unjudged``).
+Images without annotated objects cannot be judged by ground truth: their R_hall comes from the hallucination
+detector when one is given with its feature store (:class:`DetectorShares`), else it is 0; both numbers are
+reported (``n_unjudged``, ``n_detector``).
 """
 
 from __future__ import annotations
@@ -44,7 +45,7 @@ from dsanchor.data.records import Sample
 from dsanchor.errors import ConfigError, DataError
 
 __all__ = ["GridConfig", "GridCache", "GridRewardModel", "model_fingerprint", "build_grid_cache", "load_grid_cache",
-           "grid_rewards", "RecordingG"]
+           "grid_rewards", "RecordingG", "DetectorShares"]
 
 log = logging.getLogger(__name__)
 META = "grid.json"
@@ -247,11 +248,74 @@ def caption_hallucination(captions: dict[Any, str], truth: dict[Any, set[str] | 
     return out
 
 
-def grid_rewards(cache: GridCache, samples: Sequence[Sample], vocabulary: str) -> dict[str, Any]:
+class DetectorShares:
+    """The hallucination detector's estimate of the share of a caption's named objects an image lacks.
+
+    For images CHAIR cannot judge (no annotated objects): the detector (``dsanchor hallucination train``) reads
+    the image's features from the feature store it was trained on, P(present) of every vocabulary object is
+    computed once per image, and a caption's share is the mean of 1 - P(present) over the objects it names
+    (:func:`~dsanchor.hallucination.mentions.hallucination_share`; 0 when it names none the detector knows).
+
+    Args:
+        detector: folder of a saved :class:`~dsanchor.hallucination.HallucinationDetector`.
+        features: the feature store of the same dataset (``dsanchor extract``).
+        vocabulary: the CHAIR vocabulary of the captions (``"synth"`` or ``"coco"``).
+    """
+
+    def __init__(self, detector: str | Path, features: str | Path, vocabulary: str):
+        from dsanchor.features.store import FeatureStore
+        from dsanchor.hallucination import HallucinationDetector
+
+        self.detector = HallucinationDetector.from_pretrained(detector)
+        self.store = FeatureStore(features)
+        self.objects = self.store.object_vocabulary()
+        self.index = self.objects.index()
+        self.vocabulary = vocabulary
+        self.images = self.store.images()
+        self.row = {int(i): r for r, i in enumerate(self.images.image_ids.tolist())}
+        self._presence: dict[int, torch.Tensor] = {}
+
+    def presence(self, image_ids: Sequence[int]) -> None:
+        """Compute P(present) for the images not seen yet (one detector call)."""
+        from dsanchor.features.types import ImageFeatures
+
+        todo = [i for i in dict.fromkeys(image_ids) if i not in self._presence]
+        missing = [i for i in todo if i not in self.row]
+        if missing:
+            raise DataError(self.store.path, f"{len(missing)} images are not in the feature store (e.g. id "
+                                             f"{missing[0]}); extract features of the same dataset")
+        if not todo:
+            return
+        rows = torch.tensor([self.row[i] for i in todo])
+        im = self.images
+        sub = ImageFeatures(im.image_ids[rows], im.coarse[rows], im.regions[rows], im.boxes[rows], im.mask[rows],
+                            [im.objects[r] for r in rows.tolist()], [im.splits[r] for r in rows.tolist()], None)
+        with torch.no_grad():
+            p = self.detector.presence_matrix(sub, self.objects.embeddings.float())  # (n, V)
+        self._presence.update({i: p[k] for k, i in enumerate(todo)})
+
+    def __call__(self, image_ids: Sequence[int], captions: Sequence[str]) -> np.ndarray:
+        from dsanchor.hallucination.mentions import caption_objects, hallucination_share
+
+        self.presence(image_ids)
+        out = np.zeros(len(captions))
+        for n, (i, c) in enumerate(zip(image_ids, captions, strict=True)):
+            share = hallucination_share(self._presence[i], caption_objects(c, self.vocabulary), self.index,
+                                        self.vocabulary)
+            out[n] = 0.0 if share is None else share
+        return out
+
+
+def grid_rewards(cache: GridCache, samples: Sequence[Sample], vocabulary: str,
+                 detector: DetectorShares | None = None) -> dict[str, Any]:
     """R_acc (CIDEr-D) and the hallucination share of every cached caption (module docstring).
 
+    Images CHAIR cannot judge (no annotated objects) get the detector's estimate when ``detector`` is given,
+    else a share of 0; both counts are returned.
+
     Returns:
-        ``{"cider": (N, G), "hallucination": (N, G), "judged": (N,) bool, "n_unjudged": int}`` (numpy).
+        ``{"cider": (N, G), "hallucination": (N, G), "judged": (N,) bool, "n_unjudged": int,
+        "n_detector": int}`` (numpy).
     """
     from dsanchor.captioning.evaluate import cider_per_image
     from dsanchor.integrations.captioning import chair_ground_truth
@@ -271,7 +335,13 @@ def grid_rewards(cache: GridCache, samples: Sequence[Sample], vocabulary: str) -
         shares = caption_hallucination({i: cache.captions[r][j] for r, i in enumerate(cache.image_ids)}, truth,
                                        vocabulary)
         hall[:, j] = [shares[i] or 0.0 for i in cache.image_ids]
-    return {"cider": cider, "hallucination": hall, "judged": judged, "n_unjudged": int((~judged).sum())}
+    rows = np.flatnonzero(~judged)
+    if detector is not None and len(rows):
+        ids = [cache.image_ids[r] for r in rows]
+        for j in range(g):
+            hall[rows, j] = detector(ids, [cache.captions[r][j] for r in rows])
+    return {"cider": cider, "hallucination": hall, "judged": judged, "n_unjudged": int((~judged).sum()),
+            "n_detector": int(len(rows)) if detector is not None else 0}
 
 
 class GridRewardModel:

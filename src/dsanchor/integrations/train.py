@@ -69,6 +69,10 @@ class MLLMConfig:
     prompt: str | None = field(default=None, metadata={"help": "caption prompt; unset: a default per model type"})
     coarse_layer: int = field(default=1, metadata={"help": "vision hidden-state index that gives V_coarse"})
     adapter: str | None = field(default=None, metadata={"help": "seam adapter from `dsanchor mllm adapt`"})
+    hall_detector: str | None = field(default=None, metadata={
+        "help": "hallucination detector (`dsanchor hallucination train`) for the reward of images without "
+                "annotated objects; needs --features"})
+    features: str | None = field(default=None, metadata={"help": "feature store of the dataset (for --hall-detector)"})
     cache: str | None = field(default=None, metadata={"help": "grid cache root (default: OUT/grid); one folder "
                                                                "per split, shared by train, tune and eval"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto (under torchrun: cuda:LOCAL_RANK)"})
@@ -88,6 +92,8 @@ class MLLMConfig:
             raise ConfigError(f"unknown --format {self.format!r}; valid: {', '.join(list_formats())}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"--limit must be positive; got {self.limit}")
+        if (self.hall_detector is None) != (self.features is None):
+            raise ConfigError("--hall-detector and --features go together (the detector reads the store's features)")
 
     def cache_dir(self, split: str) -> Path:
         return Path(self.cache or Path(self.out) / "grid") / split
@@ -177,7 +183,12 @@ def split_grid(cfg: MLLMConfig, data: MLLMData, split: str, grid: GridConfig,
     build_grid_cache(data.model, prepare, decode, samples, data.root, out, grid, layout, meta,
                      cfg.coarse_layer, progress)
     cache = load_grid_cache(out)
-    rewards = grid_rewards(cache, samples, data.vocabulary)
+    detector = None
+    if cfg.hall_detector and any(not s.objects for s in samples):
+        from dsanchor.integrations.grid import DetectorShares
+
+        detector = DetectorShares(cfg.hall_detector, cfg.features, data.vocabulary)
+    rewards = grid_rewards(cache, samples, data.vocabulary, detector)
     return cache, rewards
 
 
@@ -224,7 +235,7 @@ def train_mllm_controller(cfg: MLLMConfig, grid: GridConfig, reward: MLLMRewardC
         "model_type": cfg.model_type, "model_path": str(cfg.model_path), "split_note": data.split_note,
         "n_train_images": len(cache.image_ids), "grid": cache.grid.tolist(), "state_layout": cache.layout,
         "reward": {"alpha": rc.alpha, "beta": rc.beta, "clip_low": rc.clip_low, "clip_high": rc.clip_high},
-        "n_unjudged": rewards["n_unjudged"],
+        "n_unjudged": rewards["n_unjudged"], "n_hallucination_by_detector": rewards["n_detector"],
         "train_cider_by_g": cider.mean(0).tolist(), "train_hallucination_by_g": hall.mean(0).tolist(),
         "train_mean_g": runs[0]["train_mean_g"], "seeds": runs,
         "seconds": {"load": t_load, "grid_cache": t_grid, "grid_generate_total": cache.seconds,
