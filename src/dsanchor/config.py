@@ -104,9 +104,10 @@ def config_from_dict(cls: type[T], values: dict[str, Any], where: str = "config"
 
 
 def resolve_config(cls: type[T], args: argparse.Namespace | None = None, yaml_values: dict[str, Any] | None = None,
-                   prefix: str = "", section: str | None = None) -> T:
-    """Defaults < YAML (``yaml_values[section]`` or the top level) < flags that were given."""
-    values: dict[str, Any] = {}
+                   prefix: str = "", section: str | None = None, defaults: dict[str, Any] | None = None) -> T:
+    """Defaults (``cls``'s, then ``defaults``: a command's own) < YAML (``yaml_values[section]`` or the top
+    level) < flags that were given."""
+    values: dict[str, Any] = dict(defaults or {})
     src = (yaml_values or {})
     if section is not None:
         src = src.get(section, {}) or {}

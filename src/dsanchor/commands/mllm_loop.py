@@ -108,17 +108,11 @@ def _finish() -> None:
 
 
 def _ppo(args, y):
-    from dsanchor.config import config_from_dict
+    """PPO for the MLLM commands: the cached rewards are cheap, so fewer steps than `dsanchor train`'s default."""
     from dsanchor.rl.ppo import PPOConfig
 
-    values = dict(y.get("ppo", {}) or {})
-    for name in PPOConfig.__dataclass_fields__:
-        v = getattr(args, PPO_PREFIX + name, None)
-        if v is not None:
-            values[name] = v
-    values.setdefault("timesteps", 16_384)
-    values.setdefault("checkpoint_every", 4_096)
-    return config_from_dict(PPOConfig, values, where="ppo")
+    return resolve_config(PPOConfig, args, y, prefix=PPO_PREFIX, section="ppo",
+                          defaults={"timesteps": 16_384, "checkpoint_every": 4_096})
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -148,16 +142,8 @@ def run_tune(args: argparse.Namespace) -> int:
     from dsanchor.rl.tune import TuneConfig
 
     y, cfg, grid = _setup(args)
-    from dsanchor.config import config_from_dict
-
-    values = dict(y.get("tune", {}) or {})
-    for name in TuneConfig.__dataclass_fields__:
-        v = getattr(args, TUNE_PREFIX + name, None)
-        if v is not None:
-            values[name] = v
-    values.setdefault("study_name", "dsa-mllm-reward")
-    values.setdefault("timesteps", 4096)
-    tune = config_from_dict(TuneConfig, values, where="tune")
+    tune = resolve_config(TuneConfig, args, y, prefix=TUNE_PREFIX, section="tune",
+                          defaults={"study_name": "dsa-mllm-reward", "timesteps": 4096})
     ppo = _ppo(args, y)
     info = tune_mllm_reward(cfg, grid, tune, ppo, progress=not args.quiet)
     _finish()

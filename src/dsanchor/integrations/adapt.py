@@ -111,15 +111,6 @@ def load_adapter(model: nn.Module, path: str | Path) -> SeamAdapter:
     return adapter
 
 
-class _UniformG(nn.Module):
-    def __init__(self, seed: int):
-        super().__init__()
-        self.gen = torch.Generator().manual_seed(seed)
-
-    def forward(self, state: torch.Tensor) -> torch.Tensor:
-        return torch.rand(state.shape[0], generator=self.gen).to(state.device)
-
-
 def _training_batch(model_type: str, processor, images: list, prompt: str, captions: list[str]) -> dict:
     """Inputs with labels: the caption tokens (prompt and padding are -100); right padding."""
     from dsanchor.integrations.evaluate import _prompt_batch
@@ -149,6 +140,7 @@ def _training_batch(model_type: str, processor, images: list, prompt: str, capti
 def train_adapter(model: nn.Module, model_type: str, processor, pairs: list[tuple[Any, str]], prompt: str,
                   cfg: AdaptConfig, coarse_layer: int, progress: bool = True) -> tuple[SeamAdapter, list[float]]:
     """Train a :class:`SeamAdapter` on (image, caption) pairs with g ~ U[0, 1]; the model stays frozen."""
+    from dsanchor.integrations.build import UniformG
     from dsanchor.integrations.captioning import _to
     from dsanchor.integrations.hf import _FAMILIES, attach_dsa
 
@@ -167,7 +159,7 @@ def train_adapter(model: nn.Module, model_type: str, processor, pairs: list[tupl
     losses = []
     model.train()
     try:
-        with attach_dsa(model, _UniformG(cfg.seed), coarse_layer=coarse_layer,
+        with attach_dsa(model, UniformG(cfg.seed), coarse_layer=coarse_layer,
                         state_fn=lambda vf, vc: vf.float().mean(1)):
             for _ in tqdm(range(cfg.steps), desc="mllm adapt", unit="step", disable=not progress):
                 idx = torch.randint(len(pairs), (cfg.adapt_batch_size,), generator=gen).tolist()

@@ -193,7 +193,7 @@ def build_llava(tokenizer, cfg: BuildConfig):
     return model, processor
 
 
-class _UniformG(nn.Module):
+class UniformG(nn.Module):
     """A 'controller' that draws g ~ U[0, 1] per image (training), or returns a fixed g when set."""
 
     def __init__(self, seed: int):
@@ -204,10 +204,10 @@ class _UniformG(nn.Module):
 
     def forward(self, state: torch.Tensor) -> torch.Tensor:
         if self.fixed is not None:
-            return torch.full((state.shape[0],), self.fixed)
+            return torch.full((state.shape[0],), self.fixed, device=state.device)
         if self.train_g is not None:
-            return torch.full((state.shape[0],), self.train_g)
-        return torch.rand(state.shape[0], generator=self.gen)
+            return torch.full((state.shape[0],), self.train_g, device=state.device)
+        return torch.rand(state.shape[0], generator=self.gen).to(state.device)
 
 
 def pope_questions(objects: Sequence[tuple[Any, Sequence[str]]], per_image: int,
@@ -425,7 +425,7 @@ def _embed(text_encoder: Any, texts: list[str]) -> torch.Tensor:
 
 
 @torch.no_grad()
-def _caption_loss(model: nn.Module, g_source: _UniformG, g: float, ids: torch.Tensor, labels: torch.Tensor,
+def _caption_loss(model: nn.Module, g_source: UniformG, g: float, ids: torch.Tensor, labels: torch.Tensor,
                   pixels: torch.Tensor, image_of: torch.Tensor, pad_id: int) -> float:
     """Mean loss per answer token at a fixed g, text i seeing image ``image_of[i]`` of ``pixels``."""
     g_source.fixed = g
@@ -441,7 +441,7 @@ def _caption_loss(model: nn.Module, g_source: _UniformG, g: float, ids: torch.Te
 
 
 @torch.no_grad()
-def _pope_accuracy(model: nn.Module, tokenizer, g_source: _UniformG, g: float, ids: torch.Tensor,
+def _pope_accuracy(model: nn.Module, tokenizer, g_source: UniformG, g: float, ids: torch.Tensor,
                    labels: torch.Tensor, pixels: torch.Tensor, image_of: torch.Tensor, truth: torch.Tensor) -> float:
     """Share of yes/no questions answered right: the greedy first answer token, read with ``read_yes_no``
     (neither yes nor no counts as no, as in POPE)."""
@@ -540,7 +540,7 @@ def train_llava(train: list[tuple[Any, str]], val: list[tuple[Any, str]], cfg: B
                                    val_objects=_multi_hot(va_unique, val_objects, names), progress=progress)
     times["pretrain"] = time.perf_counter() - t0
 
-    g_source = _UniformG(cfg.seed)
+    g_source = UniformG(cfg.seed)
     g_source.train_g = None if cfg.uniform_g else 1.0
     handle = attach_dsa(model, g_source, cfg.coarse_layer, state_fn=lambda vf, vc: vf.mean(1))
     opt, sched, tower = _optimizer(model, cfg)

@@ -165,9 +165,9 @@ def _to(value: Any, param: torch.Tensor) -> Any:
     return value.to(param.device, param.dtype) if value.is_floating_point() else value.to(param.device)
 
 
-@torch.no_grad()
 def caption_samples(model: nn.Module, prepare: Prepare, decode: Decode, samples: Sequence[Sample],
-                    image_root: str | Path, batch_size: int = 4, max_new_tokens: int = 30) -> CaptionRun:
+                    image_root: str | Path, batch_size: int = 4, max_new_tokens: int = 30,
+                    on_batch: Callable[[list[Sample]], None] | None = None, progress: bool = False) -> CaptionRun:
     """Greedy-caption every sample; records g per image when DSA is attached to ``model``.
 
     Args:
@@ -175,18 +175,25 @@ def caption_samples(model: nn.Module, prepare: Prepare, decode: Decode, samples:
         prepare: PIL images -> model inputs (must include ``input_ids``: the prompt is cut from the output).
         decode: ``(B, T)`` generated ids after the prompt -> B strings.
         samples: the images to caption; ``image_path`` is relative to ``image_root``.
+        on_batch: called with each batch's samples before its ``generate`` (e.g. to set a g per image).
+        progress: a progress bar over the batches.
     """
+    from tqdm.auto import tqdm
+
     param = next(model.parameters())
     handle = get_dsa(model)
     run = CaptionRun(captions={})
-    for start in range(0, len(samples), batch_size):
+    for start in tqdm(range(0, len(samples), batch_size), desc="captions", unit="batch", disable=not progress):
         batch = list(samples[start:start + batch_size])
+        if on_batch is not None:
+            on_batch(batch)
         inputs = prepare([_open_image(Path(image_root), s) for s in batch])
         inputs = {k: _to(v, param) for k, v in inputs.items()}
         if handle is not None:
             handle.last_g = None
         tic = time.perf_counter()
-        out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)  # (B, T + new)
+        with torch.no_grad():
+            out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)  # (B, T + new)
         run.seconds += time.perf_counter() - tic
         new = out[:, inputs["input_ids"].shape[1]:]  # (B, new)
         for sample, caption in zip(batch, decode(new), strict=True):

@@ -112,7 +112,7 @@ def _load_controllers(path: str | None) -> list:
     return [GranularityController.from_pretrained(p) for p in resolve_controllers(path)]
 
 
-def _g_source(row: str, fixed_g: float, oracle: dict[int, float], ctrl):
+def _g_source(row: str, fixed_g: float, ctrl):
     """What to attach for a row: None (base), a float, the controller, or a per-image setter (oracle)."""
     if row == "base":
         return None
@@ -152,50 +152,31 @@ def _caption_row(data: MLLMData, cfg: MLLMConfig, grid: GridConfig, samples: lis
                  oracle: dict[int, float],
                  progress: bool) -> tuple[dict[int, str], dict[int, float], float, float]:
     """Captions of a row; (captions, g per image, generate seconds, controller seconds)."""
-    from dsanchor.integrations.captioning import DEFAULT_PROMPTS, _open_image, _to, processor_fns
+    from dsanchor.integrations.captioning import DEFAULT_PROMPTS, caption_samples, processor_fns
 
     prompt = DEFAULT_PROMPTS[cfg.model_type] if cfg.prompt is None else cfg.prompt
     prepare, decode = processor_fns(cfg.model_type, data.processor, prompt)
-    param = next(data.model.parameters())
-    captions, gs, seconds = {}, {}, 0.0
     with _Attached(data.model, source, cfg.coarse_layer) as att:
-        for a in tqdm(range(0, len(samples), grid.batch_size), desc="captions", unit="batch", disable=not progress):
-            batch = samples[a:a + grid.batch_size]
-            att.set_images([s.image_id for s in batch], oracle)
-            inputs = {k: _to(v, param) for k, v in prepare([_open_image(data.root, s) for s in batch]).items()}
-            tic = time.perf_counter()
-            with torch.no_grad():
-                out = data.model.generate(**inputs, max_new_tokens=grid.max_new_tokens, do_sample=False)
-            seconds += time.perf_counter() - tic
-            for s, text in zip(batch, decode(out[:, inputs["input_ids"].shape[1]:]), strict=True):
-                captions[s.image_id] = text
-            if att.handle is not None and att.handle.last_g is not None:
-                gs.update({s.image_id: float(g) for s, g in zip(batch, att.handle.last_g, strict=True)})
+        run = caption_samples(data.model, prepare, decode, samples, data.root, grid.batch_size, grid.max_new_tokens,
+                              on_batch=lambda batch: att.set_images([s.image_id for s in batch], oracle),
+                              progress=progress)
         ctrl_s = att.handle.controller_seconds if att.handle is not None else 0.0
-    return captions, gs, seconds, ctrl_s
+    return run.captions, run.g, run.seconds, ctrl_s
 
 
 def _per_image_caption_scores(captions: dict[int, str], samples: list[Sample],
                               vocabulary: str) -> dict[str, np.ndarray]:
-    """Per test image: CIDEr-D, hallucinated mentions, mentions, has-hallucination, judged."""
+    """Per test image: CIDEr-D, hallucinated mentions, mentions, judged."""
     from dsanchor.captioning.evaluate import cider_per_image
     from dsanchor.integrations.captioning import chair_ground_truth
-    from dsanchor.metrics.chair import chair
+    from dsanchor.integrations.grid import caption_mentions
 
     ids = [s.image_id for s in samples]
     cider = np.nan_to_num(cider_per_image([captions[i] for i in ids], [[c.text for c in s.captions] for s in samples]))
-    truth = chair_ground_truth(samples, vocabulary)
-    judged = {i: captions[i] for i in ids if truth.get(i) is not None}
-    hall = np.zeros(len(ids))
-    ment = np.zeros(len(ids))
-    judged_mask = np.array([i in judged for i in ids])
-    if judged:
-        res = {c.image_id: c for c in chair(judged, {i: sorted(truth[i]) for i in judged}, vocabulary).captions}
-        for n, i in enumerate(ids):
-            if i in res:
-                hall[n] = sum(m.hallucinated for m in res[i].mentions)
-                ment[n] = len(res[i].mentions)
-    return {"cider": cider, "hall": hall, "mentions": ment, "judged": judged_mask}
+    counts = caption_mentions({i: captions[i] for i in ids}, chair_ground_truth(samples, vocabulary), vocabulary)
+    c = np.array([counts[i] or (0, 0) for i in ids], dtype=float).reshape(len(ids), 2)
+    return {"cider": cider, "hall": c[:, 0], "mentions": c[:, 1],
+            "judged": np.array([counts[i] is not None for i in ids])}
 
 
 # ---------------------------------------- POPE
@@ -525,7 +506,7 @@ def _measure_row(data, cfg, grid, test, test_cache, fixed_g, oracle, questions, 
     """(entry, per-image values, captions, g per image) of one row (one controller for dsa_ppo)."""
     from dsanchor.integrations.captioning import score_captions
 
-    source = _g_source(row, fixed_g, oracle, ctrl)
+    source = _g_source(row, fixed_g, ctrl)
     j = {round(float(g), 6): k for k, g in enumerate(test_cache.grid)}
     entry: dict[str, Any] = {}
     if row in ("fixed_best", "oracle"):  # grid rows: their captions are in the test grid cache

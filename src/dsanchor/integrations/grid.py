@@ -30,8 +30,9 @@ import logging
 import os
 import time
 from collections.abc import Sequence
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 
 import numpy as np
@@ -43,6 +44,7 @@ from tqdm.auto import tqdm
 from dsanchor.anchoring import g_grid
 from dsanchor.data.records import Sample
 from dsanchor.errors import ConfigError, DataError
+from dsanchor.features.extract import _barrier, _rank_world
 
 __all__ = ["GridConfig", "GridCache", "GridRewardModel", "model_fingerprint", "build_grid_cache", "load_grid_cache",
            "grid_rewards", "RecordingG", "DetectorShares"]
@@ -74,7 +76,7 @@ class RecordingG(nn.Module):
 
     def __init__(self, layout):
         super().__init__()
-        self.config = type("C", (), {"state_dim": layout.size, "state_layout": layout.to_dict()})()
+        self.config = SimpleNamespace(state_dim=layout.size, state_layout=layout.to_dict())
         self.g = 1.0
         self.states: list[torch.Tensor] = []
 
@@ -106,18 +108,6 @@ def model_fingerprint(model_path: str | Path) -> str:
         st = f.stat()
         h.update(f"{f.name}:{st.st_size}:{int(st.st_mtime)}".encode())
     return h.hexdigest()[:16]
-
-
-def _rank_world() -> tuple[int, int]:
-    from dsanchor.features.extract import _rank_world
-
-    return _rank_world()
-
-
-def _barrier() -> None:
-    from dsanchor.features.extract import _barrier as barrier
-
-    barrier()
 
 
 def _check_meta(out: Path, meta: dict[str, Any], rank: int) -> None:
@@ -196,7 +186,7 @@ def build_grid_cache(model: nn.Module, prepare, decode, samples: Sequence[Sample
                     for b, text in enumerate(decode(gen[:, inputs["input_ids"].shape[1]:])):
                         captions[a + b][j] = text
                     if j == 0:
-                        states.append(torch.cat(source.states[:1]))  # the vision call of the first step
+                        states.append(source.states[0])  # the vision call of the first step
                     bar.update(len(batch))
             seconds = time.perf_counter() - tic
             name = _chunk_name(k)
@@ -233,18 +223,16 @@ def load_grid_cache(out_dir: str | Path) -> GridCache:
     return GridCache(ids, torch.tensor(meta["grid"]), captions, torch.cat(states), meta["layout"], seconds)
 
 
-def caption_hallucination(captions: dict[Any, str], truth: dict[Any, set[str] | None],
-                          vocabulary: str) -> dict[Any, float | None]:
-    """Per caption, the share of its named objects the image lacks (0 when it names none); None: not judged."""
+def caption_mentions(captions: dict[Any, str], truth: dict[Any, set[str] | None],
+                     vocabulary: str) -> dict[Any, tuple[int, int] | None]:
+    """Per caption, (hallucinated mentions, mentions) by CHAIR; ``None`` for an image CHAIR does not judge."""
     from dsanchor.metrics.chair import chair
 
     judged = {i: c for i, c in captions.items() if truth.get(i) is not None}
-    out: dict[Any, float | None] = {i: None for i in captions}
+    out: dict[Any, tuple[int, int] | None] = {i: None for i in captions}
     if judged:
-        res = chair(judged, {i: sorted(truth[i]) for i in judged}, vocabulary=vocabulary)
-        for c in res.captions:
-            n = len(c.mentions)
-            out[c.image_id] = (sum(m.hallucinated for m in c.mentions) / n) if n else 0.0
+        for c in chair(judged, {i: sorted(truth[i]) for i in judged}, vocabulary=vocabulary).captions:
+            out[c.image_id] = (sum(m.hallucinated for m in c.mentions), len(c.mentions))
     return out
 
 
@@ -332,9 +320,9 @@ def grid_rewards(cache: GridCache, samples: Sequence[Sample], vocabulary: str,
     hall = np.zeros((n, g))
     judged = np.array([truth.get(i) is not None for i in cache.image_ids])
     for j in range(g):
-        shares = caption_hallucination({i: cache.captions[r][j] for r, i in enumerate(cache.image_ids)}, truth,
-                                       vocabulary)
-        hall[:, j] = [shares[i] or 0.0 for i in cache.image_ids]
+        counts = caption_mentions({i: cache.captions[r][j] for r, i in enumerate(cache.image_ids)}, truth,
+                                  vocabulary)
+        hall[:, j] = [c[0] / c[1] if c and c[1] else 0.0 for c in (counts[i] for i in cache.image_ids)]
     rows = np.flatnonzero(~judged)
     if detector is not None and len(rows):
         ids = [cache.image_ids[r] for r in rows]
@@ -372,7 +360,3 @@ class GridRewardModel:
     def subset(self, rows: Sequence[int]) -> GridRewardModel:
         rows = list(rows)
         return GridRewardModel(torch.as_tensor(self.grid), self.cider[rows], self.hall[rows])
-
-
-def config_dict(cfg: GridConfig) -> dict[str, Any]:
-    return asdict(cfg)
