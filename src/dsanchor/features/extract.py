@@ -18,12 +18,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-import os
 import time
 from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
-from datetime import timedelta
 from pathlib import Path
 from typing import Any
 
@@ -35,6 +33,7 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm import tqdm
 
 from dsanchor.data.records import Sample
+from dsanchor.distributed import barrier, init_distributed, rank_world
 from dsanchor.encoders.base import EncoderBackend
 from dsanchor.encoders.detectors import RegionDetector, check_detector
 from dsanchor.encoders.regions import RegionConfig, annotated_boxes, pad_boxes, region_record, sample_boxes
@@ -47,10 +46,9 @@ from dsanchor.features.store import (
     TIMING,
     ShardData,
     StoreWriter,
-    atomic_write_bytes,
-    atomic_write_text,
 )
 from dsanchor.features.types import GRANULARITY_CODES
+from dsanchor.files import atomic_write_bytes, atomic_write_text
 
 __all__ = ["ExtractConfig", "ExtractResult", "ImageBoxDataset", "TextCache", "build_plan", "extract_features",
            "image_boxes", "init_distributed"]
@@ -213,24 +211,6 @@ class TextCache:
         return out
 
 
-def init_distributed() -> tuple[int, int]:
-    """Join the torchrun process group (gloo) when WORLD_SIZE > 1. Returns (rank, world size)."""
-    if int(os.environ.get("WORLD_SIZE", "1")) > 1 and not dist.is_initialized():
-        dist.init_process_group("gloo", timeout=timedelta(hours=12))
-    return _rank_world()
-
-
-def _rank_world() -> tuple[int, int]:
-    if dist.is_available() and dist.is_initialized():
-        return dist.get_rank(), dist.get_world_size()
-    return 0, 1
-
-
-def _barrier() -> None:
-    if dist.is_available() and dist.is_initialized():
-        dist.barrier()
-
-
 def _share_prepare(finished: bool, error: str | None) -> bool:
     """Send rank 0's outcome of preparing the store to every rank; raise its error everywhere."""
     if dist.is_available() and dist.is_initialized():
@@ -291,7 +271,7 @@ def extract_features(samples: Sequence[Sample], root: str | Path, out: str | Pat
     config, regions = config or ExtractConfig(), regions or RegionConfig()
     if regions.detector:
         check_detector(regions.detector)  # before the store is started
-    rank, world = _rank_world()
+    rank, world = rank_world()
     plan = build_plan(samples, root, encoder, config, regions, source)
     writer = StoreWriter(out, plan, overwrite=config.overwrite)
     finished, error = False, None
@@ -312,12 +292,12 @@ def extract_features(samples: Sequence[Sample], root: str | Path, out: str | Pat
         log.info("extract: rank %d/%d, %d of %d shards to do", rank, world, len(todo), n_shards)
         _run_shards(samples, root, encoder, writer, todo, config, regions, on_shard_written, result, rank)
         log.info("extract: rank %d: %s", rank, result.summary())
-        _barrier()
+        barrier()
         if rank == 0:
             write_object_vocabulary(out, samples, encoder)
             writer.finish(n_shards)
             write_timing(out, result)
-        _barrier()
+        barrier()
     return result
 
 

@@ -28,7 +28,6 @@ its tensors are asked for.
 from __future__ import annotations
 
 import json
-import os
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -40,8 +39,9 @@ from safetensors.torch import load_file, save
 
 from dsanchor.errors import ConfigError, DataError
 from dsanchor.features.types import ImageFeatures, ObjectVocabulary, TextFeatures
+from dsanchor.files import atomic_write_bytes, atomic_write_text
 
-__all__ = ["FORMAT_VERSION", "FeatureStore", "ShardData", "StoreWriter", "atomic_write_bytes", "atomic_write_text"]
+__all__ = ["FORMAT_VERSION", "FeatureStore", "ShardData", "StoreWriter"]
 
 FORMAT_VERSION = 1
 MANIFEST = "manifest.json"
@@ -51,21 +51,6 @@ OBJECTS_TENSORS = "objects.safetensors"  # embeddings of every distinct object n
 OBJECTS_NAMES = "objects.json"  # the V names, in the same order
 TIMING = "timing.json"  # encoder cost per item of the extraction run
 _STORE_FILES = (MANIFEST, PLAN, "config.yaml", OBJECTS_TENSORS, OBJECTS_NAMES, TIMING)
-
-
-def atomic_write_bytes(path: Path, data: bytes) -> None:
-    """Write ``data`` to ``path`` via a temporary file, fsync and ``os.replace``."""
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    with open(tmp, "wb") as f:
-        f.write(data)
-        f.flush()
-        os.fsync(f.fileno())
-    os.replace(tmp, path)
-
-
-def atomic_write_text(path: Path, text: str) -> None:
-    """Write ``text`` (UTF-8) to ``path`` atomically."""
-    atomic_write_bytes(path, text.encode("utf-8"))
 
 
 def _shard_stem(index: int) -> str:

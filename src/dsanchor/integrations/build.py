@@ -493,7 +493,7 @@ def train_llava(train: list[tuple[Any, str]], val: list[tuple[Any, str]], cfg: B
         train_objects, val_objects: ``(image, object names)`` per image, for the POPE questions (none: no
             questions, whatever ``cfg.questions_per_image``).
         text_encoder: something with ``encode(texts, ...)`` like a SentenceTransformer, for the pre-training;
-            None loads all-MiniLM-L6-v2 offline (:func:`dsanchor.encoders.effnet_minilm._load_minilm`).
+            None loads all-MiniLM-L6-v2 offline (:func:`dsanchor.encoders.effnet_minilm.load_minilm`).
 
     Returns:
         The contents of ``build_info.json``: ``stage_times_s`` (pretrain, align + tune, final val), ``best_step``,
@@ -529,9 +529,9 @@ def train_llava(train: list[tuple[Any, str]], val: list[tuple[Any, str]], cfg: B
     pre_info: dict[str, Any] = {}
     if cfg.pretrain_steps:
         if text_encoder is None:
-            from dsanchor.encoders.effnet_minilm import _load_minilm
+            from dsanchor.encoders.effnet_minilm import load_minilm
 
-            text_encoder = _load_minilm("cpu")
+            text_encoder = load_minilm("cpu")
         names = sorted({n for _, ns in train_objects for n in _object_labels(ns)})
         pre_info = pretrain_vision(model.model.vision_tower, tr_pv, _embed(text_encoder, _caption_texts(train)),
                                    tr_img[:len(train)], cfg,

@@ -44,7 +44,7 @@ from tqdm.auto import tqdm
 from dsanchor.anchoring import g_grid
 from dsanchor.data.records import Sample
 from dsanchor.errors import ConfigError, DataError
-from dsanchor.features.extract import _barrier, _rank_world
+from dsanchor.distributed import barrier, rank_world
 
 __all__ = ["GridConfig", "GridCache", "GridRewardModel", "model_fingerprint", "build_grid_cache", "load_grid_cache",
            "grid_rewards", "RecordingG", "DetectorShares"]
@@ -159,9 +159,9 @@ def build_grid_cache(model: nn.Module, prepare, decode, samples: Sequence[Sample
     full = {**meta, "grid": [round(float(g), 6) for g in grid], "image_ids": ids, "layout": layout.to_dict(),
             "chunk_size": config.chunk_size, "batch_size": config.batch_size,
             "max_new_tokens": config.max_new_tokens, "coarse_layer": coarse_layer}
-    rank, world = _rank_world()
+    rank, world = rank_world()
     _check_meta(out, full, rank)
-    _barrier()
+    barrier()
     chunks = [order[a:a + config.chunk_size] for a in range(0, len(order), config.chunk_size)]
     mine = [k for k in range(len(chunks)) if k % world == rank and not (out / f"{_chunk_name(k)}.json").is_file()]
     param = next(model.parameters())
@@ -197,7 +197,7 @@ def build_grid_cache(model: nn.Module, prepare, decode, samples: Sequence[Sample
                                        "seconds": seconds}))
             os.replace(tmp, out / f"{name}.json")
     bar.close()
-    _barrier()
+    barrier()
     return out
 
 

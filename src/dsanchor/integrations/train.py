@@ -148,7 +148,7 @@ def load_mllm_data(cfg: MLLMConfig) -> MLLMData:
 
     from dsanchor.data import load_dataset
     from dsanchor.data.splits import assign_splits
-    from dsanchor.features.extract import init_distributed
+    from dsanchor.distributed import init_distributed
     from dsanchor.integrations.captioning import CHAIR_VOCABULARY, load_mllm
 
     cfg.check()
