@@ -84,10 +84,12 @@ class DatasetLoader(ABC):
 def _registry() -> dict[str, type[DatasetLoader]]:
     from dsanchor.data.clevr import ClevrLoader
     from dsanchor.data.coco import CocoLoader, SynthLoader
+    from dsanchor.data.flickr import Flickr30kLoader, FlickrLoader
     from dsanchor.data.folder import FolderLoader
     from dsanchor.data.vg import VisualGenomeLoader
 
-    return {c.format: c for c in (ClevrLoader, CocoLoader, FolderLoader, SynthLoader, VisualGenomeLoader)}
+    return {c.format: c for c in (ClevrLoader, CocoLoader, Flickr30kLoader, FlickrLoader, FolderLoader, SynthLoader,
+                                  VisualGenomeLoader)}
 
 
 def list_formats() -> list[str]:
