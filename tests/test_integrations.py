@@ -346,6 +346,29 @@ def test_mllm_caption_command_end_to_end(tmp_path, capsys):
     assert (out / "config.yaml").is_file()
 
 
+def test_mllm_caption_takes_the_same_test_images_as_train_and_eval(tmp_path, capsys):
+    """One split rule for every mllm command: a dataset without a complete split gets the seeded 60/20/20 split
+    of `dsanchor run` (kept: the rule train, tune, eval and the demo used), in `mllm caption` too (it used to take
+    the loader's split, so "test" meant other images there)."""
+    from dsanchor.mllm.config import MLLMConfig
+    from dsanchor.mllm.data import split_samples
+
+    torch.manual_seed(0)
+    model_dir, data, out = tmp_path / "llava", tmp_path / "coco", tmp_path / "out"
+    _llava().model.save_pretrained(model_dir)
+    _processor("llava").save_pretrained(model_dir)
+    _coco(data, 8)
+    (data / "splits.json").unlink()  # no split file: the loader puts every image in no split
+    code = _cli(["mllm", "caption", "--model-type", "llava", "--model-path", str(model_dir), "--data", str(data),
+                 "--format", "coco", "--split", "test", "--max-new-tokens", "2", "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "captions_base.jsonl").read_text().splitlines()]
+    samples, note = split_samples(MLLMConfig(data=str(data), format="coco"))
+    assert "seeded split" in note
+    assert sorted(r["image_id"] for r in rows) == sorted(s.image_id for s in samples if s.split == "test")
+    assert 0 < len(rows) < 10
+
+
 def test_mllm_caption_missing_model_is_a_one_line_error(tmp_path, capsys):
     _coco(tmp_path / "coco", 1)
     code = _cli(["mllm", "caption", "--model-type", "llava", "--model-path", str(tmp_path / "nope"),

@@ -121,7 +121,7 @@ def _write_chunk(out: Path, k: int, chunk: list[Sample], captions: list[list[str
 
 def build_grid_cache(model: nn.Module, prepare: Prepare, decode: Decode, samples: Sequence[Sample],
                      image_root: str | Path, out_dir: str | Path, config: GridConfig, layout: StateLayout,
-                     meta: dict[str, Any], coarse_layer: int = 1, progress: bool = True,
+                     meta: dict[str, Any], *, coarse_layer: int = 1, progress: bool = True,
                      adapter: nn.Module | None = None) -> Path:
     """Caption every sample at every grid g and record its state; resumable and sharded (module docstring).
 

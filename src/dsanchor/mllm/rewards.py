@@ -179,8 +179,9 @@ def split_rewards(cfg: MLLMConfig, data: MLLMData, split: str, grid: GridConfig,
     meta = {"model": model_fingerprint(cfg.model_path), "model_type": cfg.model_type, "prompt": cfg.caption_prompt,
             "adapter": str(cfg.adapter), "split": split}
     out = cfg.cache_dir(split)
-    build_grid_cache(data.model, prepare, decode, samples, data.root, out, grid,
-                     state_layout(data.model, cfg.coarse_layer), meta, cfg.coarse_layer, progress, data.adapter)
+    layout = state_layout(data.model, cfg.coarse_layer)
+    build_grid_cache(data.model, prepare, decode, samples, data.root, out, grid, layout, meta,
+                     coarse_layer=cfg.coarse_layer, progress=progress, adapter=data.adapter)
     cache = load_grid_cache(out)
     detector = None
     if cfg.hall_detector and any(not s.objects for s in samples):
