@@ -111,6 +111,32 @@ def test_saved_layout_rebuilds_the_state_and_rejects_another_model(tmp_path):
         attach_dsa(llava, plain)
 
 
+def test_g_sources_fixed_settable_recording_and_uniform():
+    """The one set of g sources (replacing UniformG, RecordingG + SimpleNamespace, _SetG and _Attached)."""
+    from dsanchor.integrations import SettableG, UniformG, state_layout
+
+    model, _ = tiny_mllm("llava")
+    layout = state_layout(model, 1)
+    rec = SettableG(layout=layout, record=True)
+    assert rec.config.state_dim == layout.size and rec.config.state_layout == layout.to_dict()  # a real config
+    rec.set(0.25)
+    assert rec(torch.zeros(3, layout.size)).tolist() == [0.25] * 3 and len(rec.states) == 1
+    per_image = SettableG()
+    per_image.set(torch.tensor([0.0, 1.0]))
+    assert per_image(torch.zeros(2, 4)).tolist() == [0.0, 1.0]
+    uniform, again = UniformG(seed=3), UniformG(seed=3)
+    with uniform.at(0.5):  # a measurement at one g draws nothing
+        assert uniform(torch.zeros(2, 1)).tolist() == [0.5, 0.5]
+    draws = uniform(torch.zeros(4, 1))
+    assert torch.equal(draws, again(torch.zeros(4, 1))) and ((draws >= 0) & (draws <= 1)).all()
+    fixed = UniformG(seed=3, fixed=1.0)  # mllm build --no-uniform-g
+    with fixed.at(0.0):
+        assert fixed(torch.zeros(1, 1)).item() == 0.0
+    assert fixed(torch.zeros(1, 1)).item() == 1.0  # back to what was set
+    with attach_dsa(model, 0.5) as handle:  # a fixed g is the float itself
+        assert handle.fixed_g == 0.5
+
+
 def _grid_args(world: Path, model_type: str, cache: Path) -> list[str]:
     return ["--model-type", model_type, "--model-path", str(world / model_type), "--data", str(world / "synth"),
             "--format", "synth", "--cache", str(cache), "--max-new-tokens", "3", "--grid", "3", "--chunk-size", "4",
