@@ -33,15 +33,14 @@ def main(images: int = 32, batch: int = 8, max_new_tokens: int = 16, repeats: in
     from PIL import Image
 
     from dsanchor.controller import ControllerConfig, GranularityController
-    from dsanchor.integrations import attach_dsa
-    from dsanchor.integrations.build import BuildConfig, build_llava, build_tokenizer
-    from dsanchor.integrations.captioning import DEFAULT_PROMPTS, processor_fns
-    from dsanchor.integrations.state import state_layout
-    from dsanchor.integrations.tiny import TINY_WORDS
+    from dsanchor.integrations import attach_dsa, get_family, processor_fns, state_layout
+    from dsanchor.integrations.small_models import TINY_WORDS, caption_tokenizer
+    from dsanchor.mllm.build import build_llava
+    from dsanchor.mllm.config import BuildConfig
 
     cfg = BuildConfig(seed=seed)
-    prompt = DEFAULT_PROMPTS["llava"]
-    tok = build_tokenizer([" ".join(TINY_WORDS), prompt])
+    prompt = get_family("llava").CAPTION_PROMPT
+    tok = caption_tokenizer([" ".join(TINY_WORDS), prompt])
     model, processor = build_llava(tok, cfg)
     model.eval()
     processor.tokenizer.padding_side = "left"

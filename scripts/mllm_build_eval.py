@@ -11,7 +11,9 @@ Rows:
 
 Columns: BLEU-4, CIDEr-D on its raw scale, CHAIR_i and CHAIR_s (the synth vocabulary for CLEVR-style data,
 COCO's otherwise) and, when the model was built with yes/no questions, the POPE accuracy on the split's
-objects (balanced yes/no, answers read with :func:`~dsanchor.integrations.captioning.read_yes_no`).
+objects (balanced yes/no, answers read with :func:`~dsanchor.mllm.pope.read_yes_no`).
+
+The split is the one every ``dsanchor mllm`` command uses (:mod:`dsanchor.mllm.config`).
 
 Usage:
 
@@ -27,6 +29,18 @@ import json
 from collections import Counter
 from pathlib import Path
 
+import torch
+
+from dsanchor.encoders.transforms import load_rgb
+from dsanchor.files import write_json
+from dsanchor.integrations import attach_dsa, get_family, load_mllm, processor_fns
+from dsanchor.integrations.families import decode
+from dsanchor.mllm.config import CHAIR_VOCABULARY, MLLMConfig
+from dsanchor.mllm.data import split_samples
+from dsanchor.mllm.generate import caption_samples, generate_text
+from dsanchor.mllm.pope import read_yes_no, training_questions
+from dsanchor.mllm.scores import score_captions
+
 
 def leave_one_out(test: list, vocabulary: str) -> dict[str, float]:
     """Mean scores of one reference caption per image against the image's other references.
@@ -34,8 +48,6 @@ def leave_one_out(test: list, vocabulary: str) -> dict[str, float]:
     Scored once per held-out position k (the k-th caption of every image with more than k + 1 captions), and
     averaged over k, so no caption choice is favoured.
     """
-    from dsanchor.integrations.captioning import score_captions
-
     most = max((len(s.captions) for s in test), default=0)
     runs = []
     for k in range(most):
@@ -50,18 +62,11 @@ def leave_one_out(test: list, vocabulary: str) -> dict[str, float]:
 def pope_accuracy(model, processor, questions: list[tuple], batch_size: int = 32) -> float:
     """Share of ``(image, prompt, answer)`` questions answered right (greedy; an answer that is neither yes nor no
     counts as no, as in POPE)."""
-    import torch
-
-    from dsanchor.integrations.captioning import read_yes_no
-
     right = 0
     for a in range(0, len(questions), batch_size):
         batch = questions[a:a + batch_size]
-        inputs = processor(images=[q[0] for q in batch], text=[q[1] for q in batch], return_tensors="pt",
-                           padding=True)
-        with torch.no_grad():
-            out = model.generate(**inputs, max_new_tokens=2, do_sample=False)
-        said = processor.batch_decode(out[:, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+        inputs = get_family("llava").prepare(processor, [q[0] for q in batch], [q[1] for q in batch])
+        said = generate_text(model, inputs, lambda ids: decode(processor, ids), 2)
         right += sum((read_yes_no(s) is True) == (q[2] == "yes") for s, q in zip(said, batch, strict=True))
     return right / max(len(questions), 1)
 
@@ -79,27 +84,14 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
     p.add_argument("--out", default=None, help="write the table as JSON here")
     args = p.parse_args(argv)
-    import torch
-
-    from dsanchor.data import load_dataset
-    from dsanchor.encoders.transforms import load_rgb
-    from dsanchor.integrations import attach_dsa
-    from dsanchor.integrations.build import pope_questions
-    from dsanchor.integrations.captioning import (
-        CHAIR_VOCABULARY,
-        caption_samples,
-        load_mllm,
-        processor_fns,
-        score_captions,
-    )
-
     if args.threads:
         torch.set_num_threads(args.threads)
-    samples = load_dataset(args.format, args.data)
+    data = MLLMConfig(data=args.data, format=args.format)
+    samples, _ = split_samples(data)
     train = [s for s in samples if s.split == "train"]
     test = [s for s in samples if s.split == args.split][: args.limit]
     vocabulary = CHAIR_VOCABULARY[args.format]
-    root = Path(args.data)
+    root = data.image_root
     constant = Counter(c.text for s in train for c in s.captions).most_common(1)[0][0]
     const_name = f"constant caption ({constant!r})"
     rows = {const_name: score_captions({s.image_id: constant for s in test}, test, vocabulary)}
@@ -109,7 +101,7 @@ def main(argv: list[str] | None = None) -> dict:
     trained_questions = json.loads(info_path.read_text()).get("n_train_questions", 0) if info_path.is_file() else 0
     questions = []
     if args.questions_per_image and trained_questions:
-        questions = pope_questions([(load_rgb(root / s.image_path), [o.name for o in s.objects]) for s in test],
+        questions = training_questions([(load_rgb(root / s.image_path), [o.name for o in s.objects]) for s in test],
                                    args.questions_per_image, seed=3)
         processor.tokenizer.padding_side = "left"
     prepare, decode = processor_fns("llava", processor)
@@ -139,7 +131,7 @@ def main(argv: list[str] | None = None) -> dict:
     for name, caps in examples.items():
         print(f"{name}: {caps}")
     if args.out:
-        Path(args.out).write_text(json.dumps({"rows": rows, "examples": examples}, indent=2))
+        write_json(args.out, {"rows": rows, "examples": examples})
     return rows
 
 

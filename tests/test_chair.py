@@ -17,6 +17,7 @@ from dsanchor.metrics import MetricInputError
 from dsanchor.metrics.chair import (
     caption_objects,
     chair,
+    chair_ground_truth,
     get_vocabulary,
     gt_objects_from_coco,
     list_vocabularies,
@@ -169,6 +170,20 @@ def test_gt_objects_from_coco_unions_instances_and_caption_objects():
     bad = {"categories": [], "annotations": [{"id": 1, "image_id": 1, "category_id": 3}]}
     with pytest.raises(MetricInputError, match="unknown category 3"):
         gt_objects_from_coco(bad, captions)
+
+
+def test_chair_ground_truth_judges_only_images_with_annotated_objects():
+    """The one ground truth of the captioning and MLLM evaluations. Two copies had drifted: captioning/evaluate.py
+    judged synth images with no objects (every named object a hallucination), integrations/captioning.py skipped
+    them. Kept: judge only images with annotated objects, as the CHAIR paper does (Rohrbach et al. 2018 score the
+    COCO images that have instance annotations); an image without them says nothing about absent objects."""
+    objects = [["dog"], ["person"], []]
+    refs = [["A dog sleeps on a couch."], ["A man rides a horse."], ["A cat on a bed."]]
+    # COCO: instances plus the objects the references name; the third image has captions but no instances
+    assert chair_ground_truth(objects, refs, "coco") == [["dog", "dog", "couch"], ["person", "person", "horse"], None]
+    # synth: the annotated objects only (a generated reference may name an absent object), same rule for judging
+    assert chair_ground_truth([["red cube"], []], [["there is no blue sphere"], ["a red cube"]], "synth") == [
+        ["red cube"], None]
 
 
 # --- CLI ------------------------------------------------------------------------------------------

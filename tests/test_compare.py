@@ -1,9 +1,10 @@
 """Image-level (cluster) bootstrap comparisons of methods, with the spread over seeds (dsanchor.eval.compare)."""
 
+import numpy as np
 import pytest
 import torch
 
-from dsanchor.eval.compare import cluster_bootstrap, compare_methods, load_hits, save_hits
+from dsanchor.eval.compare import bootstrap_diff, cluster_bootstrap, compare_methods, load_hits, save_hits
 from dsanchor.report.results import merge_seeds, paired_table
 
 
@@ -118,3 +119,23 @@ def test_records_of_different_test_queries_are_refused(tmp_path):
     save_hits(tmp_path / "b.safetensors", rec, {"t2i": torch.arange(5, dtype=torch.int32)})
     with pytest.raises(ValueError, match="different test queries"):
         load_hits([tmp_path / "a.safetensors", tmp_path / "b.safetensors"])
+
+
+def _mean(x):
+    return float(x.mean()) if len(x) else 0.0
+
+
+def test_bootstrap_difference_resolves_a_shift_and_not_noise():
+    """The per-image bootstrap of `mllm eval` (moved here from integrations/evaluate.py; same draws)."""
+    rng = np.random.default_rng(0)
+    a = rng.normal(size=(1, 200))
+    shifted = bootstrap_diff(_mean, a + 1.0, a + rng.normal(scale=0.1, size=(1, 200)), 500)
+    assert shifted["excludes_zero"] and shifted["low"] > 0.8
+    noise = bootstrap_diff(_mean, rng.normal(size=(1, 200)), rng.normal(size=(1, 200)), 500)
+    assert noise["low"] < noise["diff"] < noise["high"]
+    # three training seeds that disagree widen the interval beyond the image-only one
+    seeds = np.stack([a[0] + 0.5, a[0] + 1.0, a[0] + 1.5])  # (3, 200)
+    spread = bootstrap_diff(_mean, seeds, a, 500)
+    single = bootstrap_diff(_mean, seeds.mean(0, keepdims=True), a, 500)
+    assert spread["diff"] == pytest.approx(single["diff"]) and spread["seeds"] == [3, 1]
+    assert spread["high"] - spread["low"] > 3 * (single["high"] - single["low"])

@@ -1,4 +1,5 @@
-"""attach_dsa on tiny random LLaVA, BLIP-2 and IDEFICS models, and the `dsanchor mllm caption` command."""
+"""attach_dsa on tiny random LLaVA, BLIP-2 and IDEFICS models, the one generate loop, and the `dsanchor mllm
+caption` command."""
 
 from __future__ import annotations
 
@@ -266,7 +267,8 @@ def _processor(model_type: str):
 
 @pytest.mark.parametrize("model_type", list(BUILDERS))
 def test_processor_fns_feed_generate(tmp_path, model_type):
-    from dsanchor.integrations.captioning import caption_samples, processor_fns
+    from dsanchor.integrations import processor_fns
+    from dsanchor.mllm.generate import caption_samples
 
     torch.manual_seed(0)
     model = BUILDERS[model_type]().model
@@ -276,7 +278,8 @@ def test_processor_fns_feed_generate(tmp_path, model_type):
 
 
 def test_caption_loop_with_and_without_dsa(tmp_path):
-    from dsanchor.integrations.captioning import caption_samples, processor_fns
+    from dsanchor.integrations import processor_fns
+    from dsanchor.mllm.generate import caption_samples
 
     torch.manual_seed(0)
     model = _llava().model
@@ -291,8 +294,9 @@ def test_caption_loop_with_and_without_dsa(tmp_path):
 
 
 def _coco(root: Path, n: int) -> None:
-    """A COCO-format dataset (captions, instances, splits) of n random images under root."""
-    samples = _images(root, n)
+    """A COCO-format dataset (captions, instances, splits) of n random test images (ids 0..n-1) under root, plus
+    one train and one val image: a complete split, which every mllm command takes as it is."""
+    samples = _images(root, n + 2)
     images = [{"id": s.image_id, "file_name": f"{s.image_id}.png", "width": s.width, "height": s.height}
               for s in samples]
     caps = [{"id": 10 * s.image_id + k, "image_id": s.image_id, "caption": c.text}
@@ -301,7 +305,7 @@ def _coco(root: Path, n: int) -> None:
     (root / "captions.json").write_text(json.dumps({"images": images, "annotations": caps}))
     (root / "instances.json").write_text(json.dumps({"images": images, "annotations": inst,
                                                      "categories": [{"id": 1, "name": "cube"}]}))
-    (root / "splits.json").write_text(json.dumps({"train": [], "val": [], "test": [s.image_id for s in samples]}))
+    (root / "splits.json").write_text(json.dumps({"train": [n], "val": [n + 1], "test": list(range(n))}))
 
 
 def _cli(argv: list[str]) -> int:
@@ -342,6 +346,29 @@ def test_mllm_caption_command_end_to_end(tmp_path, capsys):
     assert (out / "config.yaml").is_file()
 
 
+def test_mllm_caption_takes_the_same_test_images_as_train_and_eval(tmp_path, capsys):
+    """One split rule for every mllm command: a dataset without a complete split gets the seeded 60/20/20 split
+    of `dsanchor run` (kept: the rule train, tune, eval and the demo used), in `mllm caption` too (it used to take
+    the loader's split, so "test" meant other images there)."""
+    from dsanchor.mllm.config import MLLMConfig
+    from dsanchor.mllm.data import split_samples
+
+    torch.manual_seed(0)
+    model_dir, data, out = tmp_path / "llava", tmp_path / "coco", tmp_path / "out"
+    _llava().model.save_pretrained(model_dir)
+    _processor("llava").save_pretrained(model_dir)
+    _coco(data, 8)
+    (data / "splits.json").unlink()  # no split file: the loader puts every image in no split
+    code = _cli(["mllm", "caption", "--model-type", "llava", "--model-path", str(model_dir), "--data", str(data),
+                 "--format", "coco", "--split", "test", "--max-new-tokens", "2", "--device", "cpu", "--out", str(out)])
+    assert code == 0, capsys.readouterr().err
+    rows = [json.loads(line) for line in (out / "captions_base.jsonl").read_text().splitlines()]
+    samples, note = split_samples(MLLMConfig(data=str(data), format="coco"))
+    assert "seeded split" in note
+    assert sorted(r["image_id"] for r in rows) == sorted(s.image_id for s in samples if s.split == "test")
+    assert 0 < len(rows) < 10
+
+
 def test_mllm_caption_missing_model_is_a_one_line_error(tmp_path, capsys):
     _coco(tmp_path / "coco", 1)
     code = _cli(["mllm", "caption", "--model-type", "llava", "--model-path", str(tmp_path / "nope"),
@@ -358,7 +385,7 @@ def test_mllm_caption_rejects_dsa_and_g_together(tmp_path, capsys):
 
 def test_score_captions_uses_annotated_and_caption_objects():
     from dsanchor.data.records import Caption, ObjectAnnotation, Sample
-    from dsanchor.integrations.captioning import score_captions
+    from dsanchor.mllm.scores import score_captions
 
     samples = [Sample(1, "1.png", 8, 8, [Caption("a dog on a couch")], [ObjectAnnotation("cat", (0, 0, 1, 1))]),
                Sample(2, "2.png", 8, 8, [Caption("a red car")], [])]

@@ -38,7 +38,7 @@ def built(tmp_path_factory):
     generate_synth(root / "synth", SynthConfig(scenes=16, image_size=64, max_objects=3, supersample=1))
     encoder = FakeTextEncoder()
     with pytest.MonkeyPatch.context() as mp:  # the project's loader is what the build calls (no model here)
-        mp.setattr("dsanchor.encoders.effnet_minilm._load_minilm", lambda device: encoder)
+        mp.setattr("dsanchor.encoders.effnet_minilm.load_minilm", lambda device: encoder)
         assert cli_main(["mllm", "build", "--data", str(root / "synth"), "--format", "synth",
                          "--out", str(root / "llava"), *TINY]) == 0
     assert encoder.seen  # the captions went through the text encoder
@@ -81,7 +81,7 @@ def test_tokenizer_knows_the_question_words_and_answers(built):
     import transformers
 
     from dsanchor.data import load_dataset
-    from dsanchor.integrations.captioning import question_prompt
+    from dsanchor.mllm.pope import question_prompt
 
     proc = transformers.AutoProcessor.from_pretrained(built / "llava", local_files_only=True)
     name = next(o.name for s in load_dataset("synth", built / "synth") if s.split == "train" for o in s.objects)
@@ -101,8 +101,8 @@ def test_built_model_runs_through_mllm_caption_with_dsa(built, capsys):
 
 
 def test_pope_questions_are_balanced_and_true_to_the_objects():
-    from dsanchor.integrations.build import pope_questions
-    from dsanchor.integrations.captioning import question_prompt
+    from dsanchor.mllm.pope import question_prompt
+    from dsanchor.mllm.pope import training_questions as pope_questions
 
     objects = [("a", ["red cube", "red cube", "blue sphere"]), ("b", ["green cylinder"]), ("c", ["gray cube"])]
     questions = pope_questions(objects, per_image=4, seed=0)
@@ -118,7 +118,10 @@ def test_pope_questions_are_balanced_and_true_to_the_objects():
 
 def test_pretraining_matches_images_to_their_texts():
     """Eight random images with eight distinct texts: the contrastive loss must learn to pair them."""
-    from dsanchor.integrations.build import BuildConfig, build_llava, build_tokenizer, pretrain_vision
+    from dsanchor.integrations.small_models import caption_tokenizer as build_tokenizer
+    from dsanchor.mllm.build import build_llava
+    from dsanchor.mllm.config import BuildConfig
+    from dsanchor.mllm.pretrain import pretrain_vision
 
     cfg = BuildConfig(image_size=32, patch_size=16, vision_width=32, vision_layers=1, text_width=16, text_layers=1,
                       heads=2, pretrain_steps=80, pretrain_batch_size=8, pretrain_lr=3e-3, pretrain_shift=0)
@@ -138,7 +141,8 @@ def test_pretraining_matches_images_to_their_texts():
 def test_pretrain_steps_0_skips_the_text_encoder(tmp_path):
     from PIL import Image
 
-    from dsanchor.integrations.build import BuildConfig, train_llava
+    from dsanchor.mllm.build import train_llava
+    from dsanchor.mllm.config import BuildConfig
 
     class Refuse:
         def encode(self, *args, **kwargs):
@@ -156,7 +160,8 @@ def test_pretrain_steps_0_skips_the_text_encoder(tmp_path):
 
 
 def test_derangement_moves_every_image_and_random_shift_keeps_the_shape():
-    from dsanchor.integrations.build import derangement, random_shift
+    from dsanchor.mllm.build import derangement
+    from dsanchor.mllm.pretrain import random_shift
 
     for n in (2, 3, 17):
         d = derangement(n, seed=n)
@@ -176,14 +181,14 @@ def test_derangement_moves_every_image_and_random_shift_keeps_the_shape():
 ])
 def test_build_config_rejects_bad_values(kwargs, match):
     from dsanchor.errors import ConfigError
-    from dsanchor.integrations.build import BuildConfig
+    from dsanchor.mllm.config import BuildConfig
 
     with pytest.raises(ConfigError, match=match):
         BuildConfig(**kwargs)
 
 
 def test_per_text_loss_weighs_a_short_answer_as_much_as_a_caption():
-    from dsanchor.integrations.build import _per_text_loss
+    from dsanchor.mllm.build import per_text_loss as _per_text_loss
 
     logits = torch.randn(2, 6, 5, generator=torch.Generator().manual_seed(0))
     labels = torch.tensor([[-100, -100, 1, 2, 3, 4], [-100, -100, -100, -100, 0, -100]])  # caption, "yes"

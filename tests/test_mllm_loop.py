@@ -21,7 +21,7 @@ from dsanchor.cli import main as cli_main  # noqa: E402
 from dsanchor.controller import ControllerConfig, GranularityController  # noqa: E402
 from dsanchor.errors import ConfigError, DataError  # noqa: E402
 from dsanchor.integrations import attach_dsa  # noqa: E402
-from dsanchor.integrations.tiny import save_tiny_mllm, tiny_mllm  # noqa: E402
+from dsanchor.integrations.small_models import save_tiny_mllm, tiny_mllm  # noqa: E402
 
 TYPES = ("llava", "blip2", "idefics")
 TINY_PPO = ["--ppo-n-envs", "2", "--ppo-n-steps", "32", "--ppo-batch-size", "32", "--ppo-n-epochs", "1"]
@@ -68,7 +68,8 @@ class _Spy(torch.nn.Module):
 
 @pytest.mark.parametrize("model_type", TYPES)
 def test_state_reads_the_seam_and_the_prompt(model_type):
-    from dsanchor.integrations.captioning import processor_fns, question_prompt
+    from dsanchor.integrations import processor_fns
+    from dsanchor.mllm.pope import question_prompt
 
     model, processor = tiny_mllm(model_type)
     spy = _Spy(_controller(model))
@@ -110,6 +111,32 @@ def test_saved_layout_rebuilds_the_state_and_rejects_another_model(tmp_path):
         attach_dsa(llava, plain)
 
 
+def test_g_sources_fixed_settable_recording_and_uniform():
+    """The one set of g sources (replacing UniformG, RecordingG + SimpleNamespace, _SetG and _Attached)."""
+    from dsanchor.integrations import SettableG, UniformG, state_layout
+
+    model, _ = tiny_mllm("llava")
+    layout = state_layout(model, 1)
+    rec = SettableG(layout=layout, record=True)
+    assert rec.config.state_dim == layout.size and rec.config.state_layout == layout.to_dict()  # a real config
+    rec.set(0.25)
+    assert rec(torch.zeros(3, layout.size)).tolist() == [0.25] * 3 and len(rec.states) == 1
+    per_image = SettableG()
+    per_image.set(torch.tensor([0.0, 1.0]))
+    assert per_image(torch.zeros(2, 4)).tolist() == [0.0, 1.0]
+    uniform, again = UniformG(seed=3), UniformG(seed=3)
+    with uniform.at(0.5):  # a measurement at one g draws nothing
+        assert uniform(torch.zeros(2, 1)).tolist() == [0.5, 0.5]
+    draws = uniform(torch.zeros(4, 1))
+    assert torch.equal(draws, again(torch.zeros(4, 1))) and ((draws >= 0) & (draws <= 1)).all()
+    fixed = UniformG(seed=3, fixed=1.0)  # mllm build --no-uniform-g
+    with fixed.at(0.0):
+        assert fixed(torch.zeros(1, 1)).item() == 0.0
+    assert fixed(torch.zeros(1, 1)).item() == 1.0  # back to what was set
+    with attach_dsa(model, 0.5) as handle:  # a fixed g is the float itself
+        assert handle.fixed_g == 0.5
+
+
 def _grid_args(world: Path, model_type: str, cache: Path) -> list[str]:
     return ["--model-type", model_type, "--model-path", str(world / model_type), "--data", str(world / "synth"),
             "--format", "synth", "--cache", str(cache), "--max-new-tokens", "3", "--grid", "3", "--chunk-size", "4",
@@ -117,22 +144,24 @@ def _grid_args(world: Path, model_type: str, cache: Path) -> list[str]:
 
 
 def _cache(world: Path, model_type: str, out: Path, split: str = "train"):
-    from dsanchor.integrations.grid import GridConfig
-    from dsanchor.integrations.train import MLLMConfig, load_mllm_data, split_grid
+    from dsanchor.mllm.config import GridConfig, MLLMConfig
+    from dsanchor.mllm.data import load_mllm_data
+    from dsanchor.mllm.rewards import split_rewards
 
     cfg = MLLMConfig(model_type=model_type, model_path=str(world / model_type), data=str(world / "synth"),
                      format="synth", cache=str(out), out=str(out), limit=8)
     data = load_mllm_data(cfg)
-    return split_grid(cfg, data, split, GridConfig(grid=3, chunk_size=4, batch_size=2, max_new_tokens=3), False)
+    return split_rewards(cfg, data, split, GridConfig(grid=3, chunk_size=4, batch_size=2, max_new_tokens=3), False)
 
 
 def test_grid_cache_resumes_after_a_kill_and_refuses_other_settings(world, tmp_path, monkeypatch):
-    from dsanchor.integrations.grid import GridRewardModel, load_grid_cache
+    from dsanchor.mllm.grid import load_grid_cache
+    from dsanchor.mllm.rewards import GridRewardModel
 
     cache, rewards = _cache(world, "llava", tmp_path)
     assert len(cache.image_ids) == 8 and len(cache.captions[0]) == 3 and cache.states.shape[0] == 8
-    assert rewards["cider"].shape == (8, 3) and rewards["n_unjudged"] == 0
-    assert ((rewards["hallucination"] >= 0) & (rewards["hallucination"] <= 1)).all()
+    assert rewards.cider.shape == (8, 3) and rewards.n_unjudged == 0
+    assert ((rewards.hallucination >= 0) & (rewards.hallucination <= 1)).all()
     before = load_grid_cache(tmp_path / "train")
     (tmp_path / "train" / "chunk-00001.json").unlink()  # as if killed while writing chunk 1
     calls = []
@@ -148,10 +177,10 @@ def test_grid_cache_resumes_after_a_kill_and_refuses_other_settings(world, tmp_p
     again, _ = _cache(world, "llava", tmp_path)
     assert len(calls) == 2 * 3  # one chunk of 4 images: 2 batches x 3 grid values
     assert again.captions == before.captions and torch.equal(again.states, before.states)
-    m = GridRewardModel(cache.grid, rewards["cider"], rewards["hallucination"])
+    m = GridRewardModel(cache.grid, rewards.cider, rewards.hallucination)
     c0, h0 = m.values(0, 0.0)
     c_mid, _ = m.values(0, 0.25)
-    assert c_mid == pytest.approx((rewards["cider"][0, 0] + rewards["cider"][0, 1]) / 2)
+    assert c_mid == pytest.approx((rewards.cider[0, 0] + rewards.cider[0, 1]) / 2)
     assert m(0, 0.0) == (c0, -h0)
     meta = json.loads((tmp_path / "train" / "grid.json").read_text())
     meta["prompt"] = "another prompt"
@@ -174,7 +203,7 @@ def test_torchrun_two_processes_write_the_same_grid_cache(world, tmp_path):
     two = [torchrun, "--nproc-per-node", "2", "--standalone", "-m", "dsanchor", "mllm", "train", *two_args,
            "--out", str(tmp_path / "o2")]
     subprocess.run(two, check=True, env=env, timeout=300, capture_output=True)
-    from dsanchor.integrations.grid import load_grid_cache
+    from dsanchor.mllm.grid import load_grid_cache
 
     a, b = load_grid_cache(tmp_path / "one" / "train"), load_grid_cache(tmp_path / "two" / "train")
     assert a.image_ids == b.image_ids and a.captions == b.captions
@@ -204,18 +233,18 @@ def test_tune_train_eval_adapt_end_to_end(world, tmp_path, model_type):
     assert cli_main(["mllm", "eval", *args, "--out", str(tmp_path / "eval"), "--controller", str(tmp_path / "ctrl"),
                      "--n-boot", "50", "--pope-positives", "1"]) == 0
     res = json.loads((tmp_path / "eval" / "results.json").read_text())
-    assert list(res["rows"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
-    for name, row in res["rows"].items():
+    assert list(res["methods"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
+    for name, row in res["methods"].items():
         for key in ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s"):
             assert key in row, (name, key)
         assert set(row["pope"]) == {"random", "popular", "adversarial", "all"}
         assert {"accuracy", "precision", "recall", "f1", "yes_ratio"} <= set(row["pope"]["all"])
         assert {"protocol", "t2i", "i2t"} <= set(row["retrieval"]) and "R@10" in row["retrieval"]["t2i"]
-    assert res["rows"]["fixed_best"]["g_mean"] == res["fixed_best_g"] and "ms_per_image" in res["rows"]["dsa_ppo"]
+    assert res["methods"]["fixed_best"]["g_mean"] == res["fixed_best_g"] and "ms_per_image" in res["methods"]["dsa_ppo"]
     assert res["overhead"]["controller_ms_per_image"] > 0
     assert res["n_controller_seeds"] == (2 if seeds else 1)
     if seeds:  # one dsa_ppo measurement per seed, combined as mean and std; intervals resample the seeds
-        assert len(res["rows"]["dsa_ppo"]["seeds"]) == 2 and "CIDEr_std" in res["rows"]["dsa_ppo"]
+        assert len(res["methods"]["dsa_ppo"]["seeds"]) == 2 and "CIDEr_std" in res["methods"]["dsa_ppo"]
         assert res["differences"]["dsa_ppo - base"]["CIDEr"]["seeds"] == [2, 1]
     for diff in ("dsa_ppo - base", "dsa_ppo - fixed_best"):
         assert set(res["differences"][diff]) == {"CIDEr", "CHAIR_i", "POPE_F1"}
@@ -229,8 +258,7 @@ def test_tune_train_eval_adapt_end_to_end(world, tmp_path, model_type):
     assert ad["bytes"] < 200_000  # only the adapter is saved
     # the adapter loads through --adapter and changes what the model reads at g = 0.5, not the base model
     model, processor = tiny_mllm(model_type)
-    from dsanchor.integrations.adapt import load_adapter
-    from dsanchor.integrations.captioning import processor_fns
+    from dsanchor.integrations import load_adapter, processor_fns
 
     prepare, _ = processor_fns(model_type, processor)
     inputs = prepare(_images(1))
@@ -241,38 +269,21 @@ def test_tune_train_eval_adapt_end_to_end(world, tmp_path, model_type):
         adapter = load_adapter(model, tmp_path / "adapt")
         with torch.no_grad():
             adapter.up.weight.add_(0.5)  # the trained one is nearly the identity after 2 steps
-        with attach_dsa(model, 0.5):
+        with attach_dsa(model, 0.5, adapter=adapter):
             adapted = model(**inputs).logits
         assert torch.equal(model(**inputs).logits, base)
     assert not torch.allclose(plain, adapted)
 
 
 def test_adapter_for_another_seam_is_a_one_line_error(world, tmp_path):
-    from dsanchor.integrations.adapt import SeamAdapter, _save, load_adapter
+    from dsanchor.integrations import SeamAdapter, load_adapter, save_adapter
 
-    _save(SeamAdapter(12, 4), tmp_path, "llava", 1)
+    save_adapter(SeamAdapter(12, 4), tmp_path, "llava", 1)
     model, _ = tiny_mllm("llava")
     with pytest.raises(ConfigError, match="seam of width 12"):
         load_adapter(model, tmp_path)
     with pytest.raises(DataError, match="no seam adapter"):
         load_adapter(model, tmp_path / "nowhere")
-
-
-def test_bootstrap_difference_resolves_a_shift_and_not_noise():
-    from dsanchor.integrations.evaluate import _mean, bootstrap_diff
-
-    rng = np.random.default_rng(0)
-    a = rng.normal(size=(1, 200))
-    shifted = bootstrap_diff(_mean, a + 1.0, a + rng.normal(scale=0.1, size=(1, 200)), 500)
-    assert shifted["excludes_zero"] and shifted["low"] > 0.8
-    noise = bootstrap_diff(_mean, rng.normal(size=(1, 200)), rng.normal(size=(1, 200)), 500)
-    assert noise["low"] < noise["diff"] < noise["high"]
-    # three training seeds that disagree widen the interval beyond the image-only one
-    seeds = np.stack([a[0] + 0.5, a[0] + 1.0, a[0] + 1.5])  # (3, 200)
-    spread = bootstrap_diff(_mean, seeds, a, 500)
-    single = bootstrap_diff(_mean, seeds.mean(0, keepdims=True), a, 500)
-    assert spread["diff"] == pytest.approx(single["diff"]) and spread["seeds"] == [3, 1]
-    assert spread["high"] - spread["low"] > 3 * (single["high"] - single["low"])
 
 
 def test_bad_mllm_arguments_are_one_line_errors(world, tmp_path, capsys):
@@ -300,7 +311,7 @@ def test_demo_mllm_runs_every_stage_and_reuses_them(tmp_path, capsys):
             "--mllm-tune-trials", "2", "--mllm-tune-timesteps", "64", "--mllm-ppo-timesteps", "256", "--threads", "1"]
     assert cli_main(argv) == 0
     res = json.loads((tmp_path / "d" / "eval" / "results.json").read_text())
-    assert list(res["rows"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
+    assert list(res["methods"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
     assert {"build", "tune", "ppo", "eval", "total"} <= set(res["demo_timing_s"])
     assert (tmp_path / "d" / "llava" / "config.json").is_file() and (tmp_path / "d" / "eval" / "report.md").is_file()
     capsys.readouterr()
@@ -313,7 +324,8 @@ def test_images_without_annotations_get_the_detectors_estimate(parts, tmp_path):
     import dataclasses
 
     from dsanchor.data import load_dataset
-    from dsanchor.integrations.grid import DetectorShares, GridCache, grid_rewards
+    from dsanchor.mllm.grid import GridCache
+    from dsanchor.mllm.rewards import DetectorShares, grid_rewards
 
     samples = load_dataset("synth", parts / "synth")[:4]
     stripped = [dataclasses.replace(s, objects=[]) if k % 2 else s for k, s in enumerate(samples)]
@@ -321,14 +333,14 @@ def test_images_without_annotations_get_the_detectors_estimate(parts, tmp_path):
     captions = [["a red cube and a blue sphere", "there is nothing"] for _ in ids]
     cache = GridCache(ids, torch.tensor([0.0, 1.0]), captions, torch.zeros(len(ids), 3), {}, 0.0)
     plain = grid_rewards(cache, stripped, "synth")
-    assert plain["n_unjudged"] == 2 and plain["n_detector"] == 0
-    assert (plain["hallucination"][1::2] == 0).all()  # not judged and no detector: 0
+    assert plain.n_unjudged == 2 and plain.n_detector == 0
+    assert (plain.hallucination[1::2] == 0).all()  # not judged and no detector: 0
     det = DetectorShares(parts / "detector", parts / "feats", "synth")
     with_det = grid_rewards(cache, stripped, "synth", det)
-    assert with_det["n_detector"] == 2
-    est = with_det["hallucination"][1::2, 0]  # the caption that names objects
+    assert with_det.n_detector == 2
+    est = with_det.hallucination[1::2, 0]  # the caption that names objects
     assert ((est > 0) & (est < 1)).all()  # a probability-based share, not a ground-truth 0 / 0.5 / 1
-    assert (with_det["hallucination"][1::2, 1] == 0).all()  # names no object: 0
-    assert np.array_equal(with_det["hallucination"][0::2], plain["hallucination"][0::2])  # judged: ground truth
+    assert (with_det.hallucination[1::2, 1] == 0).all()  # names no object: 0
+    assert np.array_equal(with_det.hallucination[0::2], plain.hallucination[0::2])  # judged: ground truth
     with pytest.raises(DataError, match="not in the feature store"):
         det([10**9], ["a red cube"])

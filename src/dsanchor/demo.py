@@ -1,19 +1,55 @@
-"""The whole DSA pipeline on the embedded default: synthetic CLEVR-style data, then ``dsanchor run`` on it.
+"""The two demos on the embedded default: the whole DSA pipeline (``dsanchor demo``, :func:`run_demo`) and DSA
+inside a small LLaVA (``dsanchor demo --mllm``, :func:`run_mllm_demo`).
+
+``dsanchor demo``: synthetic CLEVR-style data, then ``dsanchor run`` on it.
 
     data/       synthetic CLEVR-style scenes (COCO + CLEVR formats), made here
     ...         every other stage and the report: see :mod:`dsanchor.run`
+
+``dsanchor demo --mllm``, with its own 10-minute budget (:class:`MLLMDemoConfig`):
+
+    data/         the demo's synthetic scenes (the same stage and key as ``dsanchor demo``: reused when there)
+    llava/        ``dsanchor mllm build``: the small LLaVA that stands in for LLaVA-1.5
+    grid/         the grid caches of train, val and test (shared by the three stages below)
+    tune/         ``dsanchor mllm tune``: the reward weights (Optuna GPSampler on val)
+    controller/   ``dsanchor mllm train --tuned tune``: PPO on the cached rewards
+    eval/         ``dsanchor mllm eval``: results.json and report.md (the MLLM table)
+
+Every MLLM stage is the library function its command calls, with the command's defaults except the budget
+fields of :class:`MLLMDemoConfig`. It is a separate command because the build alone takes minutes on 2 cores,
+and ``make demo`` has its own 10-minute budget.
 
 ``--data-seed N`` generates a fresh benchmark; a rerun reuses the stages that already finished.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
+from dsanchor.files import read_json, write_json
+from dsanchor.mllm import (
+    BuildConfig,
+    GridConfig,
+    MLLMConfig,
+    MLLMEvalConfig,
+    MLLMTrainConfig,
+    build_from_dataset,
+    mllm_ppo,
+    mllm_reward,
+    mllm_tune,
+    run_mllm_eval,
+    train_mllm_controller,
+    tune_mllm_reward,
+)
+from dsanchor.mllm.config import MLLM_PPO_DEFAULTS, MLLM_TUNE_DEFAULTS
+from dsanchor.report.mllm import write_mllm_report
 from dsanchor.run import RunConfig
 
-__all__ = ["DemoConfig", "run_demo"]
+__all__ = ["DemoConfig", "MLLMDemoConfig", "run_demo", "run_mllm_demo"]
 
 
 @dataclass
@@ -40,3 +76,65 @@ def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
                 "color_space": config.color_space}
     stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, config), "synth")
     return run_pipeline(out / "data", "synth", out, config, stages=stages, data_key=data_key, dataset="synth")
+
+
+@dataclass
+class MLLMDemoConfig:
+    """The budget of the MLLM demo (the synthetic data is :class:`DemoConfig`'s)."""
+
+    train_images: int = field(default=200, metadata={"help": "train images captioned on the grid for PPO"})
+    eval_images: int = field(default=100, metadata={"help": "val and test images (each) for tune and eval"})
+    grid: int = field(default=6, metadata={"help": "g values of the grid cache"})
+    tune_trials: int = field(default=4, metadata={"help": "Optuna trials"})
+    tune_timesteps: int = field(default=MLLM_TUNE_DEFAULTS["timesteps"], metadata={
+        "help": "PPO steps of each fold of a trial"})
+    ppo_timesteps: int = field(default=MLLM_PPO_DEFAULTS["timesteps"], metadata={"help": "PPO steps"})
+    seed: int = field(default=0, metadata={"help": "seed of the build, tuning and PPO"})
+
+
+def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig | None = None,
+                  build: BuildConfig | None = None) -> dict[str, Any]:
+    """Every MLLM stage of the module docstring on the data of ``demo``, the small LLaVA built with ``build``
+    (default: ``mllm build``'s defaults with the demo's seed); returns the eval results."""
+    from dsanchor.demo_stages import synth_stage
+    from dsanchor.run import Stages, quiet_progress
+
+    quiet_progress()
+    t0 = time.perf_counter()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    stages = Stages(out, 5)
+    demo = demo or DemoConfig()
+    data_key = {"scenes": demo.scenes, "image_size": demo.image_size, "seed": demo.data_seed, "facts": 1,
+                "color_space": demo.color_space}
+    data = stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, demo), "synth")
+    build = build or BuildConfig(seed=config.seed)
+
+    def mllm(stage_out: Path, limit: int | None = None, model: bool = True) -> MLLMConfig:
+        return MLLMConfig(model_type="llava" if model else None, model_path=str(out / "llava") if model else None,
+                          data=str(data), format="synth", limit=limit, cache=str(out / "grid"), out=str(stage_out))
+
+    stages.run("mllm build (small LLaVA)", out / "llava", {"data": data_key, "build": dataclasses.asdict(build)},
+               lambda d: build_from_dataset(mllm(d, model=False), build, progress=False), "build")
+    grid = GridConfig(grid=config.grid)
+    ppo = mllm_ppo(timesteps=config.ppo_timesteps, seed=config.seed)
+    base_key = {"data": data_key, "build": dataclasses.asdict(build), "grid": dataclasses.asdict(grid)}
+    tune = mllm_tune(trials=config.tune_trials, seed=config.seed, study_name="demo-mllm",
+                     timesteps=config.tune_timesteps)
+    stages.run("mllm tune (reward weights)", out / "tune", {**base_key, "tune": dataclasses.asdict(tune),
+                                                            "n": config.eval_images},
+               lambda d: tune_mllm_reward(mllm(d, config.eval_images), grid, tune, ppo, progress=False), "tune")
+    train = MLLMTrainConfig(tuned=str(out / "tune"))
+    stages.run("mllm train (grid + PPO)", out / "controller", {**base_key, "ppo": dataclasses.asdict(ppo),
+                                                               "n": config.train_images, "tuned": 1},
+               lambda d: train_mllm_controller(mllm(d, config.train_images), grid, mllm_reward(), train, ppo,
+                                               progress=False), "ppo")
+    ev = MLLMEvalConfig(controller=str(out / "controller"), seed=config.seed)
+    stages.run("mllm eval", out / "eval", {**base_key, "eval": dataclasses.asdict(ev), "n": config.eval_images,
+                                           "ppo": dataclasses.asdict(ppo)},
+               lambda d: run_mllm_eval(mllm(d, config.eval_images), grid, ev, progress=False), "eval")
+    results = read_json(out / "eval" / "results.json")
+    results["demo_timing_s"] = {**stages.times, "total": time.perf_counter() - t0}
+    write_json(out / "eval" / "results.json", results)
+    write_mllm_report(results, out / "eval")
+    return results

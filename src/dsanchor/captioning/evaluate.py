@@ -45,8 +45,7 @@ from dsanchor.captioning.tokenizer import Vocabulary, ptb_tokenize
 from dsanchor.captioning.tokens import CaptionSplit
 from dsanchor.errors import DataError
 from dsanchor.metrics.captioning import caption_metrics as caption_scores
-from dsanchor.metrics.chair import CaptionChair, chair
-from dsanchor.metrics.chair import caption_objects as chair_caption_objects
+from dsanchor.metrics.chair import CaptionChair, chair, chair_ground_truth
 
 __all__ = ["HallucinationEstimator", "GridOutcomes", "CaptionSet", "cider_per_image", "cider_of_sets", "score_grid",
            "captions_for", "caption_metrics", "evaluate_captioning", "g_grid"]
@@ -190,20 +189,6 @@ def _by_granularity(kinds: list[str], reads_as: list[str], judged: list[CaptionC
     return out
 
 
-def chair_ground_truth(split: CaptionSplit, vocabulary: str) -> list[list[str] | None]:
-    """Per image of ``split``, the object names CHAIR judges its captions against; None for an image it skips.
-
-    ``"coco"`` follows Rohrbach et al. (2018): the image's instance categories plus the objects its
-    reference captions name, and only images with instance annotations are judged (COCO ships captions for
-    images whose instances are not at hand; with captions alone every unnamed object would count as
-    hallucinated). ``"synth"``: the scene's objects, for every image.
-    """
-    if vocabulary != "coco":
-        return [list(objs) for objs in split.objects]
-    return [None if not objs else [*objs, *(o for ref in refs for o in chair_caption_objects(ref, "coco"))]
-            for objs, refs in zip(split.objects, split.references, strict=True)]
-
-
 def caption_metrics(captions: Sequence[Mapping[str, str]], split: CaptionSplit, vocabulary: str = "synth",
                     tokenizer: str = "auto") -> dict:
     """BLEU-4, CIDEr-D (raw), CHAIR_i, CHAIR_s, caption_mix and caption_by_granularity (module docstring)
@@ -220,7 +205,7 @@ def caption_metrics(captions: Sequence[Mapping[str, str]], split: CaptionSplit, 
     scored = [k for k, (n, _, _) in enumerate(flat) if split.references[n]]
     m = caption_scores({keys[k]: flat[k][2] for k in scored},
                        {keys[k]: list(split.references[flat[k][0]]) for k in scored}, tokenizer)
-    gt = chair_ground_truth(split, vocabulary)
+    gt = chair_ground_truth(split.objects, split.references, vocabulary)
     judged_rows = [k for k, (n, _, _) in enumerate(flat) if gt[n] is not None]
     judged: list[CaptionChair | None] = [None] * len(flat)
     rates = {"CHAIR_i": float("nan"), "CHAIR_s": float("nan")}

@@ -7,8 +7,7 @@ from dsanchor.config import add_config_args, resolve_config
 
 
 def add_parser(sub) -> None:
-    from dsanchor.demo import DemoConfig
-    from dsanchor.demo_mllm import MLLMDemoConfig
+    from dsanchor.demo import DemoConfig, MLLMDemoConfig
 
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 8 minutes on 2 idle cores)")
     p.add_argument("--out", default=None, help="output directory (rerun to reuse finished stages; default "
@@ -27,8 +26,8 @@ def run(args) -> int:
     set_threads(args)
     demo = resolve_config(DemoConfig, args, yaml_of(args), section="demo")
     if args.mllm:
-        from dsanchor.demo_mllm import MLLMDemoConfig, run_mllm_demo
-        from dsanchor.integrations.build import BuildConfig
+        from dsanchor.demo import MLLMDemoConfig, run_mllm_demo
+        from dsanchor.mllm.config import BuildConfig
 
         mllm = resolve_config(MLLMDemoConfig, args, yaml_of(args), prefix="mllm_", section="demo_mllm")
         build = resolve_config(BuildConfig, None, yaml_of(args), section="build")  # YAML only: the model's size

@@ -27,6 +27,7 @@ from dsanchor.encoders.base import EncoderBackend, EncoderConfig, EncoderDims
 from dsanchor.encoders.regions import roi_vectors
 from dsanchor.encoders.transforms import CLIP_MEAN, CLIP_STD, ImageTransform
 from dsanchor.errors import ConfigError, MissingDependencyError
+from dsanchor.integrations.small_models import byte_level_clip_tokenizer
 
 __all__ = ["CLIPEncoder", "CLIPEncoderConfig", "save_tiny_clip"]
 
@@ -174,20 +175,15 @@ def save_tiny_clip(path: str | Path, image_size: int = 32, patch_size: int = 8, 
 
     For tests and smoke runs of the ``clip`` backend; its vectors mean nothing.
     """
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPConfig, CLIPModel, CLIPTokenizer
+    from transformers import CLIPConfig, CLIPModel
 
     out = Path(path)
     out.mkdir(parents=True, exist_ok=True)
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet + [c + "</w>" for c in alphabet])}
-    bos, eos = len(vocab), len(vocab) + 1
-    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
-    tokenizer = CLIPTokenizer(vocab=vocab, merges=[])
+    tokenizer, bos, eos = byte_level_clip_tokenizer()
     common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=layers,
                   num_attention_heads=4)
     config = CLIPConfig(
-        text_config=dict(vocab_size=len(vocab), max_position_embeddings=64, bos_token_id=bos,
+        text_config=dict(vocab_size=eos + 1, max_position_embeddings=64, bos_token_id=bos,
                          eos_token_id=eos, pad_token_id=eos, **common),
         vision_config=dict(image_size=image_size, patch_size=patch_size, **common),
         projection_dim=projection_dim)

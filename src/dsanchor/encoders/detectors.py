@@ -33,6 +33,7 @@ from PIL import Image
 
 from dsanchor.encoders.regions import RegionConfig, propose_boxes
 from dsanchor.errors import ConfigError, MissingDependencyError
+from dsanchor.integrations.small_models import byte_level_clip_tokenizer
 
 __all__ = ["OPEN_VOCABULARY_TYPES", "RegionDetector", "box_iou", "check_detector", "nms", "save_tiny_detr",
            "save_tiny_owlvit"]
@@ -259,18 +260,6 @@ def save_tiny_detr(path: str | Path, model_type: str = "detr", num_queries: int 
     return out
 
 
-def _byte_level_clip_tokenizer(max_length: int):
-    """A CLIP tokenizer over the 256 byte symbols with no merges, built offline (as in ``save_tiny_clip``)."""
-    from tokenizers import pre_tokenizers
-    from transformers import CLIPTokenizer
-
-    alphabet = sorted(pre_tokenizers.ByteLevel.alphabet())
-    vocab = {c: i for i, c in enumerate(alphabet + [c + "</w>" for c in alphabet])}
-    bos, eos = len(vocab), len(vocab) + 1
-    vocab.update({"<|startoftext|>": bos, "<|endoftext|>": eos})
-    return CLIPTokenizer(vocab=vocab, merges=[], model_max_length=max_length), bos, eos
-
-
 def save_tiny_owlvit(path: str | Path, v2: bool = False, image_size: int = 32, patch_size: int = 8,
                      hidden: int = 16, max_text_length: int = 16, seed: int = 0) -> Path:
     """Write a tiny randomly initialised OWL-ViT (or OWLv2) + processor with a byte-level tokenizer (no download).
@@ -296,7 +285,7 @@ def save_tiny_owlvit(path: str | Path, v2: bool = False, image_size: int = 32, p
     model_cls = getattr(transformers, f"{prefix}ForObjectDetection")
     processor_cls = getattr(transformers, f"{prefix}Processor")
     image_processor_cls = getattr(transformers, f"{prefix}ImageProcessorPil")
-    tokenizer, bos, eos = _byte_level_clip_tokenizer(max_text_length)
+    tokenizer, bos, eos = byte_level_clip_tokenizer(max_text_length)
     common = dict(hidden_size=hidden, intermediate_size=2 * hidden, num_hidden_layers=1, num_attention_heads=2)
     config = config_cls(
         text_config=dict(vocab_size=eos + 1, max_position_embeddings=max_text_length, bos_token_id=bos,

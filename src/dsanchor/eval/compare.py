@@ -14,17 +14,30 @@ and the training noise. With one seed only the images are resampled, and the rep
 Each comparison reports a 95% percentile interval. Many comparisons are made (pairs x directions x
 metrics x protocols); ``n_comparisons`` counts them, and ``lo_bonf`` / ``hi_bonf`` give the Bonferroni
 interval at level 1 - 0.05 / n_comparisons, which holds for all of them at once.
+
+Two entry points share this design (image clusters, then seeds, 95% percentile interval):
+
+* :func:`cluster_bootstrap` for a mean of per-query differences (retrieval hits), where both methods have the
+  same seeds and one draw reweights clusters and seeds at once (vectorised);
+* :func:`bootstrap_diff` for any statistic of per-image values (a ratio of sums such as CHAIR_i, an F1 of
+  summed counts) of two methods with their own numbers of seeds (``dsanchor mllm eval``: a deterministic row
+  has one, the PPO controller one per training seed): each draw resamples the images, shared by both, and
+  each method's seeds with replacement. Its draws come from numpy's generator, so its intervals are the ones
+  ``mllm eval`` has always reported.
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
+
+import numpy as np
 import torch
 
 from dsanchor.eval.methods import MethodG, query_ranks
 from dsanchor.eval.views import SplitView
 
 __all__ = ["DEFAULT_PAIRS", "COMPARED_METRICS", "query_records", "query_clusters", "query_metric",
-           "cluster_bootstrap", "compare_methods", "save_hits", "load_hits"]
+           "cluster_bootstrap", "bootstrap_diff", "compare_methods", "save_hits", "load_hits"]
 
 # (a, b): report a - b. The RL controller against every baseline, and the gradient gate against fine-only.
 DEFAULT_PAIRS = (("dsa_ppo", "fine"), ("dsa_ppo", "coarse"), ("dsa_ppo", "fixed_best"), ("dsa_ppo", "gate_grad"),
@@ -100,6 +113,40 @@ def cluster_bootstrap(diff: torch.Tensor, cluster: torch.Tensor, n_boot: int = 2
     return {"diff": float(per_seed.mean()), "lo": lo, "hi": hi, "lo_bonf": lo_b, "hi_bonf": hi_b,
             "p_le_0": float((means <= 0).double().mean()), "n_queries": int(diff.shape[1]), "n_images": c,
             "n_seeds": s, "diff_std": float(per_seed.std(unbiased=False)) if s > 1 else 0.0}
+
+
+def bootstrap_diff(stat: Callable[[np.ndarray], float], a: np.ndarray, b: np.ndarray, n_boot: int = 2000,
+                   seed: int = 0) -> dict[str, float]:
+    """``stat(a) - stat(b)`` with a 95% percentile interval from a bootstrap over images and training seeds.
+
+    Args:
+        stat: maps an (m, ...) array of per-image values to a number (a mean, a ratio of sums, an F1).
+        a, b: per-image values of the two methods, ``(S, n, ...)``: one slice per training seed (a deterministic
+            method has S = 1). Images are aligned between the methods and resampled together (the cluster); each
+            method's seeds are resampled with replacement in every draw, so the interval carries the spread over
+            seeds as well as over images.
+
+    Returns:
+        ``diff``, ``low`` / ``high``, ``excludes_zero`` and ``seeds`` (S of each method).
+    """
+    if a.ndim < 2 or b.ndim < 2 or a.shape[1] != b.shape[1]:
+        raise ValueError(f"bootstrap_diff needs (seeds, images, ...) arrays with the same images; got "
+                         f"{a.shape} and {b.shape}")
+    rng = np.random.default_rng(seed)
+    n = a.shape[1]
+
+    def flat(x: np.ndarray, seeds: np.ndarray, idx: np.ndarray) -> np.ndarray:
+        return x[seeds][:, idx].reshape(-1, *x.shape[2:])  # (S * n, ...)
+
+    diffs = np.empty(n_boot)
+    for k in range(n_boot):
+        idx = rng.integers(0, n, n)
+        sa, sb = rng.integers(0, a.shape[0], a.shape[0]), rng.integers(0, b.shape[0], b.shape[0])
+        diffs[k] = stat(flat(a, sa, idx)) - stat(flat(b, sb, idx))
+    d = float(stat(a.reshape(-1, *a.shape[2:])) - stat(b.reshape(-1, *b.shape[2:])))
+    lo, hi = np.percentile(diffs, [2.5, 97.5])
+    return {"diff": d, "low": float(lo), "high": float(hi), "excludes_zero": bool(lo > 0 or hi < 0),
+            "seeds": [int(a.shape[0]), int(b.shape[0])]}
 
 
 def compare_methods(records: dict[str, dict[str, torch.Tensor]], clusters: dict[str, torch.Tensor],

@@ -1,4 +1,4 @@
-"""DSA on transformers' BLIP-2 (``Blip2ForConditionalGeneration`` or ``Blip2Model``).
+"""DSA on transformers' BLIP-2 (``Blip2ForConditionalGeneration`` or ``Blip2Model``): everything this family needs.
 
 Seam: the Q-Former cross-attends to ``vision_model(...).last_hidden_state``, the vision encoder's last
 layer after ``post_layernorm``, all tokens (CLS + patches). Both ``forward`` (through
@@ -14,11 +14,21 @@ layer after ``post_layernorm``, all tokens (CLS + patches). Both ``forward`` (th
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
-from dsanchor.integrations.common import CoarseTap, DSAHandle, find_encoder_layers, replace_last_hidden_state
+from dsanchor.integrations.taps import CoarseTap, SeamHandle, find_encoder_layers, replace_last_hidden_state
 
-__all__ = ["feature_dim", "attach"]
+__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "EMBED_PROMPTS", "feature_dim",
+           "attach", "prepare"]
+
+CLASS_NAMES = ("Blip2ForConditionalGeneration", "Blip2Model")
+MODEL_CLASS = "Blip2ForConditionalGeneration"
+CAPTION_PROMPT = "a photo of"
+QUESTION_PROMPT = "Question: {question} Answer:"
+EMBED_PROMPTS = {"image": "Summary above image in one word:", "text": "{x} Summary above sentence in one word:"}
 
 
 def feature_dim(model: nn.Module) -> int:
@@ -26,7 +36,7 @@ def feature_dim(model: nn.Module) -> int:
     return model.config.vision_config.hidden_size
 
 
-def attach(model: nn.Module, handle: DSAHandle) -> None:
+def attach(model: nn.Module, handle: SeamHandle) -> None:
     """Install the coarse tap and the vision-output hook; they are registered on ``handle``."""
     vision = model.vision_model
     tap = CoarseTap(find_encoder_layers(vision), handle.coarse_layer)
@@ -37,3 +47,8 @@ def attach(model: nn.Module, handle: DSAHandle) -> None:
         return replace_last_hidden_state(output, handle.mix(v_fine, v_coarse))
 
     handle.add(tap, vision.register_forward_hook(mix_vision_output))
+
+
+def prepare(processor: Any, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Model inputs for one prompt per image; the processor puts the query-token placeholders before each."""
+    return processor(images=images, text=prompts, return_tensors="pt", padding=True)

@@ -1,4 +1,5 @@
-"""DSA on transformers' IDEFICS (``IdeficsForVisionText2Text`` or ``IdeficsModel``), the open Flamingo.
+"""DSA on transformers' IDEFICS (``IdeficsForVisionText2Text`` or ``IdeficsModel``), the open Flamingo: everything
+this family needs.
 
 Seam: ``IdeficsModel.forward`` flattens ``pixel_values`` ``(B, I, C, H, W)`` to ``B * I`` images, runs
 ``self.vision_model`` and feeds its ``last_hidden_state`` (the encoder's last layer, all tokens, *without*
@@ -16,11 +17,21 @@ features, through ``image_encoder_embeddings``; the vision model is not run agai
 
 from __future__ import annotations
 
+from typing import Any
+
+import torch
 from torch import nn
 
-from dsanchor.integrations.common import CoarseTap, DSAHandle, find_encoder_layers, replace_last_hidden_state
+from dsanchor.integrations.taps import CoarseTap, SeamHandle, find_encoder_layers, replace_last_hidden_state
 
-__all__ = ["feature_dim", "attach"]
+__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "EMBED_PROMPTS", "feature_dim",
+           "attach", "prepare"]
+
+CLASS_NAMES = ("IdeficsForVisionText2Text", "IdeficsModel")
+MODEL_CLASS = "IdeficsForVisionText2Text"
+CAPTION_PROMPT = "Describe the image in one sentence."
+QUESTION_PROMPT = "{question} Answer yes or no."
+EMBED_PROMPTS = {"image": "Summary above image in one word:", "text": "{x}\nSummary above sentence in one word:"}
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -33,7 +44,7 @@ def feature_dim(model: nn.Module) -> int:
     return model.config.vision_config.embed_dim
 
 
-def attach(model: nn.Module, handle: DSAHandle) -> None:
+def attach(model: nn.Module, handle: SeamHandle) -> None:
     """Install the coarse tap and the vision-output hook; they are registered on ``handle``."""
     vision = _inner(model).vision_model
     tap = CoarseTap(find_encoder_layers(vision), handle.coarse_layer)
@@ -44,3 +55,9 @@ def attach(model: nn.Module, handle: DSAHandle) -> None:
         return replace_last_hidden_state(output, handle.mix(v_fine, v_coarse))
 
     handle.add(tap, vision.register_forward_hook(mix_vision_output))
+
+
+def prepare(processor: Any, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Model inputs for one prompt per image, as one user turn each (the answer follows "Assistant:")."""
+    turns = [["User:", image, f"{prompt}\nAssistant:"] for image, prompt in zip(images, prompts, strict=True)]
+    return processor(text=turns, return_tensors="pt", padding="longest")

@@ -1,4 +1,4 @@
-"""DSA on transformers' LLaVA (``LlavaForConditionalGeneration`` or ``LlavaModel``).
+"""DSA on transformers' LLaVA (``LlavaForConditionalGeneration`` or ``LlavaModel``): everything this family needs.
 
 Seam: ``LlavaModel.get_image_features`` runs the vision tower, takes
 ``hidden_states[vision_feature_layer]`` (several layers concatenated on the feature axis when it is a
@@ -19,12 +19,23 @@ in ``generate`` (which computes image features once, on the first step).
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 from torch import nn
 
-from dsanchor.integrations.common import CoarseTap, DSAHandle, find_encoder_layers
+from dsanchor.integrations.taps import CoarseTap, SeamHandle, find_encoder_layers
 
-__all__ = ["feature_dim", "attach"]
+__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "EMBED_PROMPTS", "feature_dim",
+           "shape_like_fine", "attach", "prepare"]
+
+CLASS_NAMES = ("LlavaForConditionalGeneration", "LlavaModel")  # the transformers classes attach_dsa accepts
+MODEL_CLASS = "LlavaForConditionalGeneration"  # the class load_mllm reads a checkpoint with
+CAPTION_PROMPT = "USER: <image>\nDescribe the image in one sentence. ASSISTANT:"
+QUESTION_PROMPT = "USER: <image>\n{question} Answer yes or no. ASSISTANT:"  # {question}: e.g. POPE's
+# E5-V prompts (Jiang et al. 2024): {x} is the sentence for captions
+EMBED_PROMPTS = {"image": "USER: <image>\nSummary above image in one word: ASSISTANT:",
+                 "text": "USER: {x}\nSummary above sentence in one word: ASSISTANT:"}
 
 
 def _inner(model: nn.Module) -> nn.Module:
@@ -59,7 +70,7 @@ def shape_like_fine(v_coarse: torch.Tensor, v_fine: torch.Tensor) -> torch.Tenso
     return v_coarse.repeat(1, 1, k) if k > 1 else v_coarse  # (B, N', k * D)
 
 
-def attach(model: nn.Module, handle: DSAHandle) -> None:
+def attach(model: nn.Module, handle: SeamHandle) -> None:
     """Install the coarse tap and the projector pre-hook; they are registered on ``handle``."""
     inner = _inner(model)
     tap = CoarseTap(find_encoder_layers(inner.vision_tower), handle.coarse_layer)
@@ -70,3 +81,11 @@ def attach(model: nn.Module, handle: DSAHandle) -> None:
         return (handle.mix(v_fine, v_coarse),) + tuple(args[1:])
 
     handle.add(tap, inner.multi_modal_projector.register_forward_pre_hook(mix_before_projector))
+
+
+def prepare(processor: Any, images: list, prompts: list[str]) -> dict[str, torch.Tensor]:
+    """Model inputs for one prompt per image (prompts may differ, so they are padded); the image token is put
+    before a prompt that lacks it."""
+    token = getattr(processor, "image_token", "<image>")
+    texts = [p if token in p else f"{token}\n{p}" for p in prompts]
+    return processor(images=images, text=texts, return_tensors="pt", padding=True)

@@ -4,7 +4,7 @@ For an attached model the state of one image is
 
     [ mean_tokens(V_coarse) | mean_tokens(V_fine) | mean_tokens(E(prompt)) ]     (2 * D + H values)
 
-* V_coarse and V_fine are the seam features of :mod:`dsanchor.integrations.hf` (both ``(N, D)`` after
+* V_coarse and V_fine are the seam features of :mod:`dsanchor.integrations.attach` (both ``(N, D)`` after
   being shaped alike), so the image part is what the model is about to read.
 * E(prompt) is the **model's own input embedding** of the prompt tokens (``model.get_input_embeddings()``,
   H = the language model's hidden size), averaged over the tokens that are text: padding (by the attention
@@ -27,6 +27,7 @@ import torch
 from torch import nn
 
 from dsanchor.errors import ConfigError
+from dsanchor.integrations.families import detect_model_type, family_of
 
 __all__ = ["LAYOUT_KIND", "StateLayout", "state_layout", "prompt_embedding", "mllm_state"]
 
@@ -77,11 +78,9 @@ class StateLayout:
 
 def state_layout(model: nn.Module, coarse_layer: int) -> StateLayout:
     """The layout of the state :func:`mllm_state` builds for ``model``."""
-    from dsanchor.integrations.hf import _FAMILIES, detect_model_type
-
     model_type = detect_model_type(model)
     emb = model.get_input_embeddings()
-    return StateLayout(model_type=model_type, image_dim=_FAMILIES[model_type][1].feature_dim(model),
+    return StateLayout(model_type=model_type, image_dim=family_of(model).feature_dim(model),
                        text_dim=int(emb.weight.shape[1]), coarse_layer=coarse_layer)
 
 

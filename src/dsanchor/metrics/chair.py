@@ -49,8 +49,8 @@ from dsanchor.metrics import MetricInputError
 from dsanchor.metrics.tokenize import ptb_tokenize, singularize
 
 __all__ = ["Mention", "CaptionChair", "ChairResult", "Vocabulary", "CocoVocabulary", "SynthVocabulary",
-           "chair", "caption_objects", "caption_words", "gt_objects_from_coco", "get_vocabulary",
-           "list_vocabularies"]
+           "chair", "chair_ground_truth", "caption_objects", "caption_words", "gt_objects_from_coco",
+           "get_vocabulary", "list_vocabularies"]
 
 _RESOURCES = "dsanchor.data.resources"
 
@@ -303,6 +303,28 @@ def chair(captions: Mapping[Hashable, str], gt_objects: Mapping[Hashable, Iterab
     return ChairResult(chair_s=n_hall_caps / len(per), chair_i=n_hall / n_mentions if n_mentions else 0.0,
                        num_captions=len(per), num_hallucinated_captions=n_hall_caps, num_mentions=n_mentions,
                        num_hallucinated_mentions=n_hall, captions=per)
+
+
+def chair_ground_truth(objects: Sequence[Sequence[str]], references: Sequence[Sequence[str]],
+                       vocabulary: str) -> list[list[str] | None]:
+    """Per image, the object names CHAIR judges its captions against; ``None`` for an image it does not judge.
+
+    Only images with annotated objects are judged, as the paper does (Rohrbach et al. 2018 evaluate the COCO
+    images that have instance annotations): with captions alone every object a caption names would count as
+    hallucinated, and an image with no annotated objects says nothing about which objects are absent. For the
+    ``"coco"`` vocabulary the ground truth is the annotated objects plus every object the reference captions
+    name (as :func:`gt_objects_from_coco`); for ``"synth"`` the annotated objects only (generated captions may
+    name absent objects, e.g. "there is no red cube").
+
+    Args:
+        objects: per image, the names of its annotated objects.
+        references: per image, its reference captions.
+        vocabulary: ``"coco"`` or ``"synth"``.
+    """
+    if vocabulary != "coco":
+        return [list(objs) if objs else None for objs in objects]
+    return [None if not objs else [*objs, *(o for ref in refs for o in caption_objects(ref, "coco"))]
+            for objs, refs in zip(objects, references, strict=True)]
 
 
 def _load_json(source: str | Path | Mapping, what: str) -> Mapping:

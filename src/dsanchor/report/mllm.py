@@ -9,6 +9,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+from dsanchor.files import atomic_write_text
+
 __all__ = ["write_mllm_report", "mllm_table"]
 
 LABELS = {"base": "base (unmodified model)", "fixed_best": "fixed_best (g chosen on val)", "dsa_ppo": "dsa_ppo",
@@ -26,11 +28,11 @@ def _c(d: dict[str, Any], key: str, nd: int = 3) -> str:
 
 
 def mllm_table(results: dict[str, Any]) -> list[str]:
-    """The main table: one row per method, the seed's Table 1 columns."""
+    """The main table: one row per method of ``results["methods"]``, the seed's Table 1 columns."""
     lines = ["| method | g | BLEU-4 | CIDEr-D | CHAIR_i | CHAIR_s | POPE acc | POPE F1 | POPE yes | "
              "t2i R@1 | t2i R@10 | i2t R@1 | i2t R@10 | ms / image |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
-    for name, r in results["rows"].items():
+    for name, r in results["methods"].items():
         pope = r.get("pope", {}).get("all", {})
         ret = r.get("retrieval", {})
         g = "—" if "g_mean" not in r else (f"{r['g_mean']:.2f}" if r.get("g_std", 0) < 1e-9 else
@@ -96,6 +98,7 @@ def _plot(results: dict[str, Any], out: Path) -> Path | None:
 
 
 def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
+    """Write ``out/report.md`` (and the objective plot) from an ``mllm eval`` results.json; returns its path."""
     out = Path(out)
     lines = [f"# DSA inside {results['model_type']} ({results['model_path']})", "",
              f"{results['n_test_images']} test images of {results['data']} ({results['dataset']}); "
@@ -121,7 +124,7 @@ def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
                   f"Captioning: base {o['base_ms_per_image']:.1f} ms / image, dsa_ppo {o['dsa_ppo_ms_per_image']:.1f} "
                   f"ms / image in the same run; the state and controller take {o['controller_ms_per_image']:.2f} ms "
                   f"/ image, {100 * o['controller_share']:.2f}% of dsa_ppo's generation time."]
-    pope_rows = [(n, r["pope"]) for n, r in results["rows"].items() if "pope" in r]
+    pope_rows = [(n, r["pope"]) for n, r in results["methods"].items() if "pope" in r]
     if pope_rows:
         lines += ["", "## POPE by sampling", "",
                   "| method | sampling | accuracy | precision | recall | F1 | yes-ratio |",
@@ -137,5 +140,5 @@ def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
     lines += ["", "## Time", "", ", ".join(f"{k} {v:.1f} s" for k, v in t.items()) +
               f"; grid generation: val {results['val_grid_seconds']:.1f} s, test {results['test_grid_seconds']:.1f} s."]
     path = out / "report.md"
-    path.write_text("\n".join(lines) + "\n")
+    atomic_write_text(path, "\n".join(lines) + "\n")
     return path

@@ -1,14 +1,12 @@
-"""Model-independent parts of the Hugging Face integration: the handle, the g source and the coarse tap.
+"""The handle of an attached DSA: where g comes from, the state it reads, the hooks, and the prompt capture.
 
-Every supported model is hooked the same way (the per-family modules say where):
+Every supported model is hooked the same way (each family's module says where):
 
-1. :class:`CoarseTap` records ``V_coarse``, the vision encoder's hidden state number ``coarse_layer`` in
-   transformers' ``hidden_states`` numbering (0 is the input of the first encoder layer, k >= 1 the
-   output of layer k), with a forward hook on that encoder layer. It does not rely on
-   ``output_hidden_states``, so it works whether or not the model asks its vision tower for them.
-2. A hook at the family's seam takes ``V_fine`` (the features the model already feeds onwards), makes
+1. a :class:`~dsanchor.integrations.taps.CoarseTap` records ``V_coarse``;
+2. a hook at the family's seam takes ``V_fine`` (the features the model already feeds onwards), makes
    ``V_coarse`` the same shape, and replaces ``V_fine`` by :meth:`DSAHandle.mix`, i.e.
-   :func:`dsanchor.anchoring.anchor` with g from a fixed value or from the controller.
+   :func:`dsanchor.anchoring.anchor` with g from a fixed value or from the controller, followed by the seam
+   adapter when one is passed in (``attach_dsa(..., adapter=...)``; it is never stored on the model).
 
 Removing the hooks (:meth:`DSAHandle.detach`) restores the model exactly; nothing else is changed.
 """
@@ -24,15 +22,15 @@ from torch.utils.hooks import RemovableHandle
 
 from dsanchor.anchoring import anchor, check_g
 from dsanchor.errors import ConfigError
+from dsanchor.integrations.state import StateLayout, mllm_state, prompt_embedding, state_layout
+from dsanchor.integrations.taps import CoarseTap
 
-__all__ = ["StateFn", "DSAHandle", "CoarseTap", "default_state", "find_encoder_layers", "install_prompt_capture",
-           "replace_last_hidden_state"]
+__all__ = ["ATTR", "StateFn", "DSAHandle", "default_state", "install_prompt_capture"]
 
 # state_fn(v_fine, v_coarse) -> state (B, S); both inputs (B, N, D) after being shaped alike
 StateFn = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 
 ATTR = "_dsanchor_dsa"  # the model attribute holding the attached handle while DSA is on
-ADAPTER_ATTR = "_dsanchor_adapter"  # the model attribute holding a seam adapter (dsanchor mllm adapt)
 
 
 def default_state(v_fine: torch.Tensor, v_coarse: torch.Tensor) -> torch.Tensor:
@@ -46,61 +44,6 @@ def default_state(v_fine: torch.Tensor, v_coarse: torch.Tensor) -> torch.Tensor:
         ``(B, 2 * D)``.
     """
     return torch.cat([v_coarse.mean(dim=1), v_fine.mean(dim=1)], dim=-1)  # (B, 2D)
-
-
-def find_encoder_layers(vision: nn.Module) -> nn.ModuleList:
-    """The list of transformer layers of a vision encoder (``...encoder.layers``)."""
-    for path in ("vision_model.encoder.layers", "encoder.layers"):
-        mod: nn.Module | None = vision
-        for part in path.split("."):
-            mod = getattr(mod, part, None)
-        if isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            return mod
-    for name, mod in vision.named_modules():
-        if name.endswith("layers") and isinstance(mod, nn.ModuleList) and len(mod) > 0:
-            return mod
-    raise ConfigError(f"cannot find the encoder layers of vision module {type(vision).__name__}; "
-                      "attach_dsa supports CLIP-, SigLIP-, BLIP-2- and IDEFICS-style vision encoders")
-
-
-class CoarseTap:
-    """Records hidden state number ``coarse_layer`` of a vision encoder on every forward.
-
-    Args:
-        layers: the encoder's layers (``L`` of them); hidden state k is the input of layer 0 for k = 0
-            and the output of layer k - 1 otherwise, as in transformers' ``hidden_states``.
-        coarse_layer: k in ``[-(L + 1), L]``; negative values count from the end like a Python index.
-    """
-
-    def __init__(self, layers: nn.ModuleList, coarse_layer: int):
-        n = len(layers)
-        if not -(n + 1) <= coarse_layer <= n:
-            raise ConfigError(f"coarse_layer={coarse_layer} is out of range: the vision encoder has {n} layers, "
-                              f"so hidden-state indices go from 0 (embeddings) to {n}")
-        self.index = coarse_layer % (n + 1)
-        self.value: torch.Tensor | None = None
-        if self.index == 0:
-            self.hook = layers[0].register_forward_pre_hook(self._record_input, with_kwargs=True)
-        else:
-            self.hook = layers[self.index - 1].register_forward_hook(self._record_output)
-
-    def _record_input(self, module: nn.Module, args: tuple, kwargs: dict) -> None:
-        self.value = args[0] if args else kwargs["hidden_states"]  # (B, N, D)
-
-    def _record_output(self, module: nn.Module, args: tuple, output: torch.Tensor | tuple) -> None:
-        self.value = output[0] if isinstance(output, (tuple, list)) else output  # (B, N, D)
-
-    def pop(self) -> torch.Tensor:
-        """The last recorded hidden state, cleared so a stale one is never mixed in."""
-        if self.value is None:
-            raise RuntimeError("DSA: the vision encoder's coarse layer did not run before the visual features "
-                               "were used; this model's call path is not supported by attach_dsa")
-        value, self.value = self.value, None
-        return value
-
-    def remove(self) -> None:
-        self.hook.remove()
-        self.value = None
 
 
 class _GenerateWrapper:
@@ -134,14 +77,6 @@ def install_prompt_capture(model: nn.Module, handle: DSAHandle) -> None:
     handle.add(model.register_forward_pre_hook(record, with_kwargs=True), wrapper)
 
 
-def replace_last_hidden_state(output, new: torch.Tensor):
-    """Put ``new`` in place of a vision output's ``last_hidden_state`` (ModelOutput or tuple)."""
-    if isinstance(output, tuple):
-        return (new,) + tuple(output[1:])
-    output["last_hidden_state"] = new  # ModelOutput keeps the key and the attribute in sync
-    return output
-
-
 class DSAHandle:
     """What :func:`dsanchor.integrations.attach_dsa` returns: the source of g, the hooks and the last g.
 
@@ -153,17 +88,17 @@ class DSAHandle:
     """
 
     def __init__(self, model: nn.Module, model_type: str, controller_or_g: nn.Module | float, coarse_layer: int,
-                 feature_dim: int, state_fn: StateFn | None = None):
+                 feature_dim: int, state_fn: StateFn | None = None, adapter: nn.Module | None = None):
         self.model = model
         self.model_type = model_type
         self.coarse_layer = coarse_layer
         self.feature_dim = feature_dim
         self.state_fn: StateFn = state_fn or default_state
         self.last_g: torch.Tensor | None = None
-        self.adapter: nn.Module | None = getattr(model, ADAPTER_ATTR, None)  # applied to V' (mllm adapt)
+        self.adapter = adapter  # applied to V' (a SeamAdapter from `dsanchor mllm adapt`), or None
         self.controller_seconds = 0.0  # time spent building states and running the controller
         self._hooks: list[RemovableHandle | CoarseTap | _GenerateWrapper] = []
-        self.layout = None  # the MLLM StateLayout when the state reads the prompt too
+        self.layout: StateLayout | None = None  # the MLLM state layout when the state reads the prompt too
         self._prompt: tuple[torch.Tensor, torch.Tensor | None] | None = None  # (input_ids, attention_mask)
         if isinstance(controller_or_g, nn.Module):
             self.controller: nn.Module | None = controller_or_g
@@ -172,8 +107,6 @@ class DSAHandle:
             self.state_dim = getattr(config, "state_dim", None)
             saved = getattr(config, "state_layout", None)
             if saved and state_fn is None:  # a controller from `dsanchor mllm train`: rebuild its state
-                from dsanchor.integrations.state import StateLayout, state_layout
-
                 layout = StateLayout.from_dict(saved)
                 layout.check_against(state_layout(model, coarse_layer))
                 self.layout = layout
@@ -215,8 +148,6 @@ class DSAHandle:
         ``[mean V_coarse | mean V_fine | prompt embedding]`` (:mod:`dsanchor.integrations.state`)."""
         if self.layout is None:
             return self.state_fn(v_fine, v_coarse)
-        from dsanchor.integrations.state import mllm_state
-
         return mllm_state(v_fine, v_coarse, self.prompt_rows(v_fine.shape[0]))
 
     def set_prompt(self, input_ids: torch.Tensor | None, attention_mask: torch.Tensor | None = None) -> None:
@@ -226,8 +157,6 @@ class DSAHandle:
 
     def prompt_rows(self, n_images: int) -> torch.Tensor:
         """``(n_images, H)``: each image's prompt embedding (a prompt with I images gives I equal rows)."""
-        from dsanchor.integrations.state import prompt_embedding
-
         if self._prompt is None:
             raise ConfigError("this DSA controller reads the prompt, but the model was called without input_ids; "
                               "pass the prompt's input_ids to forward or generate")

@@ -30,38 +30,18 @@ Features passed in precomputed (LLaVA's ``mm_encoder_outputs``, IDEFICS's ``imag
 
 from __future__ import annotations
 
-from types import ModuleType
-
 from torch import nn
 
 from dsanchor.errors import ConfigError
-from dsanchor.integrations import blip2, idefics, llava
-from dsanchor.integrations.common import ATTR, DSAHandle, StateFn, install_prompt_capture
+from dsanchor.integrations.families import detect_model_type, family_of
+from dsanchor.integrations.handle import ATTR, DSAHandle, StateFn, install_prompt_capture
 
-__all__ = ["MODEL_TYPES", "attach_dsa", "detect_model_type", "dsa_state_dim", "get_dsa"]
-
-# model type -> (transformers class names it accepts, family module)
-_FAMILIES: dict[str, tuple[tuple[str, ...], ModuleType]] = {
-    "llava": (("LlavaForConditionalGeneration", "LlavaModel"), llava),
-    "blip2": (("Blip2ForConditionalGeneration", "Blip2Model"), blip2),
-    "idefics": (("IdeficsForVisionText2Text", "IdeficsModel"), idefics),
-}
-MODEL_TYPES: tuple[str, ...] = tuple(_FAMILIES)
-
-
-def detect_model_type(model: nn.Module) -> str:
-    """"llava", "blip2" or "idefics" for a supported transformers model (subclasses included)."""
-    names = {cls.__name__ for cls in type(model).__mro__}
-    for model_type, (class_names, _) in _FAMILIES.items():
-        if names.intersection(class_names):
-            return model_type
-    supported = ", ".join(n for names_, _ in _FAMILIES.values() for n in names_)
-    raise ConfigError(f"attach_dsa does not support {type(model).__name__}; supported models: {supported}")
+__all__ = ["attach_dsa", "detect_model_type", "dsa_state_dim", "get_dsa"]
 
 
 def dsa_state_dim(model: nn.Module) -> int:
     """The size of the default DSA state for ``model`` (``2 * D``): use it as the controller's state_dim."""
-    return 2 * _FAMILIES[detect_model_type(model)][1].feature_dim(model)
+    return 2 * family_of(model).feature_dim(model)
 
 
 def get_dsa(model: nn.Module) -> DSAHandle | None:
@@ -70,7 +50,7 @@ def get_dsa(model: nn.Module) -> DSAHandle | None:
 
 
 def attach_dsa(model: nn.Module, controller_or_g: nn.Module | float, coarse_layer: int = 1,
-               state_fn: StateFn | None = None) -> DSAHandle:
+               state_fn: StateFn | None = None, adapter: nn.Module | None = None) -> DSAHandle:
     """Make ``model`` use anchored visual features ``V' = g V_fine + (1 - g) V_coarse``.
 
     Args:
@@ -79,7 +59,9 @@ def attach_dsa(model: nn.Module, controller_or_g: nn.Module | float, coarse_laye
         controller_or_g: a fixed g in [0, 1], or a controller mapping states ``(B, state_dim)`` to g ``(B,)``.
         coarse_layer: the vision hidden-state index for V_coarse (0 = embeddings, 1 = after layer 1, ...).
         state_fn: ``state_fn(v_fine, v_coarse) -> (B, state_dim)`` with both inputs ``(B, N, D)``; default
-            :func:`~dsanchor.integrations.common.default_state`.
+            :func:`~dsanchor.integrations.handle.default_state`.
+        adapter: applied to V' before the model reads it (a
+            :class:`~dsanchor.integrations.adapter.SeamAdapter`); None: V' as is.
 
     Returns:
         A :class:`DSAHandle`: ``.last_g`` holds g per image of the last call, ``.detach()`` restores the model.
@@ -91,8 +73,9 @@ def attach_dsa(model: nn.Module, controller_or_g: nn.Module | float, coarse_laye
     model_type = detect_model_type(model)
     if get_dsa(model) is not None:
         raise ConfigError("DSA is already attached to this model; call .detach() on its handle first")
-    family = _FAMILIES[model_type][1]
-    handle = DSAHandle(model, model_type, controller_or_g, coarse_layer, family.feature_dim(model), state_fn)
+    family = family_of(model)
+    handle = DSAHandle(model, model_type, controller_or_g, coarse_layer, family.feature_dim(model), state_fn,
+                       adapter)
     try:
         family.attach(model, handle)
         if handle.layout is not None:

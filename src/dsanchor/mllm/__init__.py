@@ -1,0 +1,33 @@
+"""The DSA-in-an-MLLM experiment that ``dsanchor mllm ...`` runs, on the adapters of :mod:`dsanchor.integrations`.
+
+:mod:`.config` holds every configuration and default; :mod:`.data` loads the model and the samples (one split
+rule); :mod:`.generate` is the one generate loop; :mod:`.grid` caches captions at a grid of g, :mod:`.rewards`
+scores them for PPO (:mod:`.train`: train and tune); :mod:`.evaluate` measures base / fixed_best / dsa_ppo /
+oracle with :mod:`.scores` (BLEU, CIDEr, CHAIR), :mod:`.pope` and :mod:`.embed` (retrieval); :mod:`.caption`
+is ``mllm caption``; :mod:`.build` and :mod:`.pretrain` train the small LLaVA; :mod:`.adapt` the seam adapter.
+"""
+
+from dsanchor.mllm.adapt import run_adapt
+from dsanchor.mllm.build import build_from_dataset, train_llava
+from dsanchor.mllm.caption import run_mllm_caption
+from dsanchor.mllm.config import (
+    AdaptConfig,
+    BuildConfig,
+    CaptionConfig,
+    GridConfig,
+    MLLMConfig,
+    MLLMEvalConfig,
+    MLLMTrainConfig,
+    mllm_ppo,
+    mllm_reward,
+    mllm_tune,
+)
+from dsanchor.mllm.data import MLLMData, load_mllm_data
+from dsanchor.mllm.evaluate import run_mllm_eval
+from dsanchor.mllm.generate import CaptionRun, caption_samples
+from dsanchor.mllm.train import train_mllm_controller, tune_mllm_reward
+
+__all__ = ["AdaptConfig", "BuildConfig", "CaptionConfig", "CaptionRun", "GridConfig", "MLLMConfig", "MLLMData",
+           "MLLMEvalConfig", "MLLMTrainConfig", "build_from_dataset", "caption_samples", "load_mllm_data",
+           "mllm_ppo", "mllm_reward", "mllm_tune", "run_adapt", "run_mllm_caption", "run_mllm_eval",
+           "train_llava", "train_mllm_controller", "tune_mllm_reward"]
