@@ -345,12 +345,12 @@ def test_caption_metrics_mix_and_chair_by_granularity_on_hand_made_captions():
 
 
 def test_coco_chair_judges_annotated_images_against_instances_and_reference_mentions():
-    from dsanchor.captioning.evaluate import chair_ground_truth
+    from dsanchor.metrics.chair import chair_ground_truth
 
     refs = [["A dog sleeps on a couch."], ["A man rides a horse."], ["A cat on a bed."]]
     split = _split(3, captions=refs, codes=[[-1], [-1], [-1]])
     split.objects = [["dog"], ["person"], []]  # the third image has captions but no instance annotations
-    assert chair_ground_truth(split, "coco") == [["dog", "dog", "couch"], ["person", "person", "horse"], None]
+    assert chair_ground_truth(split.objects, split.references, "coco") == [["dog", "dog", "couch"], ["person", "person", "horse"], None]
     sets = [{"any": "a dog on a couch with a cat"},  # couch: from the reference; cat: hallucinated
             {"any": "a man riding a horse"},
             {"any": "a giraffe"}]  # not judged: no instances
