@@ -93,6 +93,22 @@ def test_long_query_is_cut_with_a_note(server, pipe):
     assert status == 200 and exact["cut"] is None and exact["query_chars"] == 300 and exact["query"] == "x" * 300
 
 
+def test_serve_config_from_flags_and_its_checks(server, tmp_path, capsys):
+    from dsanchor.cli import build_parser
+    from dsanchor.config import resolve_config
+    from dsanchor.serve import ServeApp, ServeConfig
+
+    args = build_parser().parse_args(["serve", "--index", "x", "--max-query-chars", "10", "--k", "3"])
+    config = resolve_config(ServeConfig, args, {}, section="serve")
+    assert (config.max_query_chars, config.k, config.max_k) == (10, 3, 200)
+    app = ServeApp(server.app.index, server.app.pipe, config)
+    assert app._query({"q": " a large green sphere "}) == ("a large gr", 20, "query cut to 10 characters (it had 20)")
+    for bad, match in ((["--max-query-chars", "0"], "max_query_chars must be >= 1"),
+                       (["--k", "300"], "must be <= max_k")):
+        assert cli_main(["serve", "--index", str(tmp_path / "none"), "--port", "0", *bad]) == 2
+        assert match in capsys.readouterr().err
+
+
 def test_a_bug_is_a_500_line(server, monkeypatch):
     def broken(*args):
         raise RuntimeError("the index moved\nsecond line")

@@ -37,7 +37,7 @@ import logging
 import math
 import mimetypes
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -66,12 +66,22 @@ ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("inde
 class ServeConfig:
     """What the API does when a request does not say."""
 
-    k: int = 10  # results per search without ?k=
-    max_k: int = 200  # the most results (or index captions) one request may ask for
-    m: int = 100  # faiss first-stage candidates re-ranked by DSA (raised to k when k is larger)
-    caption_k: int = 5  # index captions ranked for an uploaded image without ?k=
-    max_upload_mb: float = 20.0  # the largest image body POST /api/image accepts
-    max_query_chars: int = 300  # a longer text query is cut to this many characters (and the answer says so)
+    k: int = field(default=10, metadata={"help": "results per search without ?k="})
+    max_k: int = field(default=200, metadata={"help": "the most results (or index captions) one request may ask for"})
+    m: int = field(default=100, metadata={"help": "faiss first-stage candidates re-ranked by DSA (raised to k)"})
+    caption_k: int = field(default=5, metadata={"help": "index captions ranked for an uploaded image without ?k="})
+    max_upload_mb: float = field(default=20.0, metadata={"help": "the largest image body POST /api/image accepts"})
+    max_query_chars: int = field(default=300, metadata={"help": "a longer text query is cut to this many characters "
+                                                                "(and the answer says so)"})
+
+    def __post_init__(self):
+        for name in ("k", "max_k", "m", "caption_k", "max_query_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.k <= self.max_k or not self.caption_k <= self.max_k:
+            raise ValueError(f"k ({self.k}) and caption_k ({self.caption_k}) must be <= max_k ({self.max_k})")
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
 
 
 class RequestError(Exception):
