@@ -195,6 +195,16 @@ def test_long_query_is_cut_with_a_note(page):
     _wait(page, lambda: page.execute_script("return document.getElementById('note').hidden"))
 
 
+def test_failed_search_clears_the_previous_results(page):
+    _search(page, QUERY)
+    _wait(page, lambda: len(_items(page, "#results .hit")) == K)
+    _search(page, "   ")
+    _wait(page, lambda: _text(page, "error") != "")
+    assert _text(page, "error") == "search: the query is empty; type what to look for (q=...)"
+    assert _items(page, "#results .hit") == [] and _text(page, "summary") == ""
+    page.get_log("browser")  # the 400 is expected
+
+
 def _rects(driver) -> dict:
     return driver.execute_script("""const r = id => document.getElementById(id).getBoundingClientRect().toJSON();
         return {left: r('left'), right: r('right'), width: window.innerWidth,

@@ -55,6 +55,9 @@ function hitCard(r) {
               el("span", "g", "g " + r.g.toFixed(2)));
   card.append(img, meta); return card;
 }
+function clearSearchResult() {
+  $("g-used").textContent = ""; $("result-count").textContent = ""; line("note", ""); $("results").replaceChildren();
+}
 function showSearch(out) {
   $("g-used").textContent = gLabel(out);
   $("result-count").textContent = " \u00b7 " + out.results.length + " results for \u201c" + shorten(out.query, 80)
@@ -73,7 +76,8 @@ async function runSearch() {
     const out = await api(url);
     if (seq === state.searchSeq) showSearch(out);  // an answer to an older request is dropped
   } catch (err) {
-    if (seq === state.searchSeq) showError("search: " + err.message);
+    if (seq !== state.searchSeq) return;
+    clearSearchResult(); showError("search: " + err.message);  // no results stay on screen under a failed query
   }
 }
 $("search-form").addEventListener("submit", ev => {
