@@ -116,7 +116,8 @@ def test_slider_reruns_the_search_and_the_header_says_which_g(page, page_server)
     _wait(page, lambda: _items(page, ".hit .g") == [f"g {g:.2f}"] * K)
     hits = pipe.search(QUERY, page_server.app.index, k=K, g=g)
     assert [s.split()[-1] for s in _items(page, ".hit .score")] == [f"{h.score:.3f}" for h in hits]
-    assert page.execute_script("return window.requests") == {"search": 1, "image": 0}  # 5 moves, one re-run
+    requests = page.execute_script("return window.requests")  # 5 moves: one re-run (two if the keys were slow)
+    assert 1 <= requests["search"] <= 2 and requests["image"] == 0
     page.find_element(By.ID, "use-controller").click()  # back to the controller's g
     _wait(page, lambda: _text(page, "g-used") == _controller_label(choice))
     assert float(_text(page, "g-value")) == pytest.approx(choice.g, abs=0.005)
