@@ -1,15 +1,11 @@
-"""`dsanchor serve`: the JSON API over HTTP (a server on port 0 in a thread) and, marked slow, the page in
-headless Chromium. Built on a tiny random CLIP encoder and randomly initialised parts (seconds, no downloads).
-
-The browser test needs the ``chromium`` and ``chromedriver`` binaries and the ``selenium`` package
-(``apt-get install chromium chromium-driver``, ``pip install -e .[dev]``) and is skipped without them. With
-``DSANCHOR_SCREENSHOT=path.png`` it saves a screenshot of the page there.
+"""`dsanchor serve`: the JSON API and the page's files over HTTP (a server on port 0 in a thread). Built on a tiny
+random CLIP encoder and randomly initialised parts (seconds, no downloads). The page in headless Chromium is
+tests/test_page.py; :func:`_browser` (shared with it) starts the browser or skips saying what is missing.
 """
 
 from __future__ import annotations
 
 import json
-import os
 import shutil
 import threading
 import urllib.error
@@ -63,13 +59,63 @@ def test_page_and_info(server, parts):
     status, headers, page = _call(server, "/")
     assert status == 200 and headers["Content-Type"].startswith("text/html")
     html = page.decode()
-    for element in ('id="q"', 'id="search"', 'id="g"', 'type="range"', 'step="0.05"', 'id="use-controller"',
-                    "checked", 'type="file"', 'id="results"', 'id="error"'):
+    for element in ('id="q"', 'id="search"', 'id="g"', 'type="range"', 'step="0.01"', 'id="use-controller"',
+                    "checked", 'type="file"', 'id="results"', 'id="error"', 'id="image-error"', 'id="g-used"',
+                    'id="note"', '<script src="/page.js">', 'href="/page.css"', 'rel="icon"'):
         assert element in html
-    assert "http://" not in html and "https://" not in html and "<script src" not in html  # self-contained
+    for path, ctype in (("/page.js", "text/javascript"), ("/page.css", "text/css")):
+        status, headers, text = _call(server, path)
+        assert status == 200 and headers["Content-Type"].startswith(ctype) and len(text) > 500
+        html += text.decode()
+    assert "http://" not in html and "https://" not in html  # self-contained: nothing fetched from elsewhere
     status, _, info = _call(server, "/api/info")
     assert status == 200 and info["images"] == len(_images(parts))
     assert info["has_captions"] and info["has_decoder"] and info["has_controller"]
+    assert info["max_query_chars"] == server.app.config.max_query_chars == 300
+
+
+@pytest.mark.parametrize("path", ["/favicon.ico", "/favicon.svg"])
+def test_favicon(server, path):
+    status, headers, data = _call(server, path)
+    assert status == 200 and headers["Content-Type"] == "image/svg+xml" and data.startswith(b"<svg")
+
+
+def test_long_query_is_cut_with_a_note(server, pipe):
+    from urllib.parse import quote
+
+    words = (QUERY + " ") * 400  # 10,800 characters
+    status, _, out = _call(server, "/api/search?k=3&q=" + quote(words[:10_000]))
+    assert status == 200 and out["query_chars"] == 10_000 and len(out["query"]) <= 300
+    assert out["query"] == words[:300].rstrip() and out["cut"] == "query cut to 300 characters (it had 10,000)"
+    expected = pipe.search(words[:300].rstrip(), server.app.index, k=3)  # the cut text is what was searched
+    assert [r["path"] for r in out["results"]] == [h.path for h in expected]
+    status, _, exact = _call(server, "/api/search?k=3&q=" + quote("x" * 300))
+    assert status == 200 and exact["cut"] is None and exact["query_chars"] == 300 and exact["query"] == "x" * 300
+
+
+def test_serve_config_from_flags_and_its_checks(server, tmp_path, capsys):
+    from dsanchor.cli import build_parser
+    from dsanchor.config import resolve_config
+    from dsanchor.serve import ServeApp, ServeConfig
+
+    args = build_parser().parse_args(["serve", "--index", "x", "--max-query-chars", "10", "--k", "3"])
+    config = resolve_config(ServeConfig, args, {}, section="serve")
+    assert (config.max_query_chars, config.k, config.max_k) == (10, 3, 200)
+    app = ServeApp(server.app.index, server.app.pipe, config)
+    assert app._query({"q": " a large green sphere "}) == ("a large gr", 20, "query cut to 10 characters (it had 20)")
+    for bad, match in ((["--max-query-chars", "0"], "max_query_chars must be >= 1"),
+                       (["--k", "300"], "must be <= max_k")):
+        assert cli_main(["serve", "--index", str(tmp_path / "none"), "--port", "0", *bad]) == 2
+        assert match in capsys.readouterr().err
+
+
+def test_a_bug_is_a_500_line(server, monkeypatch):
+    def broken(*args):
+        raise RuntimeError("the index moved\nsecond line")
+
+    monkeypatch.setattr(server.app, "search", broken)
+    status, _, out = _call(server, "/api/search?q=a+cube")
+    assert status == 500 and out["error"] == "server error: RuntimeError: the index moved"
 
 
 def test_search_matches_the_pipeline(server, pipe):
@@ -175,11 +221,11 @@ def test_busy_port_and_bad_index_are_one_line_errors(server, parts, tmp_path, ca
     assert "not a dsanchor index" in capsys.readouterr().err
 
 
-# ---- the page in a browser ---------------------------------------------------------------------------------------
+# ---- the browser (tests/test_page.py drives the page in it) ----------------------------------------------------
 
 
-def _browser():
-    """A headless Chromium driver, or skip saying what is missing."""
+def _browser(width: int = 1280, height: int = 900):
+    """A headless Chromium driver (its console kept for ``get_log("browser")``), or skip saying what is missing."""
     webdriver = pytest.importorskip("selenium.webdriver", reason="the browser test needs selenium (pip install "
                                                                  "-e .[dev])")
     chromium = next((shutil.which(b) for b in ("chromium", "chromium-browser", "google-chrome") if shutil.which(b)),
@@ -190,69 +236,9 @@ def _browser():
                     "(apt-get install chromium chromium-driver)")
     opts = webdriver.ChromeOptions()
     opts.binary_location = chromium
-    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu",
-                "--window-size=1280,900"):
+    for arg in ("--headless=new", "--no-sandbox", "--disable-dev-shm-usage", "--disable-gpu", "--disable-quic",
+                "--no-first-run", "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                f"--window-size={width},{height}"):
         opts.add_argument(arg)
+    opts.set_capability("goog:loggingPrefs", {"browser": "ALL"})
     return webdriver.Chrome(options=opts, service=webdriver.ChromeService(executable_path=driver))
-
-
-def drive_page(driver, url: str, query: str, k: int, image, g_steps: int = 3, timeout: float = 60) -> dict:
-    """Search by text with the controller's g, then with the slider's g, then upload ``image``; what the page
-    showed at each step (the README screenshot script calls this too)."""
-    from selenium.webdriver.common.by import By
-    from selenium.webdriver.common.keys import Keys
-    from selenium.webdriver.support import expected_conditions as ec
-    from selenium.webdriver.support.ui import WebDriverWait
-
-    wait = WebDriverWait(driver, timeout)
-    find = driver.find_element
-    driver.get(url)
-    wait.until(lambda d: "images" in find(By.ID, "info").text)
-    find(By.ID, "q").send_keys(query)
-    find(By.ID, "k").clear()
-    find(By.ID, "k").send_keys(str(k))
-    find(By.ID, "search").click()
-    wait.until(lambda d: len(d.find_elements(By.CSS_SELECTOR, "#results .hit")) == k)
-    first = {"summary": find(By.ID, "summary").text,
-             "hits": [(h.find_element(By.CLASS_NAME, "rank").text, h.find_element(By.CLASS_NAME, "score").text,
-                       h.find_element(By.CLASS_NAME, "g").text) for h in driver.find_elements(By.CSS_SELECTOR, ".hit")]}
-    find(By.ID, "use-controller").click()  # uncheck: the slider's g is sent
-    slider = find(By.ID, "g")
-    slider.click()
-    slider.send_keys(*[Keys.ARROW_RIGHT] * g_steps)
-    g = float(find(By.ID, "g-value").text)
-    find(By.ID, "search").click()
-    wait.until(ec.text_to_be_present_in_element((By.ID, "summary"), f"g = {g:.2f} (given)"))
-    second = {"g": g, "checked": find(By.ID, "use-controller").is_selected(), "summary": find(By.ID, "summary").text,
-              "g_texts": [e.text for e in driver.find_elements(By.CSS_SELECTOR, ".hit .g")]}
-    find(By.ID, "file").send_keys(str(image))
-    wait.until(ec.text_to_be_present_in_element((By.ID, "image-g"), "picked for this image: g = "))
-    wait.until(lambda d: d.find_elements(By.CSS_SELECTOR, "#captions li") or not find(By.ID, "error").text == "")
-    upload = {"image_g": find(By.ID, "image-g").text, "error": find(By.ID, "error").text,
-              "captions": [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#captions li")],
-              "index_captions": [e.text for e in driver.find_elements(By.CSS_SELECTOR, "#index-captions li")]}
-    return {"first": first, "second": second, "upload": upload}
-
-
-@pytest.mark.slow
-def test_page_in_headless_chromium(server, parts):
-    driver = _browser()
-    try:
-        seen = drive_page(driver, server.url, QUERY, 4, _images(parts)[0])
-        shot = os.environ.get("DSANCHOR_SCREENSHOT")
-        if shot:
-            driver.save_screenshot(shot)
-    finally:
-        driver.quit()
-    first, second, upload = seen["first"], seen["second"], seen["upload"]
-    assert "chosen by the controller" in first["summary"] and len(first["hits"]) == 4
-    controller_g = server.app.pipe.choose_g(text=QUERY).g
-    assert [h[0] for h in first["hits"]] == ["#1", "#2", "#3", "#4"]
-    scores = [float(h[1]) for h in first["hits"]]  # each card shows its score
-    assert scores == sorted(scores, reverse=True) and [h[2] for h in first["hits"]] == [f"g {controller_g:.2f}"] * 4
-    assert not second["checked"] and second["g"] == pytest.approx(0.65)  # a click sets 0.5, then 3 steps of 0.05
-    assert second["g_texts"] == [f"g {second['g']:.2f}"] * 4
-    assert upload["error"] == "" and "chosen by the controller" in upload["image_g"]
-    assert "shown at g = 0.65 (given)" in upload["image_g"]
-    assert len(upload["captions"]) == 2 and upload["captions"][0].startswith("scene: ")
-    assert len(upload["index_captions"]) == server.app.config.caption_k

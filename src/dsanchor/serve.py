@@ -2,59 +2,86 @@
 
 :class:`ServeApp` answers the requests (it knows nothing of HTTP, so it is tested directly);
 :func:`make_server` wraps it in a :class:`http.server.ThreadingHTTPServer` without blocking and :func:`serve`
-runs that until Ctrl-C. The routes::
+runs that until Ctrl-C. The page itself is static: ``dsanchor/web/`` (HTML, CSS, JS and the favicon, nothing
+fetched from elsewhere). The routes::
 
-    GET  /                       one self-contained HTML page (inline CSS and JS, nothing fetched elsewhere)
-    GET  /api/info               {"images", "has_captions", "has_decoder", "has_controller", "fixed_g", ...}
+    GET  /                       the page (web/index.html); /page.css, /page.js: its style and script
+    GET  /favicon.ico, /favicon.svg
+                                 the page's icon (an SVG)
+    GET  /api/info               {"images", "has_captions", "has_decoder", "has_controller", "fixed_g",
+                                  "default_k", "max_query_chars", ...}
     GET  /api/search?q=..&k=10&g=0.3
-                                 {"results": [{"path", "url", "score", "g", "rank"}], "g", "source",
-                                  "query_type", "describe"}; without g the controller chooses
+                                 {"query", "query_chars", "cut", "results": [{"path", "url", "score", "g", "rank"}],
+                                  "g", "source", "query_type", "describe"}; without g the controller chooses
     POST /api/image?g=0.3&k=5    body: the raw bytes of one image file (Content-Type image/*, not a form)
                                  {"g", "source", "query_type", "describe", "controller": {"g", "query_type",
                                   "describe"}, "captions": {granularity: text} or null,
                                   "index_captions": [{"caption", "score"}] or null}
     GET  /image/<i>              the i-th indexed image file (only indexed files are served)
 
+A query longer than :attr:`ServeConfig.max_query_chars` (300) is cut to it before it is encoded: the answer's
+``query`` is the cut text, ``query_chars`` the length sent and ``cut`` one line saying so (null when nothing was
+cut). 300 characters is about what CLIP's 77 text tokens hold; MiniLM reads up to 256 word pieces.
+
 Bad input (an empty query, g outside [0, 1], k < 1, a body that is not an image) answers HTTP 400 with
-``{"error": "one line"}``; an unknown route 404. The pipeline is not thread-safe (the encoder is built on first
-use), so requests run it one at a time under a lock.
+``{"error": "one line"}``; an unknown route 404, a bug 500 (also one line). The pipeline is not thread-safe (the
+encoder is built on first use), so requests run it one at a time under a lock.
 """
 
 from __future__ import annotations
 
+import functools
 import io
 import json
 import logging
 import math
 import mimetypes
 import threading
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from http import HTTPStatus
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
+from importlib import resources
 from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlsplit
 
 from dsanchor.errors import DsanchorError
 
-__all__ = ["DEFAULT_HOST", "DEFAULT_PORT", "DSAServer", "RequestError", "ServeApp", "ServeConfig", "make_server",
-           "serve"]
+__all__ = ["ASSETS", "DEFAULT_HOST", "DEFAULT_PORT", "DSAServer", "RequestError", "ServeApp", "ServeConfig",
+           "make_server", "page_asset", "serve"]
 
 log = logging.getLogger(__name__)
 
 DEFAULT_HOST = "127.0.0.1"
 DEFAULT_PORT = 8000
 
+# the page's static files: route -> (its file in dsanchor/web, Content-Type)
+ASSETS = {"/": ("index.html", "text/html; charset=utf-8"), "/index.html": ("index.html", "text/html; charset=utf-8"),
+          "/page.css": ("page.css", "text/css; charset=utf-8"),
+          "/page.js": ("page.js", "text/javascript; charset=utf-8"),
+          "/favicon.ico": ("favicon.svg", "image/svg+xml"), "/favicon.svg": ("favicon.svg", "image/svg+xml")}
+
 
 @dataclass(frozen=True)
 class ServeConfig:
     """What the API does when a request does not say."""
 
-    k: int = 10  # results per search without ?k=
-    max_k: int = 200  # the most results (or index captions) one request may ask for
-    m: int = 100  # faiss first-stage candidates re-ranked by DSA (raised to k when k is larger)
-    caption_k: int = 5  # index captions ranked for an uploaded image without ?k=
-    max_upload_mb: float = 20.0  # the largest image body POST /api/image accepts
+    k: int = field(default=10, metadata={"help": "results per search without ?k="})
+    max_k: int = field(default=200, metadata={"help": "the most results (or index captions) one request may ask for"})
+    m: int = field(default=100, metadata={"help": "faiss first-stage candidates re-ranked by DSA (raised to k)"})
+    caption_k: int = field(default=5, metadata={"help": "index captions ranked for an uploaded image without ?k="})
+    max_upload_mb: float = field(default=20.0, metadata={"help": "the largest image body POST /api/image accepts"})
+    max_query_chars: int = field(default=300, metadata={"help": "a longer text query is cut to this many characters "
+                                                                "(and the answer says so)"})
+
+    def __post_init__(self):
+        for name in ("k", "max_k", "m", "caption_k", "max_query_chars"):
+            if getattr(self, name) < 1:
+                raise ValueError(f"{name} must be >= 1, got {getattr(self, name)}")
+        if not self.k <= self.max_k or not self.caption_k <= self.max_k:
+            raise ValueError(f"k ({self.k}) and caption_k ({self.caption_k}) must be <= max_k ({self.max_k})")
+        if not self.max_upload_mb > 0:
+            raise ValueError(f"max_upload_mb must be > 0, got {self.max_upload_mb}")
 
 
 class RequestError(Exception):
@@ -102,6 +129,16 @@ class ServeApp:
             raise _bad(f"g must lie in [0, 1], got {raw}")
         return g
 
+    def _query(self, params: dict[str, str]) -> tuple[str, int, str | None]:
+        """The query (cut to ``max_query_chars``), its length as sent and a note when it was cut."""
+        query = params.get("q", "").strip()
+        if not query:
+            raise _bad("the query is empty; type what to look for (q=...)")
+        limit = self.config.max_query_chars
+        if len(query) <= limit:
+            return query, len(query), None
+        return query[:limit].rstrip(), len(query), f"query cut to {limit} characters (it had {len(query):,})"
+
     def _k(self, params: dict[str, str], default: int) -> int:
         raw = params.get("k", "").strip()
         if not raw:
@@ -121,20 +158,19 @@ class ServeApp:
         return {"images": len(self.index), "has_captions": bool(self.index.has_captions),
                 "has_decoder": pipe.decoder is not None, "has_controller": pipe.controller is not None,
                 "fixed_g": pipe.fixed_g, "default_k": self.config.k,
+                "max_query_chars": self.config.max_query_chars,
                 "index": str(self.index.folder) if self.index.folder else None,
                 "pipeline": str(pipe.path) if pipe.path else None}
 
     def search(self, params: dict[str, str]) -> dict[str, Any]:
-        """``GET /api/search``: the top k images for the text ``q``."""
-        query = params.get("q", "").strip()
-        if not query:
-            raise _bad("the query is empty; type what to look for (q=...)")
+        """``GET /api/search``: the top k images for the text ``q`` (cut to ``max_query_chars``)."""
+        query, chars, cut = self._query(params)
         k, g = self._k(params, self.config.k), self._g(params)
         with self._lock:
             hits, choice = self.pipe.search_with_choice(query, self.index, k=k, g=g, m=max(self.config.m, k))
         results = [{"path": h.path, "url": f"/image/{self._pos[h.path]}", "score": h.score, "g": h.g,
                     "rank": h.rank} for h in hits]
-        return {"query": query, "results": results, **_choice(choice)}
+        return {"query": query, "query_chars": chars, "cut": cut, "results": results, **_choice(choice)}
 
     def image_query(self, body: bytes, content_type: str, params: dict[str, str]) -> dict[str, Any]:
         """``POST /api/image``: the controller's g for an uploaded image, its captions and the index's."""
@@ -186,6 +222,12 @@ class ServeApp:
         return data, mimetypes.guess_type(path.name)[0] or "application/octet-stream"
 
 
+@functools.cache
+def page_asset(name: str) -> bytes:
+    """The bytes of one of the page's files in ``dsanchor/web`` (read once)."""
+    return (resources.files("dsanchor") / "web" / name).read_bytes()
+
+
 def _choice(choice) -> dict[str, Any]:
     return {"g": choice.g, "source": choice.source, "query_type": choice.query_type, "describe": choice.describe()}
 
@@ -200,8 +242,9 @@ class _Handler(BaseHTTPRequestHandler):
         url = urlsplit(self.path)
         params = {k: v[-1] for k, v in parse_qs(url.query, keep_blank_values=True).items()}
         app = self.server.app
-        if url.path in ("/", "/index.html"):
-            self._send(HTTPStatus.OK, PAGE.encode(), "text/html; charset=utf-8")
+        if url.path in ASSETS:
+            name, ctype = ASSETS[url.path]
+            self._send(HTTPStatus.OK, page_asset(name), ctype)
         elif url.path == "/api/info":
             self._answer(app.info)
         elif url.path == "/api/search":
@@ -316,123 +359,3 @@ def serve(index_dir: str | Path, host: str = DEFAULT_HOST, port: int = DEFAULT_P
         pass
     finally:
         server.server_close()
-
-
-PAGE = """<!doctype html>
-<html lang="en"><head><meta charset="utf-8"><title>DSA search</title>
-<meta name="viewport" content="width=device-width, initial-scale=1">
-<style>
-body{font:14px/1.4 system-ui,sans-serif;margin:0;background:#f4f5f7;color:#222}
-header{background:#263238;color:#fff;padding:10px 18px}header h1{font-size:18px;margin:0 8px 0 0;display:inline}
-#info{color:#b0bec5}main{display:flex;gap:16px;padding:14px 18px;align-items:flex-start}
-section{background:#fff;border-radius:6px;padding:12px;box-shadow:0 1px 2px #0002}
-#left{flex:1;min-width:0}#right{width:330px}
-.row{display:flex;gap:8px;align-items:center;flex-wrap:wrap;margin-bottom:8px}
-#q{flex:1;min-width:200px;padding:6px 8px;font-size:15px}#k{width:56px;padding:5px}
-button{padding:6px 14px;background:#1565c0;color:#fff;border:0;border-radius:4px;cursor:pointer}
-#g{width:180px}#g-value{font-family:monospace;width:36px}
-#error{color:#b71c1c;background:#ffebee;padding:6px 8px;border-radius:4px;margin-bottom:8px;white-space:nowrap;
-overflow:hidden;text-overflow:ellipsis}
-#summary,#image-g{font-weight:600;margin:4px 0 8px}
-#results{display:grid;grid-template-columns:repeat(auto-fill,minmax(132px,1fr));gap:10px}
-.hit{background:#fafafa;border:1px solid #e0e0e0;border-radius:4px;padding:4px;font-size:12px}
-.hit img{width:100%;aspect-ratio:1;object-fit:cover;display:block;border-radius:2px}
-.hit .meta{display:flex;justify-content:space-between;font-family:monospace}
-#preview{width:100%;max-width:220px;display:block;margin:6px 0;border-radius:4px}
-ul{padding-left:18px;margin:4px 0}li{margin:2px 0}.muted{color:#757575}h2{font-size:15px;margin:10px 0 4px}
-</style></head><body>
-<header><h1>Dynamic Semantic Anchoring</h1><span id="info">loading...</span></header>
-<main>
-<section id="left">
- <form id="search-form" class="row" autocomplete="off">
-  <input id="q" placeholder="describe an image, e.g. a large green metal sphere">
-  <label>k <input id="k" type="number" min="1" value="10"></label>
-  <button id="search" type="submit">Search</button>
- </form>
- <div class="row">
-  <label><input id="use-controller" type="checkbox" checked> use the controller's g</label>
-  <label>g <input id="g" type="range" min="0" max="1" step="0.05" value="0.5"></label>
-  <span id="g-value">0.50</span>
-  <span class="muted">(coarse scene 0 &larr; g &rarr; 1 fine regions)</span>
- </div>
- <div id="error" hidden></div>
- <div id="summary"></div>
- <div id="results"></div>
-</section>
-<section id="right">
- <h2>Image query</h2>
- <input id="file" type="file" accept="image/*">
- <img id="preview" alt="" hidden>
- <div id="image-g"></div>
- <div id="captions-box" hidden><h2>Captions</h2><ul id="captions"></ul></div>
- <div id="index-captions-box" hidden><h2>Top captions from the index</h2><ul id="index-captions"></ul></div>
-</section>
-</main>
-<script>
-const $ = id => document.getElementById(id);
-function showError(msg) { const e = $("error"); e.textContent = msg; e.title = msg; e.hidden = !msg; }
-async function api(url, opts) {
-  let res;
-  try { res = await fetch(url, opts); } catch (err) { throw new Error("the server did not answer (" + err + ")"); }
-  let body = null;
-  try { body = await res.json(); } catch (err) { body = null; }
-  if (!res.ok) throw new Error((body && body.error) || (res.status + " " + res.statusText));
-  return body;
-}
-function gParam() { return $("use-controller").checked ? "" : "&g=" + Number($("g").value).toFixed(2); }
-function el(tag, cls, text) {
-  const e = document.createElement(tag); if (cls) e.className = cls; if (text !== undefined) e.textContent = text;
-  return e;
-}
-function list(id, items) {
-  const ul = $(id); ul.replaceChildren(...items.map(t => el("li", "", t)));
-  $(id + "-box").hidden = items.length === 0;
-}
-$("g").addEventListener("input", () => {
-  $("g-value").textContent = Number($("g").value).toFixed(2); $("use-controller").checked = false;
-});
-$("search-form").addEventListener("submit", async ev => {
-  ev.preventDefault(); showError("");
-  const url = "/api/search?q=" + encodeURIComponent($("q").value) + "&k=" + encodeURIComponent($("k").value)
-    + gParam();
-  try {
-    const out = await api(url);
-    $("summary").textContent = out.results.length + " results for \\u201c" + out.query + "\\u201d: " + out.describe;
-    $("results").replaceChildren(...out.results.map(r => {
-      const card = el("div", "hit"); card.title = r.path;
-      const img = el("img"); img.src = r.url; img.alt = r.path; img.loading = "lazy";
-      const meta = el("div", "meta");
-      meta.append(el("span", "rank", "#" + r.rank), el("span", "score", r.score.toFixed(3)),
-                  el("span", "g", "g " + r.g.toFixed(2)));
-      card.append(img, meta); return card;
-    }));
-  } catch (err) { showError("search: " + err.message); }
-});
-async function sendImage() {
-  const file = $("file").files[0]; if (!file) return;
-  showError(""); $("image-g").textContent = "reading the image...";
-  try {
-    const out = await api("/api/image?" + gParam().slice(1), {method: "POST", body: file,
-      headers: {"Content-Type": file.type || "application/octet-stream"}});
-    let text = "picked for this image: " + out.controller.describe;
-    if (out.source !== "controller") text += "; shown at " + out.describe;
-    $("image-g").textContent = text;
-    list("captions", out.captions ? Object.entries(out.captions).map(([k, v]) => k + ": " + v) : []);
-    list("index-captions",
-         out.index_captions ? out.index_captions.map(c => c.score.toFixed(3) + "  " + c.caption) : []);
-  } catch (err) { $("image-g").textContent = ""; showError("image: " + err.message); }
-}
-$("file").addEventListener("change", () => {
-  const file = $("file").files[0]; if (!file) return;
-  const p = $("preview"); p.src = URL.createObjectURL(file); p.hidden = false; sendImage();
-});
-$("use-controller").addEventListener("change", sendImage);
-$("g").addEventListener("change", sendImage);
-window.addEventListener("error", ev => showError("page: " + ev.message));
-api("/api/info").then(i => {
-  $("info").textContent = i.images + " images" + (i.has_captions ? ", with captions" : "")
-    + (i.has_decoder ? ", caption decoder" : "") + (i.has_controller ? ", PPO controller" : ", fixed g " + i.fixed_g);
-  $("k").value = i.default_k;
-}).catch(err => { $("info").textContent = ""; showError("info: " + err.message); });
-</script></body></html>
-"""

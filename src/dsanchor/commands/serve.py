@@ -2,8 +2,9 @@
 
 from __future__ import annotations
 
-from dsanchor.commands._common import add_common, set_threads
-from dsanchor.serve import DEFAULT_HOST, DEFAULT_PORT
+from dsanchor.commands._common import add_common, set_threads, yaml_of
+from dsanchor.config import add_config_args, resolve_config
+from dsanchor.serve import DEFAULT_HOST, DEFAULT_PORT, ServeConfig
 
 
 def add_parser(sub) -> None:
@@ -12,6 +13,7 @@ def add_parser(sub) -> None:
     p.add_argument("--pipeline", default=None, help="the pipeline (default: the one the index records)")
     p.add_argument("--host", default=DEFAULT_HOST, help="address to listen on (0.0.0.0: every interface)")
     p.add_argument("--port", type=int, default=DEFAULT_PORT, help="TCP port (0: any free port)")
+    add_config_args(p, ServeConfig)
     add_common(p)
     p.set_defaults(func=run)
 
@@ -20,5 +22,6 @@ def run(args) -> int:
     from dsanchor.serve import serve
 
     set_threads(args)
-    serve(args.index, host=args.host, port=args.port, pipeline=args.pipeline)
+    config = resolve_config(ServeConfig, args, yaml_of(args), section="serve")
+    serve(args.index, host=args.host, port=args.port, pipeline=args.pipeline, config=config)
     return 0
