@@ -36,6 +36,7 @@ import torch
 from PIL import Image
 
 from dsanchor.errors import ConfigError, DataError
+from dsanchor.image_index import build_index
 
 __all__ = ["PIPELINE_FORMAT", "DSAPipeline", "GChoice", "Hit", "load", "save_pipeline"]
 
@@ -310,9 +311,7 @@ class DSAPipeline:
         return None
 
     def index(self, images: str | Path | Sequence[str | Path], out: str | Path | None = None, **kwargs):
-        """Index a folder (or list) of images for :meth:`search`; see :func:`dsanchor.index.build_index`."""
-        from dsanchor.index import build_index
-
+        """Index a folder (or list) of images for :meth:`search`; see :func:`dsanchor.image_index.build_index`."""
         return build_index(self, images, out, **kwargs)
 
     def search(self, query: str, index, k: int = 10, g: float | None = None, m: int = 100) -> list[Hit]:
