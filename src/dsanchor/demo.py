@@ -29,8 +29,8 @@ class DemoConfig(RunConfig):
 
 def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
     """Generate the synthetic data, then :func:`dsanchor.run.run_pipeline` on it. Returns the merged results."""
-    from dsanchor.demo_stages import synth_stage
     from dsanchor.run import Stages, quiet_progress, run_pipeline
+    from dsanchor.stages import synth_stage
 
     quiet_progress()
     out = Path(out_dir)

@@ -101,12 +101,11 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
     with the library's defaults except the budget fields of :class:`RunConfig`."""
     from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig
-    from dsanchor.demo_stages import caption_stage
     from dsanchor.gate import GateConfig
     from dsanchor.hallucination import DetectorTrainConfig, PopeConfig
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.tune import TuneConfig, read_best
-    from dsanchor.stages import align_stage, detector_stage, eval_stage, train_stage, tune_stage
+    from dsanchor.stages import align_stage, caption_stage, detector_stage, eval_stage, train_stage, tune_stage
 
     feats, sd = out / "features", out / f"seed{seed}"
     align = AlignTrainConfig(epochs=config.align_epochs, seed=seed)
@@ -168,7 +167,7 @@ def _folder_digest(folder: Path) -> dict:
 def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | None) -> None:
     from dsanchor.data import load_dataset
     from dsanchor.data.splits import assign_splits
-    from dsanchor.demo_stages import extract_samples
+    from dsanchor.stages import extract_samples
 
     samples, how = assign_splits(load_dataset(fmt, data), splits, seed=config.split_seed)
     print(f"    {how}", flush=True)
