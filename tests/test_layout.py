@@ -43,3 +43,28 @@ def test_imports_flow_one_way():
     s = _import_graph()
     assert [c for c in s["cycles_with_local_imports"] if not any(m.startswith(ELSEWHERE) for m in c)] == []
     assert [line for line in s["private_cross_imports"] if not line.startswith(ELSEWHERE)] == []
+
+
+HALL = {"train": ["train", "--features", "F", "--heads", "H", "--out", "O"],
+        "tune": ["tune", "--features", "F", "--heads", "H", "--out", "O"],
+        "eval": ["eval", "--features", "F", "--heads", "H", "--out", "O"],
+        "caption eval": ["caption", "eval", "--features", "F", "--heads", "H", "--decoder", "D", "--out", "O"],
+        "hallucination eval": ["hallucination", "eval", "--features", "F"]}
+
+
+@pytest.mark.parametrize("command", sorted(HALL))
+def test_hall_detector_names_the_hallucination_detector(command, capsys):
+    from dsanchor.cli import build_parser
+
+    parser = build_parser()
+    assert parser.parse_args([*HALL[command], "--hall-detector", "DET"]).hall_detector == "DET"
+    with pytest.raises(SystemExit):  # --detector is the object detector only
+        parser.parse_args([*HALL[command], "--hall-detector", "DET", "--detector", "DET"])
+    capsys.readouterr()
+
+
+def test_detector_names_the_object_detector():
+    from dsanchor.cli import build_parser
+
+    args = build_parser().parse_args(["extract", "--data", "D", "--format", "synth", "--out", "O", "--detector", "W"])
+    assert args.detector == "W" and not hasattr(args, "hall_detector")

@@ -113,20 +113,20 @@ def detector_stage(features, out, detector=None, train=None, pope=None, val_frac
     return info
 
 
-def load_rl_inputs(features, heads, detector=None):
-    """(store, heads, detector or None) from their folders."""
+def load_rl_inputs(features, heads, hall_detector=None):
+    """(store, heads, hallucination detector or None) from their folders."""
     from dsanchor.align.heads import AlignmentHeads
     from dsanchor.features.store import FeatureStore
 
     det = None
-    if detector:
+    if hall_detector:
         from dsanchor.hallucination import HallucinationDetector
 
-        det = HallucinationDetector.from_pretrained(detector)
+        det = HallucinationDetector.from_pretrained(hall_detector)
     return FeatureStore(features), AlignmentHeads.from_pretrained(heads), det
 
 
-def tune_stage(features, heads, detector, out, state=None, tune=None, ppo=None, accuracy=None,
+def tune_stage(features, heads, hall_detector, out, state=None, tune=None, ppo=None, accuracy=None,
                split: str = "val"):
     """Optuna study over the reward (beta / alpha and the clip bounds) with the 2-fold objective on ``split``.
 
@@ -148,7 +148,7 @@ def tune_stage(features, heads, detector, out, state=None, tune=None, ppo=None, 
     ppo = dataclasses.replace(ppo or PPOConfig(), timesteps=tune.timesteps,
                               checkpoint_every=max(tune.timesteps // 4, 1024))
     accuracy = accuracy or AccuracyConfig()
-    store, heads_m, det = load_rl_inputs(features, heads, detector)
+    store, heads_m, det = load_rl_inputs(features, heads, hall_detector)
     images, texts = store.images(split), store.texts(split)
     folds = [rl_view(store, heads_m, state, det, *subset(images, texts, keep))
              for keep in split_halves(images, tune.seed)]
@@ -157,12 +157,12 @@ def tune_stage(features, heads, detector, out, state=None, tune=None, ppo=None, 
     reward = best_reward(study)
     write_best(out, study, reward)
     save_resolved(out, tune=tune, ppo=ppo, accuracy=accuracy, state=state, features=str(features), heads=str(heads),
-                  detector=str(detector), split=split)
+                  hall_detector=str(hall_detector), split=split)
     plot_tuning(json.loads((out / "best_reward.json").read_text())["trials"], out / "objective.png")
     return study, reward
 
 
-def train_stage(features, heads, detector, out, reward=None, state=None, ppo=None, accuracy=None,
+def train_stage(features, heads, hall_detector, out, reward=None, state=None, ppo=None, accuracy=None,
                 split: str = "val", progress: bool = True):
     """PPO retrieval controller on ``split``'s queries; returns (controller, info).
 
@@ -177,10 +177,10 @@ def train_stage(features, heads, detector, out, reward=None, state=None, ppo=Non
 
     reward, state = reward or RewardConfig(), state or StateConfig()
     ppo, accuracy = ppo or PPOConfig(), accuracy or AccuracyConfig()
-    store, heads_m, det = load_rl_inputs(features, heads, detector)
+    store, heads_m, det = load_rl_inputs(features, heads, hall_detector)
     view, hall = rl_view(store, heads_m, state, det, store.images(split), store.texts(split))
     save_resolved(out, reward=reward, ppo=ppo, accuracy=accuracy, state=state, features=str(features),
-                  heads=str(heads), detector=str(detector), split=split)
+                  heads=str(heads), hall_detector=str(hall_detector), split=split)
     ctrl, info = train_retrieval_controller(view, hall, reward, accuracy, ppo, out, progress=progress)
     write_json(Path(out) / "train_info.json", info)
     if state.state_kind == "query":  # a pipeline runs query states (dsanchor.pipeline)
@@ -188,7 +188,7 @@ def train_stage(features, heads, detector, out, reward=None, state=None, ppo=Non
         from dsanchor.pipeline import save_pipeline
 
         g_best, _ = select_fixed_g(view, EvalConfig())
-        save_pipeline(Path(out) / "pipeline", features, heads, out, detector, state=state, fixed_g=g_best)
+        save_pipeline(Path(out) / "pipeline", features, heads, out, hall_detector, state=state, fixed_g=g_best)
     return ctrl, info
 
 
@@ -298,14 +298,14 @@ def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) 
                               extra={"decoder": info})
 
 
-def eval_stage(features, heads, out, controller=None, captioning=None, detector=None, config=None, state=None,
+def eval_stage(features, heads, out, controller=None, captioning=None, hall_detector=None, config=None, state=None,
                gate=None, split: str = "test", dataset: str | None = None) -> dict:
     """Every retrieval method on ``split`` -> ``results.json``, ``hits.safetensors``, ``eval_details.json``.
 
     Args:
         controller: a PPO run folder (or its ``controller/``), adds ``dsa_ppo``.
         captioning: a caption run with ``caption_metrics.json``, adds the caption columns.
-        detector: a detector run with ``detector_metrics.json``, adds POPE.
+        hall_detector: a hallucination detector run with ``detector_metrics.json``, adds POPE.
     """
     from dsanchor.align.heads import AlignmentHeads
     from dsanchor.controller import GranularityController
@@ -325,7 +325,8 @@ def eval_stage(features, heads, out, controller=None, captioning=None, detector=
         ctrl = GranularityController.from_pretrained(p / "controller" if (p / "controller").is_dir() else p)
     res = evaluate_retrieval(store, AlignmentHeads.from_pretrained(heads), cfg, state, ctrl, gate, split)
     caps = json.loads((Path(captioning) / CAPTION_METRICS).read_text()) if captioning else None
-    pope = json.loads((Path(detector) / "detector_metrics.json").read_text()).get("test") if detector else None
+    pope = (json.loads((Path(hall_detector) / "detector_metrics.json").read_text()).get("test") if hall_detector
+            else None)
     overhead = None
     enc_ms = store.timing.get("text_ms_per_item")
     if enc_ms and ctrl is not None:
