@@ -24,11 +24,12 @@ Usage (the stores must come from the same encoder config):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+
+from dsanchor.files import write_json
 
 ROWS = ("synth", "real", "synth+ft")
 SCORINGS = ("coarse", "fine", "fixed_best")
@@ -148,7 +149,7 @@ def main(argv: list[str] | None = None) -> dict:
                "cluster": query_clusters(real_test)["t2i"]}, str(out / "ranks.safetensors"))
     if args.against:
         table["against"] = {"run": args.against, **against(out, Path(args.against))}
-    (out / "transfer.json").write_text(json.dumps(table, indent=2))
+    write_json(out / "transfer.json", table)
     md = markdown(table)
     (out / "transfer.md").write_text(md)
     print(md)

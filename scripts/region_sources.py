@@ -22,11 +22,12 @@ Usage:
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+
+from dsanchor.files import write_json
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from clevr_transfer import SCORINGS, _score, _view  # noqa: E402
@@ -97,7 +98,7 @@ def main(argv: list[str] | None = None) -> dict:
                     - query_metric(torch.stack(ranks[b]["fixed_best"]), m))
             table["differences"][f"({a[0]} → {a[1]}) − ({b[0]} → {b[1]}) {m}"] = cluster_bootstrap(diff, cluster)
     out.mkdir(parents=True, exist_ok=True)
-    (out / "region_sources.json").write_text(json.dumps(table, indent=2))
+    write_json(out / "region_sources.json", table)
     lines = [f"Synth test split: {table['n_test_images']} images, {table['n_test_captions']} captions, exact "
              f"relevance, text→image; mean ± std over {args.seeds} seeds.", "",
              "| heads trained on → tested on | fine R@1 | fixed_best R@1 | fine R@10 | fixed_best R@10 |",

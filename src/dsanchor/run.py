@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dsanchor.errors import ConfigError
+from dsanchor.files import write_json
 
 __all__ = ["RunConfig", "Stages", "run_pipeline"]
 
@@ -80,7 +81,7 @@ class Stages:
         fn(folder)
         dt = time.perf_counter() - t0
         self.times[timing] = self.times.get(timing, 0.0) + dt
-        marker.write_text(json.dumps({"key": digest, "config": key, "seconds": dt}, default=str, indent=1))
+        write_json(marker, {"key": digest, "config": key, "seconds": dt}, indent=1)
         print(f"{label} done in {dt:.1f}s", flush=True)
         return folder
 
@@ -219,7 +220,7 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
         results = per_seed[0]
     results["timing_s"] = times
     _pipeline(out, per_seed[0])
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
     write_report(out, results, config)
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}\n"
           f"this run: {time.perf_counter() - t_start:.1f}s; all stages: {times['total']:.1f}s", flush=True)
