@@ -32,6 +32,7 @@ import torch
 
 from dsanchor.align.train import embed_images
 from dsanchor.config import config_to_dict
+from dsanchor.data.base import image_root
 from dsanchor.data.folder import image_samples
 from dsanchor.data.formats import load_dataset
 from dsanchor.errors import ConfigError, DataError
@@ -84,11 +85,9 @@ def _samples(images, data: str | Path | None, fmt: str | None):
         if fmt is None:
             raise ConfigError("indexing a dataset needs its format (--format)")
         samples = load_dataset(fmt, data)
-        root = Path(data) if Path(data).is_dir() else Path(data).parent
-        return samples, root, {"format": fmt, "split": None}
+        return samples, image_root(data), {"format": fmt, "split": None}
     if isinstance(images, (str, Path)):
-        return load_dataset("images", images), (Path(images) if Path(images).is_dir() else Path(images).parent), \
-            {"format": "images", "split": None}
+        return load_dataset("images", images), image_root(images), {"format": "images", "split": None}
     files = [Path(p) for p in images]
     if not files:
         raise ConfigError("no images to index")

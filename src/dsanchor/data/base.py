@@ -22,9 +22,8 @@ from dsanchor.data.records import GRANULARITIES, Sample
 from dsanchor.errors import ConfigError, DataError
 
 __all__ = [
-    "DatasetLoader", "read_json", "require_keys", "check_bbox",
-    "box_overshoot", "clip_box", "missing_images", "safe_relpath", "check_caption", "read_splits", "split_from_name",
-    "filter_split", "SPLIT_NAMES",
+    "DatasetLoader", "read_json", "require_keys", "check_bbox", "box_overshoot", "clip_box", "missing_images",
+    "image_root", "safe_relpath", "check_caption", "read_splits", "split_from_name", "filter_split", "SPLIT_NAMES",
 ]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -141,6 +140,12 @@ def check_bbox(box: Any, width: float, height: float, path: Path, where: str, to
                               f"up to bbox_tolerance={tolerance:g} px past an edge are clipped, so fix it or raise "
                               "the tolerance", where)
     return clip_box(xywh, width, height) if over > 0 else xywh
+
+
+def image_root(path: str | Path) -> Path:
+    """The folder a dataset given as ``path`` (a folder, or one file in it) holds its images under."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
 
 
 def missing_images(samples: list[Sample], root: str | Path) -> list[Sample]:
