@@ -33,7 +33,7 @@ def test_lazy_packages_do_not_import_their_submodules():
     import subprocess
     import sys
 
-    code = ("import sys, dsanchor, dsanchor.rl, dsanchor.align, dsanchor.eval; "
+    code = ("import sys, dsanchor, dsanchor.rl, dsanchor.align, dsanchor.eval, dsanchor.features; "
             "print(sorted(m for m in sys.modules if m.startswith('dsanchor.') and m.count('.') > 1))")
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True).stdout
     assert out.strip() == "[]"

@@ -36,7 +36,6 @@ from dsanchor.data.base import image_root
 from dsanchor.data.folder import image_samples
 from dsanchor.data.formats import load_dataset
 from dsanchor.errors import ConfigError, DataError
-from dsanchor.features.extract import ExtractConfig, extract_features
 from dsanchor.features.store import FeatureStore
 from dsanchor.files import write_json
 from dsanchor.retrieval import faiss_index
@@ -122,6 +121,9 @@ def build_index(pipe, images: str | Path | Sequence[str | Path] | None = None, o
     With ``out`` the index is written there and a rerun after a kill resumes it; without, the features go to
     a temporary folder and the index lives in memory.
     """
+    # the extraction (encoders, scipy) loads here, so that searching a built index never imports it
+    from dsanchor.features.extract import ExtractConfig, extract_features
+
     samples, root, source = _samples(images, data, format)
     note = pipe.region_note()
     if note and not any(s.objects for s in samples):
