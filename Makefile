@@ -34,7 +34,7 @@ bench: $(STAMP)
 	HF_HUB_OFFLINE=1 $(BIN)/python benchmarks/run_all.py
 
 lint: $(STAMP)
-	$(BIN)/ruff check src tests benchmarks
+	$(BIN)/ruff check src scripts benchmarks
 
 clean:
 	rm -rf $(VENV) runs build dist src/*.egg-info

@@ -26,6 +26,8 @@ from pathlib import Path
 import numpy as np
 from PIL import Image
 
+from dsanchor.files import write_json
+
 
 def _scenes(root: Path) -> tuple[list[dict], Path]:
     if (root / "scenes.json").is_file():  # synth
@@ -104,7 +106,7 @@ def main(argv: list[str] | None = None) -> dict:
         a, b = np.array(s["rubber_colour"][name]["mean"]), np.array(r["rubber_colour"][name]["mean"])
         print(f"  {name:>7}: synth {a.round(2).tolist()}, real {b.round(2).tolist()}, gap {np.abs(a - b).max():.2f}")
     if args.out:
-        Path(args.out).write_text(json.dumps(res, indent=2))
+        write_json(args.out, res)
     return res
 
 

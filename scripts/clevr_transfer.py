@@ -24,11 +24,12 @@ Usage (the stores must come from the same encoder config):
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 from pathlib import Path
 
 import torch
+
+from dsanchor.files import write_json
 
 ROWS = ("synth", "real", "synth+ft")
 SCORINGS = ("coarse", "fine", "fixed_best")
@@ -82,7 +83,7 @@ def _same_size(heads, store, n: int, val_view, seed: int, draws: int = 20) -> di
     return {"R@1": sum(r1) / draws, "R@10": sum(r10) / draws, "chance_R@1": sum(ch) / draws}
 
 
-def main(argv: list[str] | None = None) -> dict:
+def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--synth", required=True, help="synth feature store (e.g. runs/demo/features)")
     p.add_argument("--real", required=True, help="real CLEVR feature store with train/val/test splits")
@@ -92,7 +93,33 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--threads", type=int, default=0)
     p.add_argument("--against", default=None, help="another finished --out on the same real store: adds this run "
                                                     "minus that one per row (fixed_best), with its interval")
-    args = p.parse_args(argv)
+    return p
+
+
+def _synth_at_synth(heads, synth, real_test, val, seed: int, ranks: dict, same_size: list, by_kind: dict) -> None:
+    """The synth heads on the synth test split (and on a subset the size of the real test), added to the tallies."""
+    synth_test = _view(heads, synth, "test")
+    r, _ = _score(heads, synth_test, val)
+    for s in SCORINGS:
+        ranks["synth@synth"][s].append(r[s])
+    same_size.append(_same_size(heads, synth, len(real_test.images), val, seed))
+    hits_s = ranks["synth@synth"]["fixed_best"][-1].eq(1).double()
+    for kind, sel in _kinds(synth_test).items():
+        if sel.any():
+            by_kind.setdefault("synth@synth", {}).setdefault(kind, []).append(float(hits_s[sel].mean()))
+
+
+def _save_ranks(out: Path, ranks: dict, real_test) -> None:
+    from safetensors.torch import save_file
+
+    from dsanchor.eval.compare import query_clusters
+
+    save_file({**{f"{row}.{sc}": torch.stack(rs).to(torch.int32) for row, by in ranks.items() for sc, rs in by.items()},
+               "cluster": query_clusters(real_test)["t2i"]}, str(out / "ranks.safetensors"))
+
+
+def main(argv: list[str] | None = None) -> dict:
+    args = _parser().parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     from dsanchor.align.heads import AlignConfig, AlignmentHeads
@@ -126,29 +153,16 @@ def main(argv: list[str] | None = None) -> dict:
             for s in SCORINGS:
                 ranks[row][s].append(r[s])
             if row == "synth":
-                synth_test = _view(heads, synth, "test")
-                r, _ = _score(heads, synth_test, val)
-                for s in SCORINGS:
-                    ranks["synth@synth"][s].append(r[s])
-                same_size.append(_same_size(heads, synth, len(real_test.images), val, seed))
-                hits_s = ranks["synth@synth"]["fixed_best"][-1].eq(1).double()
-                for kind, sel in _kinds(synth_test).items():
-                    if sel.any():
-                        by_kind.setdefault("synth@synth", {}).setdefault(kind, []).append(float(hits_s[sel].mean()))
+                _synth_at_synth(heads, synth, real_test, val, seed, ranks, same_size, by_kind)
             hits = ranks[row]["fixed_best"][-1].eq(1).double()  # (Q,) real test, this seed
             for kind, sel in _kinds(real_test).items():
                 by_kind.setdefault(row, {}).setdefault(kind, []).append(float(hits[sel].mean()))
                 kind_n[kind] = int(sel.sum())
     table = summarise(ranks, chosen, same_size, by_kind, kind_n, synth, real, real_test, args.seeds)
-    from safetensors.torch import save_file
-
-    from dsanchor.eval.compare import query_clusters
-
-    save_file({**{f"{row}.{sc}": torch.stack(rs).to(torch.int32) for row, by in ranks.items() for sc, rs in by.items()},
-               "cluster": query_clusters(real_test)["t2i"]}, str(out / "ranks.safetensors"))
+    _save_ranks(out, ranks, real_test)
     if args.against:
         table["against"] = {"run": args.against, **against(out, Path(args.against))}
-    (out / "transfer.json").write_text(json.dumps(table, indent=2))
+    write_json(out / "transfer.json", table)
     md = markdown(table)
     (out / "transfer.md").write_text(md)
     print(md)

@@ -28,6 +28,8 @@ from pathlib import Path
 
 import torch
 
+from dsanchor.files import write_json
+
 
 def _ranks_by_g(view, grid: torch.Tensor) -> torch.Tensor:
     """(T, G) text-to-image first-relevant rank of every query at every g of the grid."""
@@ -117,7 +119,7 @@ def main(argv: list[str] | None = None) -> dict:
               + " | ".join(f"{g.get(n, float('nan')):.3f}" for n in ("scene", "object", "relation")) + " |")
     print("\nchosen g per seed:", json.dumps(chosen))
     path = Path(args.out) if args.out else run / "headroom.json"
-    path.write_text(json.dumps(out, indent=2))
+    write_json(path, out)
     return out
 
 

@@ -15,6 +15,8 @@ from pathlib import Path
 
 import torch
 
+from dsanchor.files import write_json
+
 
 def main(argv: list[str] | None = None) -> dict:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
@@ -60,7 +62,7 @@ def main(argv: list[str] | None = None) -> dict:
                        "fixed_best_g": g_best, "fixed_best_R@10": fb, "oracle_R@10": orc,
                        "coarse_dim": d["coarse"], "seconds": time.perf_counter() - t0}
         print(stage, json.dumps(rows[stage]), flush=True)
-    (out / "sweep.json").write_text(json.dumps(rows, indent=1))
+    write_json(out / "sweep.json", rows, indent=1)
     print("| stage | coarse R@10 (all / scene / object / relation) | fine R@10 (all) | fixed_best (g) | oracle |")
     print("|---|---|---|---|---|")
     for stage, r in rows.items():

@@ -350,7 +350,8 @@ def test_coco_chair_judges_annotated_images_against_instances_and_reference_ment
     refs = [["A dog sleeps on a couch."], ["A man rides a horse."], ["A cat on a bed."]]
     split = _split(3, captions=refs, codes=[[-1], [-1], [-1]])
     split.objects = [["dog"], ["person"], []]  # the third image has captions but no instance annotations
-    assert chair_ground_truth(split.objects, split.references, "coco") == [["dog", "dog", "couch"], ["person", "person", "horse"], None]
+    truth = chair_ground_truth(split.objects, split.references, "coco")
+    assert truth == [["dog", "dog", "couch"], ["person", "person", "horse"], None]
     sets = [{"any": "a dog on a couch with a cat"},  # couch: from the reference; cat: hallucinated
             {"any": "a man riding a horse"},
             {"any": "a giraffe"}]  # not judged: no instances
@@ -521,6 +522,15 @@ def test_cli_train_and_generate(tmp_path):
     ctrl.save_pretrained(tmp_path / "ctrl")
     assert _cli(["caption", "generate", *common, "--decoder", str(tmp_path / "dec"), "--controller",
                  str(tmp_path / "ctrl"), "--split", "val", "--out", str(out)]) == 0
+    tiny = ["--grid", "3", "--ppo-timesteps", "128", "--ppo-n-envs", "2", "--ppo-n-steps", "64", "--ppo-batch-size",
+            "64", "--ppo-n-epochs", "1", "--ppo-hidden", "8", "--ppo-layers", "1", "--gate-steps", "3"]
+    assert _cli(["caption", "eval", *common, "--decoder", str(tmp_path / "dec"), "--out", str(tmp_path / "ev"),
+                 "--vocabulary", "synth", *tiny]) == 0  # dsanchor.stages.caption_eval_stage, as `dsanchor run` runs it
+    metrics = json.loads((tmp_path / "ev" / "caption_metrics.json").read_text())
+    assert set(metrics["methods"]) == {"coarse", "fine", "fixed_best", "gate_grad", "dsa_ppo", "oracle"}
+    assert metrics["n_images"] == 3 and metrics["vocabulary"] == "synth" and "fixed_best_g" in metrics["info"]
+    rows = [json.loads(line) for line in (tmp_path / "ev" / "captions" / "dsa_ppo.jsonl").read_text().splitlines()]
+    assert [r["image_id"] for r in rows] == [9, 10, 11] and all(0.0 <= r["g"] <= 1.0 for r in rows)
 
 
 def test_detector_hallucination_estimate():

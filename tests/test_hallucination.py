@@ -285,7 +285,7 @@ def test_cli_train_and_eval(tmp_path, monkeypatch, capsys):
     metrics = json.loads((run / "detector_metrics.json").read_text())
     assert set(metrics["test"]) == set(SAMPLINGS) and metrics["train_time_s"] > 0
     assert (run / "config.yaml").is_file() and HallucinationDetector.from_pretrained(run).config.dim == 16
-    assert _cli(["hallucination", "eval", "--features", str(tmp_path / "feats"), "--detector", str(run),
+    assert _cli(["hallucination", "eval", "--features", str(tmp_path / "feats"), "--hall-detector", str(run),
                  "--split", "val", "--out", str(tmp_path / "pope.json")]) == 0
     out = capsys.readouterr().out
     assert "adversarial" in out and "yes_ratio" in out

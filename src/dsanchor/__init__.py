@@ -19,8 +19,7 @@ Importing this package is cheap: the names below load their modules (and torch) 
 
 from __future__ import annotations
 
-import importlib
-from typing import Any
+from dsanchor.lazy import lazy_exports
 
 __version__ = "0.1.0"
 
@@ -32,15 +31,4 @@ _LAZY = {
 }
 
 __all__ = ["__version__", *_LAZY]
-
-
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        value = getattr(importlib.import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'dsanchor' has no attribute {name!r}")
-
-
-def __dir__() -> list[str]:
-    return sorted(__all__)
+__getattr__, __dir__ = lazy_exports(__name__, _LAZY)

@@ -14,6 +14,7 @@ from safetensors.torch import load_file, save_file
 
 from dsanchor.config import config_from_dict, config_to_dict
 from dsanchor.errors import DataError
+from dsanchor.files import write_json
 
 __all__ = ["PretrainedMixin"]
 
@@ -32,7 +33,7 @@ class PretrainedMixin:
         out.mkdir(parents=True, exist_ok=True)
         tensors = {k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}
         save_file(tensors, str(out / self.weights_name))
-        (out / self.config_name).write_text(json.dumps(config_to_dict(self.config), indent=2))
+        write_json(out / self.config_name, config_to_dict(self.config))
         return out
 
     @classmethod

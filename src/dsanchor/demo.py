@@ -65,8 +65,8 @@ class DemoConfig(RunConfig):
 
 def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
     """Generate the synthetic data, then :func:`dsanchor.run.run_pipeline` on it. Returns the merged results."""
-    from dsanchor.demo_stages import synth_stage
     from dsanchor.run import Stages, quiet_progress, run_pipeline
+    from dsanchor.stages import synth_stage
 
     quiet_progress()
     out = Path(out_dir)
@@ -96,8 +96,8 @@ def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig 
                   build: BuildConfig | None = None) -> dict[str, Any]:
     """Every MLLM stage of the module docstring on the data of ``demo``, the small LLaVA built with ``build``
     (default: ``mllm build``'s defaults with the demo's seed); returns the eval results."""
-    from dsanchor.demo_stages import synth_stage
     from dsanchor.run import Stages, quiet_progress
+    from dsanchor.stages import synth_stage
 
     quiet_progress()
     t0 = time.perf_counter()

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-__all__ = ["DsanchorError", "DataError", "ConfigError", "MissingDependencyError"]
+__all__ = ["DsanchorError", "DataError", "ConfigError", "MissingDependencyError", "MetricInputError"]
 
 
 class DsanchorError(Exception):
@@ -38,3 +38,7 @@ class ConfigError(DsanchorError):
 
 class MissingDependencyError(DsanchorError):
     """An optional package or a local model path is missing; says what to install or pass."""
+
+
+class MetricInputError(DsanchorError, ValueError):
+    """Inputs a metric cannot score: empty, mismatched ids, wrong types or shapes."""

@@ -12,7 +12,8 @@ from collections.abc import Iterable
 from pathlib import Path
 from typing import Any
 
-__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_jsonl", "read_jsonl"]
+__all__ = ["atomic_write_bytes", "atomic_write_text", "write_json", "read_json", "write_jsonl", "read_jsonl",
+           "write_captions"]
 
 
 def atomic_write_bytes(path: str | Path, data: bytes) -> None:
@@ -64,3 +65,17 @@ def write_jsonl(path: str | Path, rows: Iterable[dict[str, Any]]) -> Path:
 def read_jsonl(path: str | Path) -> list[dict[str, Any]]:
     """Read a JSON-lines file (blank lines are skipped)."""
     return [json.loads(line) for line in Path(path).read_text().splitlines() if line.strip()]
+
+
+def write_captions(path: str | Path, image_ids: Iterable[int], captions: Iterable[Any],
+                   gs: Iterable[float] | None = None, digits: int = 6) -> Path:
+    """The caption JSON-lines file: one ``{"image_id", "caption", "g"}`` per image, atomically.
+
+    ``caption`` is a string or a ``{granularity: caption}`` dict; ``g`` is rounded to ``digits`` and left out when
+    ``gs`` is None.
+    """
+    ids, caps = [int(i) for i in image_ids], list(captions)
+    if gs is None:
+        return write_jsonl(path, ({"image_id": i, "caption": c} for i, c in zip(ids, caps, strict=True)))
+    return write_jsonl(path, ({"image_id": i, "caption": c, "g": round(float(g), digits)}
+                              for i, c, g in zip(ids, caps, list(gs), strict=True)))

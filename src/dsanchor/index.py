@@ -1,187 +1,39 @@
-"""A searchable index of images for a :class:`~dsanchor.pipeline.DSAPipeline` (``dsanchor index``).
+"""Opening a saved image index together with the pipeline it records (``dsanchor search``, ``dsanchor serve``).
 
-An index folder holds::
-
-    index.json          format, the pipeline it was built with (path and a digest of its heads), the image root
-    features/           a feature store of the images (dsanchor.features.store), written shard by shard
-    coarse.faiss        a faiss IndexFlatIP over the images' projected scene vectors (the first stage)
-
-The store is written by :func:`dsanchor.features.extract.extract_features`, the extraction every training
-run uses, with the pipeline's encoder and region source, so a killed ``index`` run resumes at the first
-unfinished shard and ends with the same index. Images come from a plain folder (format ``images``: every
-JPEG/PNG under it, any size) or from a dataset on disk, whose captions are then stored too and can be ranked
-for an image (``dsanchor search --image``).
+The index itself (its folder layout, :class:`ImageIndex`, :func:`build_index`) is :mod:`dsanchor.image_index`,
+which takes a pipeline as an argument; :meth:`DSAPipeline.index <dsanchor.pipeline.DSAPipeline.index>` builds
+through it. :func:`load_index` reads the pipeline an index records, so it sits above both: data flows
+``image_index -> pipeline -> index``. The index names are re-exported here, so ``dsanchor.index`` is the one
+place a user imports them from.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from collections.abc import Sequence
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-import torch
+from dsanchor.errors import DataError
+from dsanchor.image_index import (
+    INDEX_FILE,
+    INDEX_FORMAT,
+    ImageIndex,
+    build_index,
+    open_index,
+    pipeline_digest,
+    rank_index_captions,
+    read_index_meta,
+)
+from dsanchor.pipeline import DSAPipeline, load
 
-from dsanchor.errors import ConfigError, DataError
-
-__all__ = ["INDEX_FORMAT", "ImageIndex", "build_index", "load_index", "pipeline_digest", "rank_index_captions"]
-
-INDEX_FORMAT = 1
-INDEX_FILE = "index.json"
-FAISS_FILE = "coarse.faiss"
-
-
-def pipeline_digest(pipe) -> str:
-    """What ties an index to its pipeline: a digest of the heads' weights and the encoder and region configs
-    (an index built with other heads or features would be searched with the wrong vectors)."""
-    h = hashlib.sha256()
-    for k, v in sorted(pipe.heads.state_dict().items()):
-        h.update(k.encode())
-        h.update(v.detach().float().contiguous().numpy().tobytes())
-    from dsanchor.config import config_to_dict
-
-    h.update(json.dumps({"encoder": pipe.encoder_spec, "regions": config_to_dict(pipe.regions)},
-                        sort_keys=True, default=str).encode())
-    return h.hexdigest()[:16]
+__all__ = ["INDEX_FORMAT", "ImageIndex", "build_index", "load_index", "open_index", "pipeline_digest",
+           "rank_index_captions"]
 
 
-@dataclass
-class ImageIndex:
-    """Images ready for DSA search: their paths, their projected features and the faiss first stage."""
-
-    paths: list[str]  # per image, the file as indexed (absolute)
-    joint: Any  # JointFeatures, precomputed for re-ranking
-    faiss: Any  # faiss IndexFlatIP over joint.coarse
-    store: Any = None  # the FeatureStore (captions, raw features), None for an in-memory index
-    folder: Path | None = None
-
-    def __len__(self) -> int:
-        return len(self.paths)
-
-    @property
-    def has_captions(self) -> bool:
-        return self.store is not None and len(self.store.texts()) > 0
-
-
-def _samples(images, data: str | Path | None, fmt: str | None):
-    """(samples, root, source) from a folder or list of images, or from a dataset."""
-    from dsanchor.data import load_dataset
-
-    if data is not None:
-        if fmt is None:
-            raise ConfigError("indexing a dataset needs its format (--format)")
-        samples = load_dataset(fmt, data)
-        root = Path(data) if Path(data).is_dir() else Path(data).parent
-        return samples, root, {"format": fmt, "split": None}
-    if isinstance(images, (str, Path)):
-        return load_dataset("images", images), (Path(images) if Path(images).is_dir() else Path(images).parent), \
-            {"format": "images", "split": None}
-    from dsanchor.data.folder import image_samples
-
-    files = [Path(p) for p in images]
-    if not files:
-        raise ConfigError("no images to index")
-    return image_samples(files), Path("/"), {"format": "images", "split": None}
-
-
-def _finish(pipe, store, folder: Path | None) -> ImageIndex:
-    import faiss
-
-    from dsanchor.align.train import embed_images
-    from dsanchor.retrieval import faiss_index
-
-    images = store.images()
-    with torch.no_grad():
-        joint = embed_images(pipe.heads, images).precompute()
-    root = Path(store.manifest["source"]["root"])
-    paths = [str(p if Path(p).is_absolute() else root / p) for p in store.image_paths()]
-    index = None
-    if folder is not None and (folder / FAISS_FILE).is_file():
-        index = faiss.read_index(str(folder / FAISS_FILE))
-        if (index.ntotal, index.d) != tuple(joint.coarse.shape):
-            index = None  # stale (an earlier, interrupted build): rebuild
-    if index is None:
-        index = faiss_index(joint.coarse)
-        if folder is not None:
-            faiss.write_index(index, str(folder / FAISS_FILE))
-    return ImageIndex(paths, joint, index, store, folder)
-
-
-def build_index(pipe, images: str | Path | Sequence[str | Path] | None = None, out: str | Path | None = None,
-                data: str | Path | None = None, format: str | None = None, batch_size: int = 32,
-                workers: int = 2, shard_size: int = 256, progress: bool = True) -> ImageIndex:
-    """Index images for ``pipe.search``: a folder or list of image files, or a dataset (``data`` + ``format``).
-
-    With ``out`` the index is written there and a rerun after a kill resumes it; without, the features go to
-    a temporary folder and the index lives in memory.
-    """
-    import tempfile
-
-    from dsanchor.features.extract import ExtractConfig, extract_features
-    from dsanchor.features.store import FeatureStore
-
-    samples, root, source = _samples(images, data, format)
-    note = pipe.region_note()
-    if note and not any(s.objects for s in samples):
-        import logging
-
-        logging.getLogger(__name__).warning("index: %s", note)
-    tmp = None
-    if out is None:
-        tmp = tempfile.TemporaryDirectory(prefix="dsanchor-index-")
-        folder = Path(tmp.name)
-    else:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta_file = folder / INDEX_FILE
-        digest = pipeline_digest(pipe)
-        if meta_file.is_file():
-            old = json.loads(meta_file.read_text())
-            if old.get("pipeline_digest") != digest:
-                raise ConfigError(f"{folder} holds an index of another pipeline; pass a new --out or delete it")
-        meta = {"format": INDEX_FORMAT, "pipeline": str(pipe.path.resolve()) if pipe.path else None,
-                "pipeline_digest": digest, "root": str(root.resolve()),
-                "source": source, "n_images": len(samples)}
-        meta_file.write_text(json.dumps(meta, indent=2))
-    extract_features(samples, root, folder / "features", pipe.encoder,
-                     ExtractConfig(batch_size=batch_size, workers=workers, shard_size=shard_size, progress=progress),
-                     pipe.regions, source=source)
-    index = _finish(pipe, FeatureStore(folder / "features"), None if out is None else folder)
-    if tmp is not None:
-        index._tmp = tmp  # keep the temporary store alive as long as the index
-    return index
-
-
-def load_index(path: str | Path, pipe=None):
+def load_index(path: str | Path, pipe: DSAPipeline | None = None) -> tuple[ImageIndex, DSAPipeline]:
     """(index, pipeline) from an index folder; the pipeline is the one recorded there unless given."""
-    from dsanchor.features.store import FeatureStore
-    from dsanchor.pipeline import load
-
     folder = Path(path)
-    meta_file = folder / INDEX_FILE
-    if not meta_file.is_file():
-        raise DataError(folder, f"not a dsanchor index (no {INDEX_FILE}); build one with `dsanchor index`")
-    meta = json.loads(meta_file.read_text())
-    if not (folder / "features" / "manifest.json").is_file():
-        raise DataError(folder, "the index is unfinished (no finished feature store); rerun `dsanchor index` with "
-                                "the same arguments to resume it")
+    meta = read_index_meta(folder)
     if pipe is None:
         if not meta.get("pipeline"):
-            raise DataError(meta_file, "the index does not record its pipeline; pass it (--pipeline)")
+            raise DataError(folder / INDEX_FILE, "the index does not record its pipeline; pass it (--pipeline)")
         pipe = load(meta["pipeline"])
-    if pipeline_digest(pipe) != meta.get("pipeline_digest"):
-        raise ConfigError(f"{folder} was built with another pipeline (its heads or encoder differ); rebuild it with "
-                          "`dsanchor index`")
-    return _finish(pipe, FeatureStore(folder / "features"), folder), pipe
-
-
-@torch.no_grad()
-def rank_index_captions(pipe, index: ImageIndex, image, k: int = 10, g: float | None = None):
-    """The index's stored captions ranked for an image (image→text), top ``k``, and the g used."""
-    if not index.has_captions:
-        raise ConfigError("this index holds no captions (index a dataset with --data/--format to rank captions)")
-    texts = index.store.texts()
-    ranked, choice = pipe.rank_captions_embedded(image, texts.embeddings, texts.captions, g)
-    return ranked[:k], choice
+    return open_index(folder, pipe), pipe

@@ -36,6 +36,8 @@ import torch
 from PIL import Image
 
 from dsanchor.errors import ConfigError, DataError
+from dsanchor.files import write_json
+from dsanchor.image_index import build_index
 
 __all__ = ["PIPELINE_FORMAT", "DSAPipeline", "GChoice", "Hit", "load", "save_pipeline"]
 
@@ -169,11 +171,11 @@ class DSAPipeline:
         parts["decoder"] = self.decoder is not None
         if self.objects is not None:
             save_file({"embeddings": self.objects.embeddings.float().contiguous()}, str(out / "objects.safetensors"))
-            (out / "objects.json").write_text(json.dumps({"names": list(self.objects.names)}, indent=1))
+            write_json(out / "objects.json", {"names": list(self.objects.names)}, indent=1)
         meta = {"format": PIPELINE_FORMAT, "encoder": self.encoder_spec, "regions": config_to_dict(self.regions),
                 "state": config_to_dict(self.state), "fixed_g": self.fixed_g, "chair_vocabulary": self.vocabulary,
                 "parts": parts, "info": self.info}
-        (out / PIPELINE_FILE).write_text(json.dumps(meta, indent=2, default=str))
+        write_json(out / PIPELINE_FILE, meta)
         self.path = out
         return out
 
@@ -310,9 +312,7 @@ class DSAPipeline:
         return None
 
     def index(self, images: str | Path | Sequence[str | Path], out: str | Path | None = None, **kwargs):
-        """Index a folder (or list) of images for :meth:`search`; see :func:`dsanchor.index.build_index`."""
-        from dsanchor.index import build_index
-
+        """Index a folder (or list) of images for :meth:`search`; see :func:`dsanchor.image_index.build_index`."""
         return build_index(self, images, out, **kwargs)
 
     def search(self, query: str, index, k: int = 10, g: float | None = None, m: int = 100) -> list[Hit]:

@@ -31,6 +31,7 @@ from pathlib import Path
 from typing import Any
 
 from dsanchor.errors import ConfigError
+from dsanchor.files import write_json
 
 __all__ = ["RunConfig", "Stages", "run_pipeline"]
 
@@ -80,7 +81,7 @@ class Stages:
         fn(folder)
         dt = time.perf_counter() - t0
         self.times[timing] = self.times.get(timing, 0.0) + dt
-        marker.write_text(json.dumps({"key": digest, "config": key, "seconds": dt}, default=str, indent=1))
+        write_json(marker, {"key": digest, "config": key, "seconds": dt}, indent=1)
         print(f"{label} done in {dt:.1f}s", flush=True)
         return folder
 
@@ -101,12 +102,11 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
     with the library's defaults except the budget fields of :class:`RunConfig`."""
     from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig
-    from dsanchor.demo_stages import caption_stage
     from dsanchor.gate import GateConfig
     from dsanchor.hallucination import DetectorTrainConfig, PopeConfig
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.tune import TuneConfig, read_best
-    from dsanchor.stages import align_stage, detector_stage, eval_stage, train_stage, tune_stage
+    from dsanchor.stages import align_stage, caption_stage, detector_stage, eval_stage, train_stage, tune_stage
 
     feats, sd = out / "features", out / f"seed{seed}"
     align = AlignTrainConfig(epochs=config.align_epochs, seed=seed)
@@ -168,7 +168,7 @@ def _folder_digest(folder: Path) -> dict:
 def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | None) -> None:
     from dsanchor.data import load_dataset
     from dsanchor.data.splits import assign_splits
-    from dsanchor.demo_stages import extract_samples
+    from dsanchor.stages import extract_samples
 
     samples, how = assign_splits(load_dataset(fmt, data), splits, seed=config.split_seed)
     print(f"    {how}", flush=True)
@@ -220,7 +220,7 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
         results = per_seed[0]
     results["timing_s"] = times
     _pipeline(out, per_seed[0])
-    (out / "results.json").write_text(json.dumps(results, indent=2))
+    write_json(out / "results.json", results)
     write_report(out, results, config)
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}\n"
           f"this run: {time.perf_counter() - t_start:.1f}s; all stages: {times['total']:.1f}s", flush=True)

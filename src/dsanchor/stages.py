@@ -1,5 +1,6 @@
-"""The pipeline's stages as library functions: what `dsanchor align`, `hallucination train`, `tune`, `train`
-and `eval` run, and what the demo (and `dsanchor run`) runs, with the same config dataclasses and defaults.
+"""The pipeline's stages as library functions: what `dsanchor align`, `hallucination train`, `tune`, `train`,
+`caption train`, `caption eval` and `eval` run, and what `dsanchor run` and the demo run (also making the
+synthetic data and extracting features), with the same config dataclasses and defaults.
 
 Each stage reads a feature store and the folders of earlier stages, and writes its own folder. Entry points
 only parse arguments into configs and print; a behaviour exists once, here (STYLE.md 13).
@@ -10,12 +11,38 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import time
 from pathlib import Path
 
 from dsanchor.config import save_resolved
-from dsanchor.files import write_json
+from dsanchor.errors import ConfigError
+from dsanchor.files import write_captions, write_json
 
-__all__ = ["align_stage", "detector_stage", "tune_stage", "train_stage", "eval_stage", "load_rl_inputs"]
+__all__ = ["SPLITS", "synth_stage", "extract_samples", "align_stage", "detector_stage", "tune_stage", "train_stage",
+           "caption_train_stage", "caption_eval_stage", "caption_stage", "eval_stage", "load_rl_inputs",
+           "caption_split", "CAPTION_METRICS"]
+
+SPLITS = (0.6, 0.2, 0.2)  # the demo's synth split: more val than the 80/10/10 default (controllers are fit on val)
+CAPTION_METRICS = "caption_metrics.json"
+
+
+def synth_stage(out: Path, config) -> None:
+    """The demo's synthetic data (``config``: a :class:`~dsanchor.demo.DemoConfig`), split 60/20/20."""
+    from dsanchor.data import SynthConfig, generate_synth
+
+    generate_synth(out, SynthConfig(scenes=config.scenes, seed=config.data_seed, image_size=config.image_size,
+                                    split_fractions=SPLITS, workers=config.workers, color_space=config.color_space))
+
+
+def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:
+    """Encode the samples (with their splits) into a feature store with the default encoder and regions."""
+    from dsanchor.encoders import create_encoder
+    from dsanchor.encoders.regions import RegionConfig
+    from dsanchor.features.extract import ExtractConfig, extract_features
+
+    encoder = create_encoder("effnet-minilm")
+    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=False),
+                     RegionConfig(), source={"format": fmt, "split": None})
 
 
 def align_stage(features, out, align=None, train=None, init=None) -> dict:
@@ -50,7 +77,6 @@ def detector_stage(features, out, detector=None, train=None, pope=None, val_frac
     """
     import logging
 
-    from dsanchor.errors import ConfigError
     from dsanchor.features.store import FeatureStore
     from dsanchor.hallucination import (
         DetectorConfig,
@@ -87,20 +113,20 @@ def detector_stage(features, out, detector=None, train=None, pope=None, val_frac
     return info
 
 
-def load_rl_inputs(features, heads, detector=None):
-    """(store, heads, detector or None) from their folders."""
+def load_rl_inputs(features, heads, hall_detector=None):
+    """(store, heads, hallucination detector or None) from their folders."""
     from dsanchor.align.heads import AlignmentHeads
     from dsanchor.features.store import FeatureStore
 
     det = None
-    if detector:
+    if hall_detector:
         from dsanchor.hallucination import HallucinationDetector
 
-        det = HallucinationDetector.from_pretrained(detector)
+        det = HallucinationDetector.from_pretrained(hall_detector)
     return FeatureStore(features), AlignmentHeads.from_pretrained(heads), det
 
 
-def tune_stage(features, heads, detector, out, state=None, tune=None, ppo=None, accuracy=None,
+def tune_stage(features, heads, hall_detector, out, state=None, tune=None, ppo=None, accuracy=None,
                split: str = "val"):
     """Optuna study over the reward (beta / alpha and the clip bounds) with the 2-fold objective on ``split``.
 
@@ -122,7 +148,7 @@ def tune_stage(features, heads, detector, out, state=None, tune=None, ppo=None, 
     ppo = dataclasses.replace(ppo or PPOConfig(), timesteps=tune.timesteps,
                               checkpoint_every=max(tune.timesteps // 4, 1024))
     accuracy = accuracy or AccuracyConfig()
-    store, heads_m, det = load_rl_inputs(features, heads, detector)
+    store, heads_m, det = load_rl_inputs(features, heads, hall_detector)
     images, texts = store.images(split), store.texts(split)
     folds = [rl_view(store, heads_m, state, det, *subset(images, texts, keep))
              for keep in split_halves(images, tune.seed)]
@@ -131,12 +157,12 @@ def tune_stage(features, heads, detector, out, state=None, tune=None, ppo=None, 
     reward = best_reward(study)
     write_best(out, study, reward)
     save_resolved(out, tune=tune, ppo=ppo, accuracy=accuracy, state=state, features=str(features), heads=str(heads),
-                  detector=str(detector), split=split)
+                  hall_detector=str(hall_detector), split=split)
     plot_tuning(json.loads((out / "best_reward.json").read_text())["trials"], out / "objective.png")
     return study, reward
 
 
-def train_stage(features, heads, detector, out, reward=None, state=None, ppo=None, accuracy=None,
+def train_stage(features, heads, hall_detector, out, reward=None, state=None, ppo=None, accuracy=None,
                 split: str = "val", progress: bool = True):
     """PPO retrieval controller on ``split``'s queries; returns (controller, info).
 
@@ -151,10 +177,10 @@ def train_stage(features, heads, detector, out, reward=None, state=None, ppo=Non
 
     reward, state = reward or RewardConfig(), state or StateConfig()
     ppo, accuracy = ppo or PPOConfig(), accuracy or AccuracyConfig()
-    store, heads_m, det = load_rl_inputs(features, heads, detector)
+    store, heads_m, det = load_rl_inputs(features, heads, hall_detector)
     view, hall = rl_view(store, heads_m, state, det, store.images(split), store.texts(split))
     save_resolved(out, reward=reward, ppo=ppo, accuracy=accuracy, state=state, features=str(features),
-                  heads=str(heads), detector=str(detector), split=split)
+                  heads=str(heads), hall_detector=str(hall_detector), split=split)
     ctrl, info = train_retrieval_controller(view, hall, reward, accuracy, ppo, out, progress=progress)
     write_json(Path(out) / "train_info.json", info)
     if state.state_kind == "query":  # a pipeline runs query states (dsanchor.pipeline)
@@ -162,18 +188,124 @@ def train_stage(features, heads, detector, out, reward=None, state=None, ppo=Non
         from dsanchor.pipeline import save_pipeline
 
         g_best, _ = select_fixed_g(view, EvalConfig())
-        save_pipeline(Path(out) / "pipeline", features, heads, out, detector, state=state, fixed_g=g_best)
+        save_pipeline(Path(out) / "pipeline", features, heads, out, hall_detector, state=state, fixed_g=g_best)
     return ctrl, info
 
 
-def eval_stage(features, heads, out, controller=None, captioning=None, detector=None, config=None, state=None,
+def caption_split(store, heads, name: str):
+    """(caption split projected with ``heads``, its image features) of split ``name`` of ``store``."""
+    from dsanchor.captioning import prepare_caption_split
+
+    images = store.images(name)
+    if len(images) == 0:
+        raise ConfigError(f"the feature store has no {name!r} images; extract a dataset with splits")
+    return prepare_caption_split(heads, images, store.texts(name)), images
+
+
+def caption_train_stage(features, heads, out, decoder=None, train=None, vocab=None) -> dict:
+    """Train the caption decoder on the train captions (early stopping on val); returns its training info.
+
+    Writes the decoder and its vocabulary, ``config.yaml`` (sections ``decoder``, ``caption_train``, ``vocab``)
+    and ``caption_train.json`` (per-check history) into ``out``.
+    """
+    from dsanchor.align.heads import AlignmentHeads
+    from dsanchor.captioning import CaptionTrainConfig, DecoderConfig, VocabConfig, Vocabulary, train_decoder
+    from dsanchor.features.store import FeatureStore
+
+    cfg, train_cfg, vocab_cfg = decoder or DecoderConfig(), train or CaptionTrainConfig(), vocab or VocabConfig()
+    store, heads_m, out = FeatureStore(features), AlignmentHeads.from_pretrained(heads), Path(out)
+    train_split, _ = caption_split(store, heads_m, "train")
+    val_split, _ = caption_split(store, heads_m, "val")
+    words = Vocabulary.build(store.texts("train").captions, vocab_cfg)
+    model, info = train_decoder(train_split, val_split, words, cfg, train_cfg)
+    model.save_pretrained(out, words)
+    save_resolved(out, decoder=model.config, caption_train=train_cfg, vocab=vocab_cfg, features=str(features),
+                  heads=str(heads))
+    write_json(out / "caption_train.json", info)
+    return info
+
+
+def caption_eval_stage(features, heads, decoder, out, rl=None, ppo=None, gate=None, decode=None,
+                       hall_detector=None, vocabulary: str = "auto", extra: dict | None = None) -> dict:
+    """Fit fixed_best, gate_grad and dsa_ppo on val; evaluate them, coarse, fine and the oracle (an upper bound)
+    on test. Returns what it writes to ``caption_metrics.json``.
+
+    Also writes the controllers (``ppo/controller``, ``gate/controller``), the g grids, ``config.yaml`` and each
+    method's captions (``captions/<method>.jsonl``) into ``out``.
+
+    Args:
+        decoder: a folder written by :func:`caption_train_stage`.
+        hall_detector: a hallucination detector folder; without it the reward has no hallucination term.
+        vocabulary: the object vocabulary of CHAIR and the detector ("synth", "coco", or "auto": synth for
+            CLEVR-style names).
+        extra: more entries for ``caption_metrics.json``.
+    """
+    from dsanchor.align.heads import AlignmentHeads
+    from dsanchor.captioning import (
+        CaptionGateConfig,
+        CaptionRLConfig,
+        DecodeConfig,
+        evaluate_captioning,
+        fit_caption_methods,
+        load_captioner,
+    )
+    from dsanchor.captioning.controller import DetectorHallucination
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.hallucination import HallucinationDetector
+    from dsanchor.hallucination.matrices import guess_vocabulary
+    from dsanchor.rl.ppo import PPOConfig
+
+    rl, ppo = rl or CaptionRLConfig(), ppo or PPOConfig()
+    gate, decode = gate or CaptionGateConfig(), decode or DecodeConfig()
+    store, heads_m, out = FeatureStore(features), AlignmentHeads.from_pretrained(heads), Path(out)
+    val, val_images = caption_split(store, heads_m, "val")
+    test, test_images = caption_split(store, heads_m, "test")
+    vocabulary = guess_vocabulary(test_images) if vocabulary == "auto" else vocabulary
+    model, words = load_captioner(decoder)
+    save_resolved(out, caption_rl=rl, ppo=ppo, gate=gate, decode=decode, features=str(features), heads=str(heads),
+                  decoder=str(decoder), hall_detector=None if hall_detector is None else str(hall_detector),
+                  vocabulary=vocabulary)
+    t0 = time.perf_counter()
+    hall = None if hall_detector is None else DetectorHallucination(
+        HallucinationDetector.from_pretrained(hall_detector), val_images, store.object_vocabulary(), vocabulary)
+    methods = fit_caption_methods(model, words, val, test, rl, ppo, gate, decode, out, hall)
+    captions: dict[str, list] = {}
+    results = evaluate_captioning(model, words, test, methods.g, decode, methods.test_grid, vocabulary, captions)
+    for name, caps in captions.items():
+        write_captions(out / "captions" / f"{name}.jsonl", test.image_ids.tolist(), caps, methods.g[name].tolist())
+    results["fixed_best"]["g"] = methods.info["fixed_best_g"]
+    metrics = {"split": "test", "n_images": len(test), "vocabulary": vocabulary, "cider_scale": "raw (not x100)",
+               "methods": results, "oracle": methods.info["oracle"], "info": methods.info, **(extra or {}),
+               "time_s": time.perf_counter() - t0}
+    write_json(out / CAPTION_METRICS, metrics)
+    return metrics
+
+
+def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> dict:
+    """The captioning of one seed of ``dsanchor run``: :func:`caption_train_stage` into ``out/decoder``, then
+    :func:`caption_eval_stage` with the seed's heads and detector; ``config`` is a
+    :class:`~dsanchor.run.RunConfig` (its caption budget)."""
+    from dsanchor.captioning import CaptionGateConfig, CaptionTrainConfig
+    from dsanchor.rl.ppo import PPOConfig
+
+    out = Path(out)
+    info = caption_train_stage(features, seed_dir / "heads", out / "decoder",
+                               train=CaptionTrainConfig(steps=config.caption_steps, seed=seed))
+    steps = config.caption_ppo_timesteps
+    ppo = PPOConfig(timesteps=steps, seed=seed, checkpoint_every=max(steps // 4, 1024))
+    return caption_eval_stage(features, seed_dir / "heads", out / "decoder", out, ppo=ppo,
+                              gate=CaptionGateConfig(seed=seed), hall_detector=seed_dir / "detector",
+                              extra={"decoder": info})
+
+
+def eval_stage(features, heads, out, controller=None, captioning=None, hall_detector=None, config=None, state=None,
                gate=None, split: str = "test", dataset: str | None = None) -> dict:
     """Every retrieval method on ``split`` -> ``results.json``, ``hits.safetensors``, ``eval_details.json``.
 
     Args:
         controller: a PPO run folder (or its ``controller/``), adds ``dsa_ppo``.
         captioning: a caption run with ``caption_metrics.json``, adds the caption columns.
-        detector: a detector run with ``detector_metrics.json``, adds POPE.
+        hall_detector: a hallucination detector run with ``detector_metrics.json``, adds POPE.
     """
     from dsanchor.align.heads import AlignmentHeads
     from dsanchor.controller import GranularityController
@@ -192,8 +324,9 @@ def eval_stage(features, heads, out, controller=None, captioning=None, detector=
         p = Path(controller)
         ctrl = GranularityController.from_pretrained(p / "controller" if (p / "controller").is_dir() else p)
     res = evaluate_retrieval(store, AlignmentHeads.from_pretrained(heads), cfg, state, ctrl, gate, split)
-    caps = json.loads((Path(captioning) / "caption_metrics.json").read_text()) if captioning else None
-    pope = json.loads((Path(detector) / "detector_metrics.json").read_text()).get("test") if detector else None
+    caps = json.loads((Path(captioning) / CAPTION_METRICS).read_text()) if captioning else None
+    pope = (json.loads((Path(hall_detector) / "detector_metrics.json").read_text()).get("test") if hall_detector
+            else None)
     overhead = None
     enc_ms = store.timing.get("text_ms_per_item")
     if enc_ms and ctrl is not None:

@@ -25,7 +25,8 @@ from dsanchor.align.heads import AlignConfig, AlignmentHeads, JointFeatures
 from dsanchor.align.loss import POSITIVE_LOSSES, symmetric_multi_positive_infonce
 from dsanchor.align.positives import POSITIVE_RULES, Relevance
 from dsanchor.errors import ConfigError
-from dsanchor.features.types import ImageFeatures, TextFeatures
+from dsanchor.features.types import GRANULARITY_CODES, ImageFeatures, TextFeatures
+from dsanchor.metrics.retrieval import ranks_of_first_positive
 from dsanchor.retrieval import pair_terms
 
 __all__ = ["AlignTrainConfig", "train_heads", "embed_images", "evaluate_heads", "evaluate_by_granularity"]
@@ -146,14 +147,7 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
         ``train_time_s``.
     """
     torch.manual_seed(train.seed)
-    if init is None:
-        heads = AlignmentHeads(config)
-    else:
-        dims = ("coarse_dim", "region_dim", "text_dim")
-        if any(getattr(init.config, d) != getattr(config, d) for d in dims):
-            raise ConfigError(f"the initial heads expect features {[getattr(init.config, d) for d in dims]} "
-                              f"(coarse, region, text) but the store has {[getattr(config, d) for d in dims]}")
-        heads = copy.deepcopy(init).train()
+    heads = _initial_heads(config, init)
     opt = torch.optim.AdamW(heads.parameters(), lr=train.lr, weight_decay=train.weight_decay)
     gen = torch.Generator().manual_seed(train.seed)
     t0 = time.perf_counter()
@@ -165,16 +159,14 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
     if init is not None:  # the starting heads are a candidate too
         val = evaluate_by_granularity(heads, val_images, val_texts, exact=val_exact)["all"]
         best, best_state = _val_score(val, train.val_protocol), copy.deepcopy(heads.state_dict())
-        start = {"epoch": -1, "loss": float("nan"), "val_score": best,
-                 **{f"val_{k}": v for k, v in val.items() if k != "n"}}
+        start = _history_row(-1, float("nan"), best, val)
     bar = tqdm(range(train.epochs), desc="align", unit="epoch")
     for epoch in bar:
         order = torch.randperm(len(texts), generator=gen)
         loss = _epoch(heads, opt, images, texts, order, train, relevance, id_to_row)
         val = evaluate_by_granularity(heads, val_images, val_texts, exact=val_exact)["all"]
         score = _val_score(val, train.val_protocol)
-        history.append({"epoch": epoch, "loss": loss, "val_score": score,
-                        **{f"val_{k}": v for k, v in val.items() if k != "n"}})
+        history.append(_history_row(epoch, loss, score, val))
         bar.set_postfix(loss=f"{loss:.3f}", val=f"{score:.3f}")
         log.debug("align epoch %d: loss %.4f val score %.4f", epoch, loss, score)
         if score > best + 1e-4:
@@ -193,6 +185,22 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
                    "train_time_s": time.perf_counter() - t0}
 
 
+def _initial_heads(config: AlignConfig, init: AlignmentHeads | None) -> AlignmentHeads:
+    """New heads of ``config``, or a trainable copy of ``init`` when its feature sizes match ``config``'s."""
+    if init is None:
+        return AlignmentHeads(config)
+    dims = ("coarse_dim", "region_dim", "text_dim")
+    if any(getattr(init.config, d) != getattr(config, d) for d in dims):
+        raise ConfigError(f"the initial heads expect features {[getattr(init.config, d) for d in dims]} "
+                          f"(coarse, region, text) but the store has {[getattr(config, d) for d in dims]}")
+    return copy.deepcopy(init).train()
+
+
+def _history_row(epoch: int, loss: float, score: float, val: dict) -> dict:
+    """One epoch of the training history: loss, val score and every val number of :func:`evaluate_heads`."""
+    return {"epoch": epoch, "loss": loss, "val_score": score, **{f"val_{k}": v for k, v in val.items() if k != "n"}}
+
+
 @torch.no_grad()
 def evaluate_by_granularity(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatures, k: int = 10,
                             exact: torch.Tensor | None = None) -> dict:
@@ -207,9 +215,6 @@ def evaluate_by_granularity(heads: AlignmentHeads, images: ImageFeatures, texts:
         protocol, ``n``, and where exact relevance exists ``exact_coarse`` / ``exact_fine`` (R@k) and
         ``exact_coarse_R@1`` / ``exact_fine_R@1`` / ``exact_coarse_MRR`` / ``exact_fine_MRR``.
     """
-    from dsanchor.features.types import GRANULARITY_CODES
-    from dsanchor.metrics.retrieval import ranks_of_first_positive
-
     heads.eval()
     t = heads.encode_text(texts.embeddings.float())
     terms = pair_terms(t, embed_images(heads, images), heads.pool_s)

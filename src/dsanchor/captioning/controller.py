@@ -30,7 +30,6 @@ upper bound chosen on the test references themselves, not a method.
 
 from __future__ import annotations
 
-import json
 import logging
 import time
 from collections.abc import Sequence
@@ -51,6 +50,7 @@ from dsanchor.captioning.train import caption_examples, caption_loss
 from dsanchor.controller import ControllerConfig, GranularityController
 from dsanchor.errors import ConfigError
 from dsanchor.features.types import ImageFeatures
+from dsanchor.files import write_json
 from dsanchor.hallucination.mentions import caption_objects, hallucination_share
 from dsanchor.rl.env import RewardConfig
 from dsanchor.rl.ppo import PPOConfig, train_ppo
@@ -255,5 +255,5 @@ def fit_caption_methods(decoder: CaptionDecoder, vocab: Vocabulary, val: Caption
             "oracle": "upper bound: best grid g per test image, chosen on that image's references"}
     val_grid.save(out / "val_grid.json")
     test_grid.save(out / "test_grid.json")
-    (out / "methods.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "methods.json", info)
     return CaptionMethods(g, val_grid, test_grid, ctrl_ppo, ctrl_gate, info)

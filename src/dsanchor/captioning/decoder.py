@@ -41,6 +41,7 @@ from dsanchor.captioning.tokenizer import BOS, Vocabulary
 from dsanchor.captioning.tokens import CaptionSplit, ScenePositions, TokenPair, build_token_pair
 from dsanchor.config import config_from_dict, config_to_dict
 from dsanchor.errors import ConfigError, DataError
+from dsanchor.files import write_json
 
 __all__ = ["DecoderConfig", "CaptionDecoder", "DecoderBlock", "load_captioner"]
 
@@ -190,7 +191,7 @@ class CaptionDecoder(nn.Module):
         out = Path(path)
         out.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous() for k, v in self.state_dict().items()}, str(out / WEIGHTS_NAME))
-        (out / CONFIG_NAME).write_text(json.dumps(config_to_dict(self.config), indent=2))
+        write_json(out / CONFIG_NAME, config_to_dict(self.config))
         if vocab is not None:
             vocab.save(out)
         return out

@@ -44,6 +44,7 @@ from dsanchor.captioning.granularity import GRANULARITIES, OTHER, granularity_mi
 from dsanchor.captioning.tokenizer import Vocabulary, ptb_tokenize
 from dsanchor.captioning.tokens import CaptionSplit
 from dsanchor.errors import DataError
+from dsanchor.files import write_json
 from dsanchor.metrics.captioning import caption_metrics as caption_scores
 from dsanchor.metrics.chair import CaptionChair, chair, chair_ground_truth
 
@@ -110,11 +111,8 @@ class GridOutcomes:
         return (g.unsqueeze(-1) - self.grid).abs().argmin(-1)
 
     def save(self, path: str | Path) -> Path:
-        p = Path(path)
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps({"grid": self.grid.tolist(), "captions": self.captions,
-                                 "cider": self.cider.tolist(), "hallucination": self.hallucination.tolist()}))
-        return p
+        return write_json(path, {"grid": self.grid.tolist(), "captions": self.captions, "cider": self.cider.tolist(),
+                                 "hallucination": self.hallucination.tolist()}, indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> GridOutcomes:

@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsanchor.errors import DataError
+from dsanchor.files import write_json
 
 __all__ = ["VocabConfig", "Vocabulary", "ptb_tokenize", "PAD", "BOS", "EOS", "UNK"]
 
@@ -87,9 +88,7 @@ class Vocabulary:
         """Write ``vocab.json`` into directory ``path`` (or to ``path`` if it ends in .json)."""
         p = Path(path)
         p = p if p.suffix == ".json" else p / VOCAB_NAME
-        p.parent.mkdir(parents=True, exist_ok=True)
-        p.write_text(json.dumps({"words": self.itos[len(SPECIALS):], "max_len": self.max_len}))
-        return p
+        return write_json(p, {"words": self.itos[len(SPECIALS):], "max_len": self.max_len}, indent=None)
 
     @classmethod
     def load(cls, path: str | Path) -> Vocabulary:

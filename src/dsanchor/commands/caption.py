@@ -3,27 +3,25 @@
     dsanchor caption train    --features FEATS --heads HEADS --out DIR [config flags]
     dsanchor caption generate --features FEATS --heads HEADS --decoder DIR (--g G | --controller CTRL)
                               [--split test] [--beam 3] --out FILE.jsonl
-    dsanchor caption eval     --features FEATS --heads HEADS --decoder DIR --out DIR [--detector DET]
+    dsanchor caption eval     --features FEATS --heads HEADS --decoder DIR --out DIR [--hall-detector DET]
 
-``train`` writes the decoder, its vocabulary, ``config.yaml`` (sections ``decoder``, ``caption_train``,
-``vocab``) and ``caption_train.json`` (per-epoch history). ``eval`` fits fixed_best, gate_grad and dsa_ppo
-on val, evaluates coarse, fine, fixed_best, gate_grad, dsa_ppo and the oracle (an upper bound) on the
-test split, and writes ``caption_metrics.json``, the controllers (``ppo/controller``,
-``gate/controller``, usable with ``generate --controller``) and each method's captions.
+``train`` and ``eval`` run the library's stages (:func:`dsanchor.stages.caption_train_stage` and
+:func:`dsanchor.stages.caption_eval_stage`), the ones ``dsanchor run`` and the demo run. ``train`` writes the
+decoder, its vocabulary, ``config.yaml`` (sections ``decoder``, ``caption_train``, ``vocab``) and
+``caption_train.json`` (per-check history). ``eval`` fits fixed_best, gate_grad and dsa_ppo on val, evaluates
+coarse, fine, fixed_best, gate_grad, dsa_ppo and the oracle (an upper bound) on the test split, and writes
+``caption_metrics.json``, the controllers (``ppo/controller``, ``gate/controller``, usable with
+``generate --controller``) and each method's captions.
 """
 
 from __future__ import annotations
 
 import argparse
-import json
-import time
-from pathlib import Path
 
-from dsanchor.commands._common import add_common, set_threads, write_json, yaml_of
-from dsanchor.config import add_config_args, resolve_config, save_resolved
+from dsanchor.commands._common import add_common, set_threads, yaml_of
+from dsanchor.config import add_config_args, resolve_config
 from dsanchor.errors import ConfigError
-
-METRICS_NAME = "caption_metrics.json"
+from dsanchor.files import write_captions
 
 
 def _inputs(p: argparse.ArgumentParser, decoder: bool = True) -> None:
@@ -73,8 +71,8 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = csub.add_parser("eval", help="fit the captioning methods on val and evaluate them on test")
     _inputs(e)
     e.add_argument("--out", required=True, help="run directory for controllers, captions and metrics")
-    e.add_argument("--detector", default=None, help="hallucination detector (dsanchor hallucination train); "
-                                                    "without it the reward has no hallucination term")
+    e.add_argument("--hall-detector", default=None, help="hallucination detector (dsanchor hallucination train); "
+                                                         "without it the reward has no hallucination term")
     e.add_argument("--vocabulary", default="auto", choices=("auto", "synth", "coco"),
                    help="object vocabulary of CHAIR and the detector (auto: synth for CLEVR-style names)")
     add_config_args(e, CaptionRLConfig)
@@ -82,15 +80,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     add_config_args(e, CaptionGateConfig, prefix="gate_")
     add_config_args(e, DecodeConfig)
     e.set_defaults(func=run_eval)
-
-
-def _split(store, heads, name: str):
-    from dsanchor.captioning import prepare_caption_split
-
-    images = store.images(name)
-    if len(images) == 0:
-        raise ConfigError(f"the feature store has no {name!r} images; extract a dataset with splits")
-    return prepare_caption_split(heads, images, store.texts(name)), images
 
 
 def _load(args: argparse.Namespace):
@@ -101,26 +90,19 @@ def _load(args: argparse.Namespace):
 
 
 def run_train(args: argparse.Namespace) -> int:
-    from dsanchor.captioning import CaptionTrainConfig, DecoderConfig, VocabConfig, Vocabulary, train_decoder
+    from dsanchor.captioning import CaptionTrainConfig, DecoderConfig, VocabConfig, Vocabulary
+    from dsanchor.stages import caption_train_stage
 
     set_threads(args)
     y = yaml_of(args)
     cfg = resolve_config(DecoderConfig, args, y, prefix="decoder_", section="decoder")
     train_cfg = resolve_config(CaptionTrainConfig, args, y, section="caption_train")
     vocab_cfg = resolve_config(VocabConfig, args, y, prefix="vocab_", section="vocab")
-    store, heads = _load(args)
-    train, _ = _split(store, heads, "train")
-    val, _ = _split(store, heads, "val")
-    vocab = Vocabulary.build((c for refs in train.references for c in refs), vocab_cfg)
-    decoder, info = train_decoder(train, val, vocab, cfg, train_cfg)
-    decoder.save_pretrained(args.out, vocab)
-    save_resolved(args.out, decoder=decoder.config, caption_train=train_cfg, vocab=vocab_cfg,
-                  features=str(args.features), heads=str(args.heads))
-    write_json(Path(args.out) / "caption_train.json", info)
+    info = caption_train_stage(args.features, args.heads, args.out, cfg, train_cfg, vocab_cfg)
     last = info["history"][-1]
     print(f"decoder saved to {args.out} ({info['train_time_s']:.1f}s, {info['steps']} steps, "
-          f"vocabulary {len(vocab)}); best val {info['early_stop']} score {info['best_val_score']:.3f}, "
-          f"last val loss {last['val_loss']:.3f}")
+          f"vocabulary {len(Vocabulary.load(args.out))}); best val {info['early_stop']} score "
+          f"{info['best_val_score']:.3f}, last val loss {last['val_loss']:.3f}")
     return 0
 
 
@@ -133,8 +115,10 @@ def run_generate(args: argparse.Namespace) -> int:
 
     set_threads(args)
     decode = resolve_config(DecodeConfig, args, yaml_of(args), section="decode")
+    from dsanchor.stages import caption_split
+
     store, heads = _load(args)
-    split, _ = _split(store, heads, args.split)
+    split, _ = caption_split(store, heads, args.split)
     decoder, vocab = load_captioner(args.decoder)
     if args.controller:
         ctrl = GranularityController.from_pretrained(args.controller)
@@ -152,39 +136,15 @@ def run_generate(args: argparse.Namespace) -> int:
         pair = decoder.token_pair(split)
         caps = (generate_caption_sets(decoder, vocab, pair, g, decode) if args.granularity == "all" else
                 generate_captions(decoder, vocab, pair, g, decode, args.granularity))
-    _write_jsonl(args.out, split.image_ids.tolist(), caps, g.tolist())
+    write_captions(args.out, split.image_ids.tolist(), caps, g.tolist())
     print(f"{len(caps)} captions of the {args.split} split written to {args.out} (mean g {float(g.mean()):.3f})")
     return 0
 
 
-def _write_jsonl(path: str | Path, ids: list[int], captions: list, gs: list[float]) -> None:
-    p = Path(path)
-    p.parent.mkdir(parents=True, exist_ok=True)
-    p.write_text("".join(json.dumps({"image_id": int(i), "caption": c, "g": round(float(g), 6)}) + "\n"
-                         for i, c, g in zip(ids, captions, gs, strict=True)))
-
-
-def _estimator(args: argparse.Namespace, store, images, vocabulary: str):
-    if not args.detector:
-        return None
-    from dsanchor.captioning.controller import DetectorHallucination
-    from dsanchor.hallucination import HallucinationDetector
-
-    return DetectorHallucination(HallucinationDetector.from_pretrained(args.detector), images,
-                                 store.object_vocabulary(), vocabulary)
-
-
 def run_eval(args: argparse.Namespace) -> int:
-    from dsanchor.captioning import (
-        CaptionGateConfig,
-        CaptionRLConfig,
-        DecodeConfig,
-        evaluate_captioning,
-        fit_caption_methods,
-        load_captioner,
-    )
-    from dsanchor.hallucination.matrices import guess_vocabulary
+    from dsanchor.captioning import CaptionGateConfig, CaptionRLConfig, DecodeConfig
     from dsanchor.rl.ppo import PPOConfig
+    from dsanchor.stages import caption_eval_stage
 
     set_threads(args)
     y = yaml_of(args)
@@ -192,26 +152,9 @@ def run_eval(args: argparse.Namespace) -> int:
     ppo = resolve_config(PPOConfig, args, y, prefix="ppo_", section="ppo")
     gate = resolve_config(CaptionGateConfig, args, y, prefix="gate_", section="gate")
     decode = resolve_config(DecodeConfig, args, y, section="decode")
-    store, heads = _load(args)
-    val, val_images = _split(store, heads, "val")
-    test, test_images = _split(store, heads, "test")
-    vocabulary = guess_vocabulary(test_images) if args.vocabulary == "auto" else args.vocabulary
-    decoder, vocab = load_captioner(args.decoder)
-    out = Path(args.out)
-    save_resolved(out, caption_rl=rl, ppo=ppo, gate=gate, decode=decode, features=str(args.features),
-                  heads=str(args.heads), decoder=str(args.decoder), detector=args.detector, vocabulary=vocabulary)
-    t0 = time.perf_counter()
-    methods = fit_caption_methods(decoder, vocab, val, test, rl, ppo, gate, decode, out,
-                                  _estimator(args, store, val_images, vocabulary))
-    captions: dict[str, list[str]] = {}
-    results = evaluate_captioning(decoder, vocab, test, methods.g, decode, methods.test_grid, vocabulary, captions)
-    for name, caps in captions.items():
-        _write_jsonl(out / "captions" / f"{name}.jsonl", test.image_ids.tolist(), caps, methods.g[name].tolist())
-    results["fixed_best"]["g"] = methods.info["fixed_best_g"]
-    write_json(out / METRICS_NAME, {"split": "test", "n_images": len(test), "vocabulary": vocabulary,
-                                    "cider_scale": "raw (not x100)", "methods": results,
-                                    "oracle": methods.info["oracle"], "time_s": time.perf_counter() - t0})
-    print(_table(results))
+    metrics = caption_eval_stage(args.features, args.heads, args.decoder, args.out, rl, ppo, gate, decode,
+                                 args.hall_detector, args.vocabulary)
+    print(_table(metrics["methods"]))
     return 0
 
 

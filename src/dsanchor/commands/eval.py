@@ -19,7 +19,7 @@ def add_parser(sub) -> None:
     p.add_argument("--heads", required=True, help="alignment heads run (dsanchor align)")
     p.add_argument("--controller", default=None, help="PPO controller (dsanchor train --out DIR); adds dsa_ppo")
     p.add_argument("--captioning", default=None, help="caption run with caption_metrics.json (adds caption columns)")
-    p.add_argument("--detector", default=None, help="hallucination detector run (adds POPE)")
+    p.add_argument("--hall-detector", default=None, help="hallucination detector run (adds POPE)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--out", required=True, help="output directory for results.json and results.md")
     add_common(p)
@@ -38,7 +38,7 @@ def run(args) -> int:
 
     set_threads(args)
     y = yaml_of(args)
-    results = eval_stage(args.features, args.heads, args.out, args.controller, args.captioning, args.detector,
+    results = eval_stage(args.features, args.heads, args.out, args.controller, args.captioning, args.hall_detector,
                          resolve_config(EvalConfig, args, y, section="eval"),
                          resolve_config(StateConfig, args, y, section="state"),
                          resolve_config(GateConfig, args, y, prefix="gate_", section="gate"), args.split)

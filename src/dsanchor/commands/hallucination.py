@@ -1,7 +1,7 @@
 """``dsanchor hallucination``: train and evaluate the object-hallucination detector on a feature store.
 
     dsanchor hallucination train --features FEATS --out DIR [--config YAML] [config flags]
-    dsanchor hallucination eval  --features FEATS --detector DIR [--split test] [--out POPE.json]
+    dsanchor hallucination eval  --features FEATS --hall-detector DIR [--split test] [--out POPE.json]
 
 ``train`` writes the detector (safetensors + JSON config), the resolved config (``config.yaml``,
 sections ``detector``, ``detector_train``, ``pope``) and ``detector_metrics.json`` with the val and test
@@ -39,7 +39,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
 
     e = hsub.add_parser("eval", help="POPE accuracy, precision, recall, F1 and yes-ratio of a trained detector")
     e.add_argument("--features", required=True, help="feature store written by `dsanchor extract`")
-    e.add_argument("--detector", required=True, help="directory written by `dsanchor hallucination train`")
+    e.add_argument("--hall-detector", required=True, help="directory written by `dsanchor hallucination train`")
     e.add_argument("--split", default="test", choices=("train", "val", "test", "all"), help="images to ask about")
     e.add_argument("--out", default=None, help="write the POPE numbers to this JSON file")
     add_common(e)
@@ -80,10 +80,10 @@ def run_eval(args: argparse.Namespace) -> int:
     set_threads(args)
     pope = resolve_config(PopeConfig, args, yaml_of(args), prefix="pope_", section="pope")
     store = FeatureStore(args.features)
-    detector = HallucinationDetector.from_pretrained(args.detector)
+    detector = HallucinationDetector.from_pretrained(args.hall_detector)
     vocab = store.object_vocabulary()
     if vocab.embeddings.shape[1] != detector.config.text_dim:
-        raise ConfigError(f"{args.detector}: the detector expects {detector.config.text_dim}-d phrase embeddings "
+        raise ConfigError(f"{args.hall_detector}: the detector expects {detector.config.text_dim}-d phrase embeddings "
                           f"but {args.features} has {vocab.embeddings.shape[1]}-d; use features of the same encoder")
     images = store.images(None if args.split == "all" else args.split)
     if not any(images.objects):

@@ -12,7 +12,7 @@ def add_rl_inputs(p) -> None:
 
     p.add_argument("--features", required=True, help="feature store")
     p.add_argument("--heads", required=True, help="alignment heads run (dsanchor align)")
-    p.add_argument("--detector", default=None,
+    p.add_argument("--hall-detector", default=None,
                    help="hallucination detector run (dsanchor hallucination train); without it R_hall = 0")
     p.add_argument("--split", default="val",
                    help="split whose queries train the controller (default val: the heads were fit on train)")
@@ -49,7 +49,7 @@ def run(args) -> int:
         tuned = read_best(args.tuned)  # flags given explicitly override the tuned values
         reward = RewardConfig(**{k: getattr(args, k) if getattr(args, k, None) is not None else getattr(tuned, k)
                                  for k in ("alpha", "beta", "clip_low", "clip_high")})
-    ctrl, info = train_stage(args.features, args.heads, args.detector, args.out, reward,
+    ctrl, info = train_stage(args.features, args.heads, args.hall_detector, args.out, reward,
                              resolve_config(StateConfig, args, y, section="state"),
                              resolve_config(PPOConfig, args, y, section="ppo"),
                              resolve_config(AccuracyConfig, args, y, section="accuracy"), args.split)

@@ -29,7 +29,7 @@ def run(args) -> int:
 
     set_threads(args)
     y = yaml_of(args)
-    study, reward = tune_stage(args.features, args.heads, args.detector, args.out,
+    study, reward = tune_stage(args.features, args.heads, args.hall_detector, args.out,
                                resolve_config(StateConfig, args, y, section="state"),
                                resolve_config(TuneConfig, args, y, section="tune"),
                                resolve_config(PPOConfig, args, y, prefix="ppo_", section="ppo"),

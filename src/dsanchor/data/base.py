@@ -1,7 +1,7 @@
-"""The dataset loader extension point, its registry, and the input checks every loader shares.
+"""The dataset loader extension point and the input checks every loader shares.
 
-``load_dataset(format, path, split=None, **options)`` returns ``list[Sample]``; ``list_formats()``
-names the formats. Each loader validates its files as it reads them and raises
+The registry (``load_dataset``, ``create_loader``, ``list_formats``) is in :mod:`dsanchor.data.formats`; it
+imports the loaders, which import only this module. Each loader validates its files as it reads them and raises
 :class:`~dsanchor.errors.DataError` (file, field, what is wrong) for malformed JSON, a wrong top-level
 type, missing keys, unknown image ids, bad boxes, empty captions and file names that escape the root.
 A box that reaches past the image edge by at most the loader's ``bbox_tolerance`` pixels is clipped to the
@@ -22,9 +22,8 @@ from dsanchor.data.records import GRANULARITIES, Sample
 from dsanchor.errors import ConfigError, DataError
 
 __all__ = [
-    "DatasetLoader", "load_dataset", "list_formats", "create_loader", "read_json", "require_keys", "check_bbox",
-    "box_overshoot", "clip_box", "missing_images", "safe_relpath", "check_caption", "read_splits", "split_from_name",
-    "filter_split", "SPLIT_NAMES",
+    "DatasetLoader", "read_json", "require_keys", "check_bbox", "box_overshoot", "clip_box", "missing_images",
+    "image_root", "safe_relpath", "check_caption", "read_splits", "split_from_name", "filter_split", "SPLIT_NAMES",
 ]
 
 SPLIT_NAMES: tuple[str, ...] = ("train", "val", "test")
@@ -79,43 +78,6 @@ class DatasetLoader(ABC):
             return path.relative_to(self.root).as_posix()
         except ValueError:
             return str(path.resolve())
-
-
-def _registry() -> dict[str, type[DatasetLoader]]:
-    from dsanchor.data.clevr import ClevrLoader
-    from dsanchor.data.coco import CocoLoader, SynthLoader
-    from dsanchor.data.flickr import Flickr30kLoader, FlickrLoader
-    from dsanchor.data.folder import FolderLoader
-    from dsanchor.data.vg import VisualGenomeLoader
-
-    return {c.format: c for c in (ClevrLoader, CocoLoader, Flickr30kLoader, FlickrLoader, FolderLoader, SynthLoader,
-                                  VisualGenomeLoader)}
-
-
-def list_formats() -> list[str]:
-    """Names of the dataset formats ``load_dataset`` reads."""
-    return sorted(_registry())
-
-
-def create_loader(format: str, path: str | Path, **options: Any) -> DatasetLoader:
-    """The loader for ``format`` at ``path``; an unknown format raises ``ValueError`` listing the valid ones."""
-    reg = _registry()
-    if format not in reg:
-        raise ValueError(f"unknown dataset format {format!r}; valid formats are {sorted(reg)}")
-    return reg[format](path, **options)
-
-
-def load_dataset(format: str, path: str | Path, split: str | None = None, **options: Any) -> list[Sample]:
-    """Load a dataset as :class:`Sample` records.
-
-    Args:
-        format: one of :func:`list_formats` ("coco", "vg", "clevr", or "synth" for the generator's output).
-        path: the dataset folder (or, for COCO and CLEVR, one annotation file).
-        split: keep only "train", "val" or "test" samples; ``None`` keeps all.
-        **options: loader options, e.g. ``captions=``, ``instances=``, ``image_dir=`` (see each loader's
-            ``Options``).
-    """
-    return create_loader(format, path, **options).load(split)
 
 
 # ---- shared checks ------------------------------------------------------------------------------------------
@@ -178,6 +140,12 @@ def check_bbox(box: Any, width: float, height: float, path: Path, where: str, to
                               f"up to bbox_tolerance={tolerance:g} px past an edge are clipped, so fix it or raise "
                               "the tolerance", where)
     return clip_box(xywh, width, height) if over > 0 else xywh
+
+
+def image_root(path: str | Path) -> Path:
+    """The folder a dataset given as ``path`` (a folder, or one file in it) holds its images under."""
+    path = Path(path)
+    return path if path.is_dir() else path.parent
 
 
 def missing_images(samples: list[Sample], root: str | Path) -> list[Sample]:

@@ -17,7 +17,8 @@ from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
-from dsanchor.data.base import create_loader, missing_images
+from dsanchor.data.base import missing_images
+from dsanchor.data.formats import create_loader
 from dsanchor.data.records import Sample
 from dsanchor.errors import DataError
 

@@ -13,7 +13,7 @@ from pathlib import Path
 
 from PIL import Image, UnidentifiedImageError
 
-from dsanchor.data.base import DatasetLoader
+from dsanchor.data.base import DatasetLoader, image_root
 from dsanchor.data.records import Sample
 from dsanchor.errors import DataError
 
@@ -40,7 +40,7 @@ class FolderLoader(DatasetLoader):
 
     @property
     def root(self) -> Path:
-        return self.path if self.path.is_dir() else self.path.parent
+        return image_root(self.path)
 
     def load(self, split: str | None = None) -> list[Sample]:
         if split is not None:

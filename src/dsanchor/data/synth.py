@@ -20,7 +20,6 @@ CLEVR loader uses, seeded with the same seed (stored in ``scenes.json`` ``info``
 
 from __future__ import annotations
 
-import json
 import logging
 import math
 import time
@@ -48,6 +47,7 @@ from dsanchor.data.render import (
 )
 from dsanchor.data.scene import DEFAULT_DIRECTIONS, clevr_vocabulary, compute_relationships, object_name
 from dsanchor.errors import ConfigError
+from dsanchor.files import write_json
 
 __all__ = ["SynthConfig", "SynthResult", "generate_synth", "build_scene", "render_synth_image", "SPLITS"]
 
@@ -251,12 +251,6 @@ def _coco_images(scenes: list[dict[str, Any]]) -> list[dict[str, Any]]:
             for s in scenes]
 
 
-def _write_json(path: Path, data: Any) -> None:
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(data, separators=(",", ":")))
-    tmp.replace(path)
-
-
 def _write_coco(out: Path, scenes: list[dict[str, Any]], captions: list[list], outlines: list[list]) -> int:
     """captions.json and instances.json; returns the number of captions."""
     info = {"description": "dsanchor synth: CLEVR-style scenes", "version": SYNTH_VERSION, "contributor": "dsanchor"}
@@ -264,7 +258,8 @@ def _write_coco(out: Path, scenes: list[dict[str, Any]], captions: list[list], o
     anns = [{"id": k, "image_id": s["image_index"], "caption": text, "granularity": gran, "fact": fact}
             for k, (s, (text, gran, fact)) in enumerate(((s, c) for s, caps in zip(scenes, captions, strict=True)
                                                     for c in caps), start=1)]
-    _write_json(out / "captions.json", {"info": info, "licenses": [], "images": images, "annotations": anns})
+    write_json(out / "captions.json", {"info": info, "licenses": [], "images": images, "annotations": anns},
+               compact=True)
     v = clevr_vocabulary()
     names = [f"{c} {s}" for s in v.shapes for c in v.colors]
     cat_id = {name: k for k, name in enumerate(names, start=1)}
@@ -277,8 +272,8 @@ def _write_coco(out: Path, scenes: list[dict[str, Any]], captions: list[list], o
                          "bbox": o["bbox"], "area": round(w * h, 2), "iscrowd": 0, "segmentation": polygon,
                          "attributes": [o["size"], o["material"]]})
             k += 1
-    _write_json(out / "instances.json", {"info": info, "licenses": [], "images": images, "annotations": inst,
-                                         "categories": cats})
+    write_json(out / "instances.json", {"info": info, "licenses": [], "images": images, "annotations": inst,
+                                         "categories": cats}, compact=True)
     return len(anns)
 
 
@@ -317,8 +312,9 @@ def generate_synth(out_dir: str | Path, config: SynthConfig | None = None,
     info = {"split": "all", "version": SYNTH_VERSION, "license": "CC BY 4.0", "seed": cfg.seed,
             "image_size": cfg.image_size, "image_height": cfg.image_height or cfg.image_size, "camera": cfg.camera,
             "color_space": cfg.color_space, "captioner": config_to_dict(ccfg)}
-    _write_json(out / "scenes.json", {"info": info, "scenes": scenes})
-    _write_json(out / "splits.json", {sp: [s["image_index"] for s in scenes if s["split"] == sp] for sp in SPLITS})
+    write_json(out / "scenes.json", {"info": info, "scenes": scenes}, compact=True)
+    write_json(out / "splits.json", {sp: [s["image_index"] for s in scenes if s["split"] == sp] for sp in SPLITS},
+               compact=True)
     n_obj = sum(len(s["objects"]) for s in scenes)
     seconds = time.perf_counter() - start
     logger.debug("synth: %d images, %d objects, %d captions in %.1f s -> %s", len(scenes), n_obj, n_caps, seconds, out)

@@ -48,7 +48,7 @@ from dsanchor.features.store import (
     StoreWriter,
 )
 from dsanchor.features.types import GRANULARITY_CODES
-from dsanchor.files import atomic_write_bytes, atomic_write_text
+from dsanchor.files import atomic_write_bytes, write_json
 
 __all__ = ["ExtractConfig", "ExtractResult", "ImageBoxDataset", "TextCache", "build_plan", "extract_features",
            "image_boxes", "init_distributed"]
@@ -306,7 +306,7 @@ def write_object_vocabulary(out: str | Path, samples: Sequence[Sample], encoder:
     names = sorted({o.name for s in samples for o in s.objects})
     emb = encoder.encode_texts(names) if names else torch.zeros(0, encoder.dims.text)  # (V, Dt)
     atomic_write_bytes(Path(out) / OBJECTS_TENSORS, save({"embeddings": emb.float().contiguous()}))
-    atomic_write_text(Path(out) / OBJECTS_NAMES, json.dumps(names))
+    write_json(Path(out) / OBJECTS_NAMES, names, indent=None)
 
 
 def write_timing(out: str | Path, result: ExtractResult) -> None:
@@ -316,7 +316,7 @@ def write_timing(out: str | Path, result: ExtractResult) -> None:
     timing = {"image_ms_per_item": 1000 * result.image_seconds / result.images,
               "text_ms_per_item": 1000 * result.text_seconds / max(result.texts_encoded, 1),
               "images_per_s": result.images_per_s, "summary": result.summary()}
-    atomic_write_text(Path(out) / TIMING, json.dumps(timing, indent=1))
+    write_json(Path(out) / TIMING, timing, indent=1)
 
 
 def _shard_batches(todo: Sequence[int], n: int, shard_size: int, batch_size: int) -> list[tuple[int, list[int]]]:

@@ -39,7 +39,7 @@ from safetensors.torch import load_file, save
 
 from dsanchor.errors import ConfigError, DataError
 from dsanchor.features.types import ImageFeatures, ObjectVocabulary, TextFeatures
-from dsanchor.files import atomic_write_bytes, atomic_write_text
+from dsanchor.files import atomic_write_bytes, write_json
 
 __all__ = ["FORMAT_VERSION", "FeatureStore", "ShardData", "StoreWriter"]
 
@@ -136,7 +136,7 @@ class StoreWriter:
             raise ConfigError(f"{self.path} is not empty and is not a feature store; pass a new --out")
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         if existing is None:
-            atomic_write_text(self.path / PLAN, json.dumps(self.plan, indent=1))
+            write_json(self.path / PLAN, self.plan, indent=1)
         for tmp in self.shard_dir.glob(".*.tmp-*"):  # leftovers of an interrupted write
             tmp.unlink(missing_ok=True)
         return (self.path / MANIFEST).is_file()
@@ -160,7 +160,7 @@ class StoreWriter:
         """Write shard ``index``: sidecar first, tensors last, each atomically."""
         stem = _shard_stem(index)
         sidecar = {"fingerprint": self.fingerprint, **data.strings()}
-        atomic_write_text(self.shard_dir / f"{stem}.json", json.dumps(sidecar))
+        write_json(self.shard_dir / f"{stem}.json", sidecar, indent=None)
         meta = {"fingerprint": self.fingerprint, "n_images": str(len(data.image_paths)),
                 "n_texts": str(len(data.captions))}
         atomic_write_bytes(self.shard_dir / f"{stem}.safetensors", save(data.tensors(), metadata=meta))
@@ -182,7 +182,7 @@ class StoreWriter:
                            "n_images": int(meta["n_images"]), "n_texts": int(meta["n_texts"])})
         manifest = {**self.plan, "shards": shards, "n_images": sum(s["n_images"] for s in shards),
                     "n_texts": sum(s["n_texts"] for s in shards), "split_counts": splits}
-        atomic_write_text(self.path / MANIFEST, json.dumps(manifest, indent=1))
+        write_json(self.path / MANIFEST, manifest, indent=1)
         return manifest
 
 

@@ -7,16 +7,9 @@
 * :mod:`~dsanchor.metrics.tokenize`: the PTB tokenisers and the singulariser these use.
 """
 
-from dsanchor.errors import DsanchorError
-
-
-class MetricInputError(DsanchorError, ValueError):
-    """Inputs a metric cannot score: empty, mismatched ids, wrong types or shapes."""
-
-
-# the submodules import MetricInputError from here, so it is defined first
-from dsanchor.metrics.captioning import CaptionMetrics, bleu, caption_metrics, cider  # noqa: E402
-from dsanchor.metrics.chair import (  # noqa: E402
+from dsanchor.errors import MetricInputError
+from dsanchor.metrics.captioning import CaptionMetrics, bleu, caption_metrics, cider
+from dsanchor.metrics.chair import (
     CaptionChair,
     ChairResult,
     Mention,
@@ -27,9 +20,9 @@ from dsanchor.metrics.chair import (  # noqa: E402
     gt_objects_from_coco,
     list_vocabularies,
 )
-from dsanchor.metrics.pope import PopeMetrics, pope_metrics  # noqa: E402
-from dsanchor.metrics.retrieval import median_rank, ranks_of_first_positive, recall_at_k  # noqa: E402
-from dsanchor.metrics.tokenize import caption_tokens, ptb_tokenize, singularize  # noqa: E402
+from dsanchor.metrics.pope import PopeMetrics, pope_metrics
+from dsanchor.metrics.retrieval import median_rank, ranks_of_first_positive, recall_at_k
+from dsanchor.metrics.tokenize import caption_tokens, ptb_tokenize, singularize
 
 __all__ = [
     "MetricInputError",

@@ -18,7 +18,7 @@ from __future__ import annotations
 from collections.abc import Hashable, Mapping, Sequence
 from typing import NamedTuple
 
-from dsanchor.metrics import MetricInputError
+from dsanchor.errors import MetricInputError
 from dsanchor.metrics.tokenize import TOKENIZERS, caption_tokens
 
 __all__ = ["CaptionMetrics", "bleu", "cider", "caption_metrics"]

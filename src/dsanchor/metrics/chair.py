@@ -44,8 +44,7 @@ from importlib import resources
 from pathlib import Path
 from typing import Any, NamedTuple
 
-from dsanchor.errors import DataError
-from dsanchor.metrics import MetricInputError
+from dsanchor.errors import DataError, MetricInputError
 from dsanchor.metrics.tokenize import ptb_tokenize, singularize
 
 __all__ = ["Mention", "CaptionChair", "ChairResult", "Vocabulary", "CocoVocabulary", "SynthVocabulary",

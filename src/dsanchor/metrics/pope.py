@@ -15,7 +15,7 @@ from typing import NamedTuple
 
 import torch
 
-from dsanchor.metrics import MetricInputError
+from dsanchor.errors import MetricInputError
 
 __all__ = ["PopeMetrics", "pope_metrics"]
 

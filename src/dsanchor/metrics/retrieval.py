@@ -19,7 +19,7 @@ from collections.abc import Sequence
 import numpy as np
 import torch
 
-from dsanchor.metrics import MetricInputError
+from dsanchor.errors import MetricInputError
 
 __all__ = ["ranks_of_first_positive", "recall_at_k", "median_rank", "chance_recall"]
 

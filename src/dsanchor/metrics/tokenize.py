@@ -22,8 +22,7 @@ import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
-from dsanchor.errors import MissingDependencyError
-from dsanchor.metrics import MetricInputError
+from dsanchor.errors import MetricInputError, MissingDependencyError
 
 __all__ = ["PTB_PUNCTUATION", "TOKENIZERS", "java_available", "ptb_tokenize", "ptb_tokenize_java",
            "caption_tokens", "singularize"]

@@ -33,6 +33,7 @@ from stable_baselines3.common.vec_env import DummyVecEnv
 from torch import nn
 
 from dsanchor.controller import ControllerConfig, GranularityController
+from dsanchor.files import write_json
 from dsanchor.rl.env import GranularityEnv, RewardConfig, RewardModel
 
 __all__ = ["PPOConfig", "train_ppo", "controller_for", "export_controller", "run_fingerprint"]
@@ -75,7 +76,7 @@ class _CurveCallback(BaseCallback):
                                "mean_g": float(np.nanmean(self._g))})
             self.logger.record("dsa/mean_g", float(np.nanmean(self._g)))
         self._r, self._g = [], []
-        self.path.write_text(json.dumps(self.curve))
+        write_json(self.path, self.curve, indent=None)
 
 
 def run_fingerprint(states: torch.Tensor, reward_model: RewardModel, reward: RewardConfig, config: PPOConfig,
@@ -99,7 +100,7 @@ def _resumable(ckpt_dir: Path, fingerprint: str) -> None:
               "starting afresh", flush=True)
         shutil.rmtree(ckpt_dir)
     ckpt_dir.mkdir(parents=True, exist_ok=True)
-    record.write_text(json.dumps({"fingerprint": fingerprint}))
+    write_json(record, {"fingerprint": fingerprint}, indent=None)
 
 
 def _latest_checkpoint(ckpt_dir: Path) -> tuple[Path | None, int]:
@@ -192,5 +193,5 @@ def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardCon
     ctrl.save_pretrained(out / "controller")
     info = {"train_time_s": elapsed, "timesteps": int(model.num_timesteps), "resumed_from": done_steps,
             "learning_curve": str(curve_path)}
-    (out / "train_info.json").write_text(json.dumps(info, indent=2))
+    write_json(out / "train_info.json", info)
     return ctrl, info

@@ -23,6 +23,7 @@ from pathlib import Path
 
 import optuna
 
+from dsanchor.files import write_json
 from dsanchor.rl.env import RewardConfig
 
 __all__ = ["TuneConfig", "run_study", "run_parallel", "best_reward", "write_best", "read_best"]
@@ -112,14 +113,12 @@ def best_reward(study: optuna.Study) -> RewardConfig:
 
 def write_best(out_dir: str | Path, study: optuna.Study, reward: RewardConfig) -> Path:
     """Write the best reward weights where `dsanchor train --tuned DIR` and the demo read them."""
-    path = Path(out_dir) / BEST_NAME
-    path.parent.mkdir(parents=True, exist_ok=True)
     trials = [{"number": t.number, "params": t.params, "value": t.value}
               for t in study.get_trials(deepcopy=False) if t.value is not None]
-    path.write_text(json.dumps({"alpha": reward.alpha, "beta": reward.beta, "clip_low": reward.clip_low,
-                                "clip_high": reward.clip_high, "best_value": study.best_value,
-                                "study_name": study.study_name, "trials": trials}, indent=2))
-    return path
+    return write_json(Path(out_dir) / BEST_NAME, {"alpha": reward.alpha, "beta": reward.beta,
+                                                   "clip_low": reward.clip_low, "clip_high": reward.clip_high,
+                                                   "best_value": study.best_value, "study_name": study.study_name,
+                                                   "trials": trials})
 
 
 def read_best(path: str | Path) -> RewardConfig:
