@@ -20,7 +20,7 @@ from dsanchor.errors import DsanchorError
 
 # module name under dsanchor.commands, in the order ``dsanchor --help`` lists them
 COMMANDS: tuple[str, ...] = (
-    "data", "extract", "align", "hallucination", "train", "tune", "caption", "eval", "metrics", "mllm", "demo", "run",
+    "data", "extract", "align", "hallucination", "train", "tune", "caption", "eval", "hardneg", "metrics", "mllm", "demo", "run",
     "index", "search", "caption_images", "serve",
 )
 _CAPTION_ACTIONS = ("train", "generate", "eval", "-h", "--help")
