@@ -27,6 +27,25 @@ def _check(args: argparse.Namespace) -> int:
     return 0
 
 
+def _questions(args: argparse.Namespace) -> int:
+    from dsanchor.data import load_dataset
+    from dsanchor.data.questions import QuestionConfig, generate_questions, write_clevr_questions
+    from dsanchor.errors import ConfigError
+
+    cfg = resolve_config(QuestionConfig, args, load_yaml(args.config), section="questions")
+    samples = load_dataset(args.format, args.data, args.split)
+    try:
+        questions = generate_questions(samples, cfg)
+    except ValueError as exc:
+        raise ConfigError(f"--format {args.format}: {exc}") from None
+    info = {"data": str(args.data), "format": args.format, "split": args.split, "seed": cfg.seed}
+    path = write_clevr_questions(questions, args.out, info)
+    families = len({q.family for q in questions})
+    print(f"{len(questions)} questions of {families} families about {len({q.image_id for q in questions})} images "
+          f"written to {path}")
+    return 0
+
+
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
     parser = subparsers.add_parser("data", help="generate the synth dataset or check a dataset",
                                    description="Generate the built-in CLEVR-style dataset, or validate a dataset.")
@@ -53,3 +72,17 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                             "counted, further out is an error (default: the format's own, printed in the summary)")
     check.add_argument("--json", action="store_true", help="print the summary as JSON")
     check.set_defaults(func=_check)
+
+    from dsanchor.data.questions import QuestionConfig
+
+    questions = actions.add_parser("questions", help="questions with exact answers from scene graphs (CLEVR format)",
+                                   description="Write questions whose answers the scene graphs decide (exist, count, "
+                                               "query_*, compare_integer, relate, majority, absent) in CLEVR's "
+                                               "questions JSON format.")
+    questions.add_argument("--data", required=True, help="dataset root with scene graphs (synth or CLEVR)")
+    questions.add_argument("--format", required=True, choices=list_formats(), help="dataset format")
+    questions.add_argument("--split", choices=("train", "val", "test"), help="only this split (default: all)")
+    questions.add_argument("--out", required=True, help="output JSON file, e.g. questions.json")
+    questions.add_argument("--config", help="YAML file with a 'questions:' section; flags override it")
+    add_config_args(questions, QuestionConfig)
+    questions.set_defaults(func=_questions)
