@@ -1,4 +1,4 @@
-"""``dsanchor mllm caption | build | train | tune | eval | adapt``: DSA inside a local Hugging Face MLLM.
+"""``dsanchor mllm caption | answer | build | train | tune | eval | adapt``: DSA inside a local Hugging Face MLLM.
 
 Examples (the small LLaVA from ``dsanchor mllm build``; the same flags run a 7B model on a GPU)::
 
@@ -23,6 +23,7 @@ import json
 import logging
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import torch.distributed as dist
@@ -32,6 +33,7 @@ from dsanchor.config import add_config_args, load_yaml, resolve_config, save_res
 from dsanchor.mllm import (
     build_from_dataset,
     run_adapt,
+    run_mllm_answer,
     run_mllm_caption,
     run_mllm_eval,
     train_mllm_controller,
@@ -42,6 +44,7 @@ from dsanchor.mllm.config import (
     MLLM_REWARD_DEFAULTS,
     MLLM_TUNE_DEFAULTS,
     AdaptConfig,
+    AnswerConfig,
     BuildConfig,
     CaptionConfig,
     GridConfig,
@@ -142,6 +145,13 @@ def _print_eval(results: dict[str, Any], c: dict[str, Any]) -> None:
     print(f"wrote {c['mllm'].out}/results.json and {c['mllm'].out}/report.md")
 
 
+def _print_answer(result: dict[str, Any], c: dict[str, Any]) -> None:
+    a = result["answers"]
+    print(f"{len(a)} questions answered" + (f", written to {c['answer'].out}" if c["answer"].out else ""))
+    for family, row in result["accuracy"].items():
+        print(f"  {family:<16} accuracy {row['accuracy']:.3f} ({row['n']} questions)")
+
+
 def _print_adapt(info: dict[str, Any], c: dict[str, Any]) -> None:
     print(json.dumps({k: info[k] for k in ("adapter", "seconds", "cider_before", "cider_after")}, indent=None))
 
@@ -153,6 +163,12 @@ ACTIONS: tuple[Action, ...] = (
            (Part(MLLMConfig, "mllm", skip=("cache", "hall_detector", "features")),
             Part(GridConfig, "grid", skip=("grid", "chunk_size")), Part(CaptionConfig, "caption")),
            lambda c, progress: run_mllm_caption(c["mllm"], c["grid"], c["caption"]), _print_caption),
+    Action("answer", "answer a CLEVR-format questions file, with or without DSA (--g or --controller)",
+           "Answer every question of a CLEVR-format questions file (`dsanchor data questions` writes one) about "
+           "the images in --images with a local model; with --g or --controller DSA is attached and the g used is "
+           "written with each answer. Prints accuracy per question family when the file holds answers.",
+           (Part(AnswerConfig, "answer"),),
+           lambda c, progress: run_mllm_answer(c["answer"], progress), _print_answer),
     Action("build", "train a small LLaVA (CLIP vision + Llama) on a dataset's captions",
            "Train transformers' LlavaForConditionalGeneration from a small config on the train split: "
            "contrastive pre-training of the vision tower against MiniLM caption embeddings, then captions mixed "
@@ -220,6 +236,8 @@ def run_action(action: Action, args: argparse.Namespace) -> int:
         dist.destroy_process_group()
     if info is None:  # a torchrun rank other than 0: its share of the work is written
         return 0
-    save_resolved(configs["mllm"].out, **configs)
+    out = next((c.out for c in configs.values() if getattr(c, "out", None)), None)
+    if out is not None and Path(out).suffix != ".json":
+        save_resolved(out, **configs)
     action.report(info, configs)
     return 0

@@ -8,6 +8,7 @@ is ``mllm caption``; :mod:`.build` and :mod:`.pretrain` train the small LLaVA; :
 """
 
 from dsanchor.mllm.adapt import run_adapt
+from dsanchor.mllm.answer import run_mllm_answer
 from dsanchor.mllm.build import build_from_dataset, train_llava
 from dsanchor.mllm.caption import run_mllm_caption
 from dsanchor.mllm.config import (
@@ -29,5 +30,5 @@ from dsanchor.mllm.train import train_mllm_controller, tune_mllm_reward
 
 __all__ = ["AdaptConfig", "BuildConfig", "CaptionConfig", "CaptionRun", "GridConfig", "MLLMConfig", "MLLMData",
            "MLLMEvalConfig", "MLLMTrainConfig", "build_from_dataset", "caption_samples", "load_mllm_data",
-           "mllm_ppo", "mllm_reward", "mllm_tune", "run_adapt", "run_mllm_caption", "run_mllm_eval",
+           "mllm_ppo", "mllm_reward", "mllm_tune", "run_adapt", "run_mllm_answer", "run_mllm_caption", "run_mllm_eval",
            "train_llava", "train_mllm_controller", "tune_mllm_reward"]

@@ -30,7 +30,8 @@ from dsanchor.rl.ppo import PPOConfig
 from dsanchor.rl.tune import TuneConfig, read_best
 
 __all__ = ["MLLMConfig", "GridConfig", "CaptionConfig", "MLLMTrainConfig", "MLLMEvalConfig", "AdaptConfig",
-           "BuildConfig", "MLLM_REWARD_DEFAULTS", "MLLM_PPO_DEFAULTS", "MLLM_TUNE_DEFAULTS", "CHAIR_VOCABULARY",
+           "BuildConfig", "AnswerConfig", "MLLM_REWARD_DEFAULTS", "MLLM_PPO_DEFAULTS", "MLLM_TUNE_DEFAULTS",
+           "CHAIR_VOCABULARY",
            "mllm_reward", "mllm_ppo", "mllm_tune"]
 
 # R = clip(alpha * CIDEr-D + beta * (-hallucinated share)); CIDEr-D is on its raw scale (0 to ~3)
@@ -260,3 +261,38 @@ class BuildConfig:
         if not 0 <= self.coarse_layer <= self.vision_layers:
             raise ConfigError(f"coarse_layer must lie in [0, {self.vision_layers}] (vision_layers); "
                               f"got {self.coarse_layer}")
+
+
+@dataclass
+class AnswerConfig:
+    """``mllm answer``: a CLEVR-format questions file answered by a local MLLM, with or without DSA."""
+
+    model_type: str | None = field(default=None, metadata={"help": "llava, blip2 or idefics"})
+    model_path: str | None = field(default=None, metadata={"help": "local directory saved with save_pretrained"})
+    questions: str | None = field(default=None, metadata={
+        "help": "questions JSON in CLEVR's format (`dsanchor data questions` writes one)"})
+    images: str | None = field(default=None, metadata={"help": "folder the questions' image_filename are in"})
+    g: float | None = field(default=None, metadata={"help": "a fixed g for DSA (with neither --g nor --controller: "
+                                                            "the model as it is)"})
+    controller: str | None = field(default=None, metadata={"help": "a controller from `dsanchor mllm train`"})
+    coarse_layer: int = field(default=1, metadata={"help": "vision hidden-state index that gives V_coarse"})
+    adapter: str | None = field(default=None, metadata={"help": "seam adapter from `dsanchor mllm adapt`"})
+    batch_size: int = field(default=8, metadata={"help": "questions per generate call"})
+    max_new_tokens: int = field(default=5, metadata={"help": "tokens generated per answer"})
+    limit: int | None = field(default=None, metadata={"help": "answer at most this many questions"})
+    device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
+    dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's), float32, float16 or bfloat16"})
+    out: str | None = field(default=None, metadata={"help": "answers JSON to write (default: print a summary only)"})
+
+    def check(self) -> None:
+        """One-line errors for missing or contradictory values."""
+        for name in ("model_type", "model_path", "questions", "images"):
+            if getattr(self, name) is None:
+                raise ConfigError(f"--{name.replace('_', '-')} is required")
+        get_family(self.model_type)
+        if self.g is not None and self.controller is not None:
+            raise ConfigError("give --g or --controller, not both")
+        if self.g is not None and not 0.0 <= self.g <= 1.0:
+            raise ConfigError(f"--g must lie in [0, 1], got {self.g}")
+        if self.batch_size < 1 or self.max_new_tokens < 1:
+            raise ConfigError("--batch-size and --max-new-tokens must be at least 1")
