@@ -1,0 +1,131 @@
+"""Nothing is written before a run is accepted: a command refused because its --out holds the output of other
+inputs exits 2 with one line and leaves every file byte-identical; ``--overwrite`` replaces it; a rerun with the
+same inputs still resumes or reuses. Also unreadable images (``--skip-bad``) and WebP files in folders."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import shutil
+from pathlib import Path
+
+import pytest
+
+from dsanchor.cli import main as cli_main
+
+
+def snapshot(folder: Path) -> dict[str, str]:
+    """Every file and folder under ``folder``: relative path -> sha256 of its bytes ("dir" for a folder)."""
+    return {p.relative_to(folder).as_posix(): "dir" if p.is_dir() else hashlib.sha256(p.read_bytes()).hexdigest()
+            for p in sorted(folder.rglob("*"))}
+
+
+def refused(argv: list[str], folder: Path, capsys) -> str:
+    """Run a command that must be refused: exit 2, one line on stderr, ``folder`` byte-identical; the line."""
+    before = snapshot(folder)
+    capsys.readouterr()
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    lines = [line for line in err.splitlines() if "error:" in line]  # (weight-loading bars are not ours)
+    assert len(lines) == 1 and err.rstrip().endswith(lines[0]), err
+    assert snapshot(folder) == before
+    return lines[0]
+
+
+def _some_images(parts, dest: Path, n: int) -> Path:
+    dest.mkdir(parents=True)
+    for f in sorted((parts / "synth" / "images").glob("*.png"))[:n]:
+        shutil.copy(f, dest / f.name)
+    return dest
+
+
+# ---------------------------------------------------------------- index
+
+
+def test_refused_index_leaves_the_index_untouched_and_overwrite_replaces_it(parts, pipe, tmp_path, capsys):
+    from dsanchor.index import load_index
+
+    idx = tmp_path / "idx"
+    base = ["index", "--pipeline", str(parts / "pipe"), "--out", str(idx), "--workers", "0", "--no-progress"]
+    assert cli_main(base + ["--images", str(parts / "synth" / "images")]) == 0
+    n_all = len(load_index(idx)[0])
+    other = _some_images(parts, tmp_path / "other", 3)
+    err = refused(base + ["--images", str(other)], idx, capsys)
+    assert "another" in err or "other images" in err
+    assert "--overwrite" in err
+    assert len(load_index(idx)[0]) == n_all  # still describes itself
+    before = snapshot(idx)
+    assert cli_main(base + ["--images", str(parts / "synth" / "images")]) == 0  # same inputs: reused
+    assert snapshot(idx) == before
+    assert cli_main(base + ["--images", str(other), "--overwrite"]) == 0
+    index, _ = load_index(idx)
+    meta = json.loads((idx / "index.json").read_text())
+    assert len(index) == meta["n_images"] == 3 and meta["root"] == str(other.resolve())
+
+
+def test_index_refuses_a_folder_that_is_not_an_index_even_with_overwrite(parts, pipe, tmp_path, capsys):
+    mine = _some_images(parts, tmp_path / "photos", 2)
+    (mine / "notes.txt").write_text("mine")
+    argv = ["index", "--pipeline", str(parts / "pipe"), "--images", str(mine), "--out", str(mine), "--workers", "0",
+            "--no-progress"]
+    assert "not a dsanchor index" in refused(argv, mine, capsys)
+    assert "not a dsanchor index" in refused(argv + ["--overwrite"], mine, capsys)
+
+
+def test_index_of_another_pipeline_is_refused_before_writing(parts, pipe, tmp_path):
+    from dsanchor.errors import ConfigError
+    from dsanchor.index import build_index
+    from dsanchor.pipeline import _replace
+
+    build_index(pipe, parts / "synth" / "images", tmp_path / "idx", workers=0, progress=False)
+    before = snapshot(tmp_path / "idx")
+    other = _replace(pipe, heads=type(pipe.heads)(pipe.heads.config))
+    with pytest.raises(ConfigError, match="another pipeline.*--overwrite"):
+        build_index(other, parts / "synth" / "images", tmp_path / "idx", workers=0, progress=False)
+    assert snapshot(tmp_path / "idx") == before
+    build_index(other, parts / "synth" / "images", tmp_path / "idx", workers=0, progress=False, overwrite=True)
+    assert snapshot(tmp_path / "idx") != before
+
+
+# ---------------------------------------------------------------- extract
+
+
+def _extract_argv(parts, data: Path, out: Path) -> list[str]:
+    return ["extract", "--data", str(data), "--format", "synth", "--out", str(out), "--encoder", "clip",
+            "--model-path", str(parts / "clip"), "--coarse-layer", "1", "--workers", "0", "--max-regions", "4",
+            "--no-progress"]
+
+
+def test_refused_extract_leaves_the_store_untouched_and_overwrite_replaces_it(parts, tmp_path, capsys):
+    from dsanchor.features.store import FeatureStore
+
+    out = tmp_path / "feats"
+    argv = _extract_argv(parts, parts / "synth", out)
+    assert cli_main(argv + ["--split", "train"]) == 0
+    err = refused(argv + ["--split", "test"], out, capsys)
+    assert "another extraction" in err and "--overwrite" in err
+    before = snapshot(out)
+    assert cli_main(argv + ["--split", "train"]) == 0  # the same extraction: nothing to do
+    assert {k: v for k, v in snapshot(out).items() if k != "config.yaml"} == \
+        {k: v for k, v in before.items() if k != "config.yaml"}
+    assert cli_main(argv + ["--split", "test", "--overwrite"]) == 0
+    store = FeatureStore(out)
+    assert store.manifest["source"]["split"] == "test" and len(store) == store.manifest["split_counts"]["test"]
+
+
+def test_extract_skip_bad_leaves_out_and_lists_unreadable_images(parts, tmp_path, capsys):
+    from dsanchor.features.store import FeatureStore
+
+    data = tmp_path / "synth"
+    shutil.copytree(parts / "synth", data)
+    victim = sorted((data / "images").glob("*.png"))[1]
+    victim.write_bytes(victim.read_bytes()[:60])  # a truncated PNG: its header reads, its pixels do not
+    argv = _extract_argv(parts, data, tmp_path / "feats")
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert victim.name in err and "--skip-bad" in err
+    assert cli_main(argv + ["--skip-bad"]) == 0
+    out = capsys.readouterr().out
+    assert f"skipped {victim}" in out
+    store = FeatureStore(tmp_path / "feats")
+    assert victim.name not in " ".join(store.image_paths()) and len(store) == 6
