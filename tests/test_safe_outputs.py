@@ -129,3 +129,69 @@ def test_extract_skip_bad_leaves_out_and_lists_unreadable_images(parts, tmp_path
     assert f"skipped {victim}" in out
     store = FeatureStore(tmp_path / "feats")
     assert victim.name not in " ".join(store.image_paths()) and len(store) == 6
+
+
+# ---------------------------------------------------------------- run (stages replaced by quick fakes)
+
+
+@pytest.fixture
+def fake_stages(monkeypatch):
+    """`dsanchor run` with its stages replaced by ones that write random bytes (a rerun would change them)."""
+    import os
+
+    import dsanchor.report.demo_report as report
+    import dsanchor.run as run_module
+
+    def extract(data, fmt, out, config, splits):
+        (out / "store.bin").write_bytes(os.urandom(16))
+
+    def seed_stages(stages, out, config, seed, feat_key, dataset):
+        stages.run(f"align heads (seed {seed})", out / f"seed{seed}" / "heads",
+                   {"features": feat_key, "seed": seed, "epochs": config.align_epochs},
+                   lambda d: (d / "heads.bin").write_bytes(os.urandom(16)), "align")
+        return {"methods": {"fixed_best": {"g": 0.5}}}
+
+    monkeypatch.setattr(run_module, "quiet_progress", lambda: None)
+    monkeypatch.setattr(run_module, "_extract", extract)
+    monkeypatch.setattr(run_module, "_seed_stages", seed_stages)
+    monkeypatch.setattr(run_module, "_pipeline", lambda out, seed0: None)
+    monkeypatch.setattr(report, "write_report", lambda out, results, config: None)
+
+
+def test_refused_run_leaves_the_run_untouched_and_overwrite_replaces_it(fake_stages, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--data", str(tmp_path / "data"), "--format", "synth", "--out", str(out)]
+    assert cli_main(argv) == 0
+    before = snapshot(out)
+    assert cli_main(argv + ["--workers", "0"]) == 0  # same inputs (workers is not one): every stage reused
+    assert "reused" in capsys.readouterr().out and snapshot(out) == before
+    err = refused(argv + ["--split-seed", "3"], out, capsys)
+    assert "other inputs (different split_seed)" in err and "--overwrite" in err
+    err = refused(argv + ["--align-epochs", "3"], out, capsys)
+    assert "different align_epochs" in err
+    assert cli_main(argv + ["--align-epochs", "3", "--overwrite"]) == 0
+    printed = capsys.readouterr().out
+    assert "extract features" in printed and "reused" in printed  # the features did not change
+    after = snapshot(out)
+    assert after["features/store.bin"] == before["features/store.bin"]
+    assert after["seed0/heads/heads.bin"] != before["seed0/heads/heads.bin"]
+    assert json.loads((out / ".run.json").read_text())["align_epochs"] == 3
+
+
+def test_run_from_before_the_record_is_checked_stage_by_stage(fake_stages, tmp_path, capsys):
+    out = tmp_path / "run"
+    argv = ["run", "--data", str(tmp_path / "data"), "--format", "synth", "--out", str(out)]
+    assert cli_main(argv) == 0
+    (out / ".run.json").unlink()  # as a run of an earlier version left it
+    err = refused(argv + ["--split-seed", "3"], out, capsys)
+    assert "'extract features' run with other settings" in err and "--overwrite" in err
+    assert cli_main(argv) == 0 and (out / ".run.json").is_file()  # the same inputs: reused, then recorded
+
+
+def test_run_refuses_a_folder_that_is_not_a_run(fake_stages, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    argv = ["run", "--data", str(tmp_path / "data"), "--format", "synth", "--out", str(mine)]
+    assert "holds no dsanchor run" in refused(argv, mine, capsys)
+    assert "holds no dsanchor run" in refused(argv + ["--overwrite"], mine, capsys)
