@@ -195,3 +195,49 @@ def test_run_refuses_a_folder_that_is_not_a_run(fake_stages, tmp_path, capsys):
     argv = ["run", "--data", str(tmp_path / "data"), "--format", "synth", "--out", str(mine)]
     assert "holds no dsanchor run" in refused(argv, mine, capsys)
     assert "holds no dsanchor run" in refused(argv + ["--overwrite"], mine, capsys)
+
+
+# ---------------------------------------------------------------- train and the other commands that write a folder
+
+
+def _train_argv(parts, out: Path) -> list[str]:
+    return ["train", "--features", str(parts / "feats"), "--heads", str(parts / "heads"), "--out", str(out),
+            "--split", "train", "--timesteps", "64", "--n-envs", "2", "--n-steps", "16", "--batch-size", "32",
+            "--n-epochs", "1", "--hidden", "8", "--layers", "1", "--checkpoint-every", "32"]
+
+
+def test_refused_train_leaves_the_run_untouched_and_overwrite_replaces_it(parts, tmp_path, capsys):
+    out = tmp_path / "ppo"
+    argv = _train_argv(parts, out)
+    assert cli_main(argv) == 0
+    assert (out / "controller").is_dir() and (out / "train_info.json").is_file()
+    assert cli_main(argv) == 0  # the same inputs: resumed (here: already done)
+    err = refused(argv + ["--seed", "1"], out, capsys)
+    assert "other --seed" in err and "--overwrite" in err
+    err = refused(argv[:4] + [str(parts / "feats")] + argv[5:], out, capsys)  # --heads now names the store
+    assert "other --heads" in err
+    assert cli_main(argv + ["--seed", "1", "--overwrite"]) == 0
+    assert json.loads((out / ".dsanchor-out.json").read_text())["args"]["seed"] == 1
+
+
+def test_commands_refuse_a_folder_they_did_not_write(parts, tmp_path, capsys):
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "notes.txt").write_text("mine")
+    for argv in (_train_argv(parts, mine),
+                 ["align", "--features", str(parts / "feats"), "--out", str(mine)],
+                 ["data", "synth", "--out", str(mine), "--scenes", "2"]):
+        assert "holds no dsanchor output" in refused(argv + ["--overwrite"], mine, capsys)
+
+
+@pytest.mark.parametrize("command", ["align", "train", "tune", "eval", "demo", "run", "extract", "index",
+                                     "hallucination train", "caption train", "caption eval", "data synth",
+                                     "mllm build", "mllm caption", "mllm tune", "mllm train", "mllm eval",
+                                     "mllm adapt"])
+def test_every_command_that_writes_a_folder_has_the_one_overwrite_flag(command, capsys):
+    from dsanchor.commands._common import OVERWRITE_HELP
+
+    with pytest.raises(SystemExit):
+        cli_main(command.split() + ["--help"])
+    text = " ".join(capsys.readouterr().out.split())
+    assert "--overwrite" in text and " ".join(OVERWRITE_HELP.split()) in text

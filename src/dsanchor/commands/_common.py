@@ -22,7 +22,7 @@ from dsanchor.errors import ConfigError
 from dsanchor.files import write_json
 
 __all__ = ["add_common", "yaml_of", "write_json", "set_threads", "OVERWRITE_HELP", "OUT_RECORD", "add_overwrite",
-           "command_inputs", "accept_out"]
+           "command_inputs", "accept_out", "accept_command_out"]
 
 OVERWRITE_HELP = ("replace what --out holds when it was made from other inputs (without it such an --out is refused "
                   "and left untouched; a rerun with the same inputs resumes or reuses it without this flag)")
@@ -103,3 +103,10 @@ def accept_out(out: str | Path, inputs: dict[str, Any], overwrite: bool | None) 
             raise ConfigError(f"--out {folder} holds {why}; pass a new --out, or --overwrite to replace it")
         shutil.rmtree(folder)
     write_json(folder / OUT_RECORD, inputs, indent=1)
+
+
+def accept_command_out(args: argparse.Namespace, command: str, out: str | Path | None = None) -> None:
+    """:func:`accept_out` for a command: its ``--out`` (or ``out``), its inputs, its ``--overwrite``."""
+    target = args.out if out is None else out
+    if target is not None:  # (a missing --out is the command's own error)
+        accept_out(target, command_inputs(args, command), getattr(args, "overwrite", None))

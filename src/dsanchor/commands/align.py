@@ -15,6 +15,9 @@ def add_parser(sub) -> None:
     p.add_argument("--out", required=True, help="run directory for the heads")
     p.add_argument("--init", default=None, help="saved heads to fine-tune (e.g. trained on synth); keeps their "
                                                  "architecture")
+    from dsanchor.commands._common import add_overwrite
+
+    add_overwrite(p)
     add_common(p)
     add_config_args(p, AlignConfig, skip=("coarse_dim", "region_dim", "text_dim"))
     add_config_args(p, AlignTrainConfig)
@@ -28,8 +31,12 @@ def run(args) -> int:
 
     set_threads(args)
     y = yaml_of(args)
-    info = align_stage(args.features, args.out, resolve_config(AlignConfig, args, y, section="align"),
-                       resolve_config(AlignTrainConfig, args, y, section="align_train"), init=args.init)
+    align = resolve_config(AlignConfig, args, y, section="align")
+    align_train = resolve_config(AlignTrainConfig, args, y, section="align_train")
+    from dsanchor.commands._common import accept_command_out
+
+    accept_command_out(args, "align")  # before anything is written
+    info = align_stage(args.features, args.out, align, align_train, init=args.init)
     print(f"heads saved to {args.out} ({info['train_time_s']:.1f}s); test text->image, coarse / fine:")
     for name, row in info["test"].items():
         exact = (f"  exact R@1 {row['exact_coarse_R@1']:.3f} / {row['exact_fine_R@1']:.3f}"

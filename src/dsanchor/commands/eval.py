@@ -22,6 +22,9 @@ def add_parser(sub) -> None:
     p.add_argument("--hall-detector", default=None, help="hallucination detector run (adds POPE)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--out", required=True, help="output directory for results.json and results.md")
+    from dsanchor.commands._common import add_overwrite
+
+    add_overwrite(p)
     add_common(p)
     add_config_args(p, EvalConfig)
     add_config_args(p, StateConfig)
@@ -38,10 +41,14 @@ def run(args) -> int:
 
     set_threads(args)
     y = yaml_of(args)
+    config = resolve_config(EvalConfig, args, y, section="eval")
+    state = resolve_config(StateConfig, args, y, section="state")
+    gate = resolve_config(GateConfig, args, y, prefix="gate_", section="gate")
+    from dsanchor.commands._common import accept_command_out
+
+    accept_command_out(args, "eval")  # before anything is written
     results = eval_stage(args.features, args.heads, args.out, args.controller, args.captioning, args.hall_detector,
-                         resolve_config(EvalConfig, args, y, section="eval"),
-                         resolve_config(StateConfig, args, y, section="state"),
-                         resolve_config(GateConfig, args, y, prefix="gate_", section="gate"), args.split)
+                         config, state, gate, args.split)
     table = main_table(results) + "\n\n" + granularity_table(results) + "\n\n" + paired_table(results)
     (Path(args.out) / "results.md").write_text(table + "\n")
     print(table)

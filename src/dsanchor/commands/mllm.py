@@ -193,12 +193,15 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                    description="Run DSA inside a local Hugging Face multimodal LLM.")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     sub = parser.add_subparsers(dest="mllm_command", metavar="ACTION")
+    from dsanchor.commands._common import add_overwrite
+
     for action in ACTIONS:
         p = sub.add_parser(action.name, help=action.help, description=action.description)
         p.add_argument("--config", default=None, help="YAML file with sections "
                                                       + ", ".join(part.section for part in action.parts))
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        add_overwrite(p)
         for part in action.parts:
             add_config_args(p, part.cls, prefix=part.prefix, skip=part.skip)
         p.set_defaults(func=lambda args, action=action: run_action(action, args))
@@ -215,6 +218,9 @@ def run_action(action: Action, args: argparse.Namespace) -> int:
     y = load_yaml(args.config)
     configs = {part.section: resolve_config(part.cls, args, y, prefix=part.prefix, section=part.section,
                                             defaults=part.defaults) for part in action.parts}
+    from dsanchor.commands._common import accept_command_out
+
+    accept_command_out(args, f"mllm {action.name}", out=configs["mllm"].out)  # before anything is written
     info = action.run(configs, not args.quiet)
     if dist.is_available() and dist.is_initialized():  # leave torchrun's process group
         dist.destroy_process_group()

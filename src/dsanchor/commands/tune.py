@@ -14,6 +14,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="tune the reward (beta/alpha, clip bounds) with Optuna (GPSampler)")
     add_rl_inputs(p)
     p.add_argument("--out", required=True, help="directory for best_reward.json (and the default SQLite study)")
+    from dsanchor.commands._common import add_overwrite
+
+    add_overwrite(p)
     add_common(p)
     add_config_args(p, TuneConfig)
     add_config_args(p, PPOConfig, prefix="ppo_", skip=("timesteps", "checkpoint_every"))
@@ -29,11 +32,15 @@ def run(args) -> int:
 
     set_threads(args)
     y = yaml_of(args)
-    study, reward = tune_stage(args.features, args.heads, args.hall_detector, args.out,
-                               resolve_config(StateConfig, args, y, section="state"),
-                               resolve_config(TuneConfig, args, y, section="tune"),
-                               resolve_config(PPOConfig, args, y, prefix="ppo_", section="ppo"),
-                               resolve_config(AccuracyConfig, args, y, section="accuracy"), args.split)
+    state = resolve_config(StateConfig, args, y, section="state")
+    tune = resolve_config(TuneConfig, args, y, section="tune")
+    ppo = resolve_config(PPOConfig, args, y, prefix="ppo_", section="ppo")
+    accuracy = resolve_config(AccuracyConfig, args, y, section="accuracy")
+    from dsanchor.commands._common import accept_command_out
+
+    accept_command_out(args, "tune")  # before anything is written
+    study, reward = tune_stage(args.features, args.heads, args.hall_detector, args.out, state, tune, ppo, accuracy,
+                               args.split)
     print(f"best of {len(study.trials)} trials: beta/alpha={reward.beta:.3f} clip=[{reward.clip_low:.2f}, "
           f"{reward.clip_high:.2f}] (2-fold val objective {study.best_value:.4f}); written to "
           f"{args.out}/best_reward.json, plot {args.out}/objective.png")
