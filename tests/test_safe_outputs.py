@@ -241,3 +241,80 @@ def test_every_command_that_writes_a_folder_has_the_one_overwrite_flag(command, 
         cli_main(command.split() + ["--help"])
     text = " ".join(capsys.readouterr().out.split())
     assert "--overwrite" in text and " ".join(OVERWRITE_HELP.split()) in text
+
+
+# ---------------------------------------------------------------- unreadable images, WebP, data check, messages
+
+
+def _folder_with_bad_files(tmp_path: Path) -> Path:
+    from PIL import Image
+
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for i, size in enumerate([(40, 30), (20, 50), (32, 32)]):
+        Image.new("RGB", size, (40 * i, 90, 20)).save(folder / f"good{i}.png")
+    Image.new("RGB", (24, 24), (200, 10, 10)).save(folder / "good3.webp")
+    (folder / "garbage.jpg").write_bytes(b"not an image at all")
+    truncated = folder / "truncated.png"
+    Image.new("RGB", (64, 64), (1, 2, 3)).save(truncated)
+    truncated.write_bytes(truncated.read_bytes()[:60])
+    return folder
+
+
+def test_index_skip_bad_lists_unreadable_images_and_indexes_the_rest(parts, pipe, tmp_path, capsys):
+    folder = _folder_with_bad_files(tmp_path)
+    argv = ["index", "--pipeline", str(parts / "pipe"), "--images", str(folder), "--out", str(tmp_path / "idx"),
+            "--workers", "0", "--no-progress"]
+    assert cli_main(argv) == 2
+    err = capsys.readouterr().err
+    assert "garbage.jpg" in err and "--skip-bad" in err
+    assert not (tmp_path / "idx").exists()
+    assert cli_main(argv + ["--skip-bad"]) == 0
+    out = capsys.readouterr().out.splitlines()
+    assert sum(line.startswith("skipped ") for line in out) == 2
+    assert "4 images" in out[-1] and "2 unreadable left out" in out[-1]  # three PNGs and the WebP
+
+
+def test_folders_read_webp_and_say_what_they_leave_out(tmp_path, caplog):
+    from PIL import Image
+
+    from dsanchor.data import load_dataset
+
+    Image.new("RGB", (30, 20)).save(tmp_path / "a.webp")
+    Image.new("RGB", (30, 20)).save(tmp_path / "b.gif")
+    Image.new("RGB", (30, 20)).save(tmp_path / "c.bmp")
+    samples = load_dataset("images", tmp_path)
+    assert [Path(s.image_path).name for s in samples] == ["a.webp"]
+    assert (samples[0].width, samples[0].height) == (30, 20)
+    assert "left out 1 .bmp file, 1 .gif file" in caplog.text
+
+
+def test_data_check_names_every_bad_file_and_says_no_splits(tmp_path, capsys):
+    from dsanchor.data import check_dataset, format_summary
+    from dsanchor.errors import DataError
+
+    folder = _folder_with_bad_files(tmp_path)
+    with pytest.raises(DataError, match="not a readable image"):  # loading reads every header
+        check_dataset("images", folder)
+    (folder / "garbage.jpg").unlink()
+    (folder / "also-truncated.png").write_bytes((folder / "truncated.png").read_bytes())
+    with pytest.raises(DataError, match=r"2 of 6 image files cannot be used: also-truncated.png \(.*truncated.png"):
+        check_dataset("images", folder)
+    for f in ("truncated.png", "also-truncated.png"):
+        (folder / f).unlink()
+    assert "images: 4 (no splits)" in format_summary(check_dataset("images", folder))
+
+
+def test_loader_errors_say_what_to_pass_on_the_command_line(tmp_path, capsys):
+    (tmp_path / "coco").mkdir()
+    assert cli_main(["data", "check", str(tmp_path / "coco"), "--format", "coco"]) == 2
+    err = capsys.readouterr().err
+    assert "--data FILE" in err and "captions=PATH in Python" in err
+
+
+def test_mllm_help_lists_its_actions_in_workflow_order(capsys):
+    with pytest.raises(SystemExit):
+        cli_main(["mllm", "--help"])
+    text = capsys.readouterr().out
+    listed = [line.split()[0] for line in text.splitlines() if line.startswith("    ") and line[4] != " "]
+    assert listed == ["build", "caption", "tune", "train", "eval", "adapt"]

@@ -1,13 +1,13 @@
-"""``dsanchor mllm caption | build | train | tune | eval | adapt``: DSA inside a local Hugging Face MLLM.
+"""``dsanchor mllm build | caption | tune | train | eval | adapt``: DSA inside a local Hugging Face MLLM.
 
 Examples (the small LLaVA from ``dsanchor mllm build``; the same flags run a 7B model on a GPU)::
 
     dsanchor mllm build --data D --format synth --out M
     dsanchor mllm caption --model-type llava --model-path M --data D --format synth --g 0.5 --out runs/cap
-    dsanchor mllm adapt --model-type llava --model-path M --data D --format synth --out runs/adapter
     dsanchor mllm tune  --model-type llava --model-path M --data D --format synth --out runs/tune
     dsanchor mllm train --model-type llava --model-path M --data D --format synth --tuned runs/tune --out runs/ctrl
     dsanchor mllm eval  --model-type llava --model-path M --data D --format synth --controller runs/ctrl --out runs/eval
+    dsanchor mllm adapt --model-type llava --model-path M --data D --format synth --out runs/adapter
 
 Every action takes its flags from the configs of :mod:`dsanchor.mllm.config` (``--config FILE``: a YAML file
 with one section per config; flags override it) and writes the resolved ``config.yaml`` next to its outputs.
@@ -147,12 +147,6 @@ def _print_adapt(info: dict[str, Any], c: dict[str, Any]) -> None:
 
 
 ACTIONS: tuple[Action, ...] = (
-    Action("caption", "caption a dataset with and without DSA; report BLEU, CIDEr, CHAIR",
-           "Caption a split with a local model (LLaVA, BLIP-2 or IDEFICS), with and without DSA (--dsa or --g), "
-           "and report BLEU, CIDEr (raw scale) and CHAIR.",
-           (Part(MLLMConfig, "mllm", skip=("cache", "hall_detector", "features")),
-            Part(GridConfig, "grid", skip=("grid", "chunk_size")), Part(CaptionConfig, "caption")),
-           lambda c, progress: run_mllm_caption(c["mllm"], c["grid"], c["caption"]), _print_caption),
     Action("build", "train a small LLaVA (CLIP vision + Llama) on a dataset's captions",
            "Train transformers' LlavaForConditionalGeneration from a small config on the train split: "
            "contrastive pre-training of the vision tower against MiniLM caption embeddings, then captions mixed "
@@ -160,13 +154,12 @@ ACTIONS: tuple[Action, ...] = (
            "(word-level tokenizer) to --out for from_pretrained.",
            (Part(MLLMConfig, "mllm", skip=MODEL_FIELDS), Part(BuildConfig, "build")),
            lambda c, progress: build_from_dataset(c["mllm"], c["build"], progress), _print_build),
-    Action("train", "PPO controller for an attached MLLM, on cached grid captions",
-           "Caption the train split at a grid of g (cached, resumable, torchrun-sharded), score CIDEr-D and "
-           "hallucination, train SB3 PPO on the interpolated rewards; the controller goes to OUT/controller.",
-           (MLLM, GRID, Part(RewardConfig, "reward", defaults=MLLM_REWARD_DEFAULTS), Part(MLLMTrainConfig, "train"),
-            PPO),
-           lambda c, progress: train_mllm_controller(c["mllm"], c["grid"], c["reward"], c["train"], c["ppo"],
-                                                     progress), _print_train),
+    Action("caption", "caption a dataset with and without DSA; report BLEU, CIDEr, CHAIR",
+           "Caption a split with a local model (LLaVA, BLIP-2 or IDEFICS), with and without DSA (--dsa or --g), "
+           "and report BLEU, CIDEr (raw scale) and CHAIR.",
+           (Part(MLLMConfig, "mllm", skip=("cache", "hall_detector", "features")),
+            Part(GridConfig, "grid", skip=("grid", "chunk_size")), Part(CaptionConfig, "caption")),
+           lambda c, progress: run_mllm_caption(c["mllm"], c["grid"], c["caption"]), _print_caption),
     Action("tune", "Bayesian optimisation (Optuna GPSampler) of the MLLM reward on val",
            "Search beta / alpha and the clip bounds with Optuna's GPSampler on the val grid cache (2-fold PPO "
            "score); the study is in an RDB shared by workers. Writes OUT/best_reward.json for `mllm train "
@@ -174,6 +167,13 @@ ACTIONS: tuple[Action, ...] = (
            (MLLM, GRID, Part(TuneConfig, "tune", prefix="tune_", defaults=MLLM_TUNE_DEFAULTS),
             Part(PPOConfig, "ppo", prefix="ppo_", skip=("timesteps",), defaults=MLLM_PPO_DEFAULTS)),
            lambda c, progress: tune_mllm_reward(c["mllm"], c["grid"], c["tune"], c["ppo"], progress), _print_tune),
+    Action("train", "PPO controller for an attached MLLM, on cached grid captions",
+           "Caption the train split at a grid of g (cached, resumable, torchrun-sharded), score CIDEr-D and "
+           "hallucination, train SB3 PPO on the interpolated rewards; the controller goes to OUT/controller.",
+           (MLLM, GRID, Part(RewardConfig, "reward", defaults=MLLM_REWARD_DEFAULTS), Part(MLLMTrainConfig, "train"),
+            PPO),
+           lambda c, progress: train_mllm_controller(c["mllm"], c["grid"], c["reward"], c["train"], c["ppo"],
+                                                     progress), _print_train),
     Action("eval", "base / fixed_best / dsa_ppo / oracle: BLEU, CIDEr, CHAIR, POPE, R@K, time",
            "Evaluate the unmodified model, the best fixed g (on val), the PPO controller and the per-image oracle "
            "on the test split; writes results.json and report.md.",
