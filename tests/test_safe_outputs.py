@@ -318,3 +318,21 @@ def test_mllm_help_lists_its_actions_in_workflow_order(capsys):
     text = capsys.readouterr().out
     listed = [line.split()[0] for line in text.splitlines() if line.startswith("    ") and line[4] != " "]
     assert listed == ["build", "caption", "tune", "train", "eval", "adapt"]
+
+
+def test_a_folder_left_by_a_run_that_failed_at_once_is_taken_as_empty(tmp_path):
+    from dsanchor.commands._common import OUT_RECORD, accept_out
+    from dsanchor.errors import ConfigError
+
+    out = tmp_path / "out"
+    accept_out(out, {"command": "align", "args": {"epochs": 1}, "config": {}}, None)
+    (out / "config.yaml").write_text("align: {}\n")  # then the command stopped with a one-line error
+    accept_out(out, {"command": "align", "args": {"epochs": 2}, "config": {}}, None)  # the corrected rerun
+    assert json.loads((out / OUT_RECORD).read_text())["args"]["epochs"] == 2
+    (out / "heads.safetensors").write_bytes(b"weights")
+    with pytest.raises(ConfigError, match="other --epochs; pass a new --out, or --overwrite"):
+        accept_out(out, {"command": "align", "args": {"epochs": 3}, "config": {}}, None)
+    with pytest.raises(ConfigError, match="an output of `dsanchor align`"):
+        accept_out(out, {"command": "train", "args": {"epochs": 2}, "config": {}}, None)
+    with pytest.raises(ConfigError, match="is a file"):
+        accept_out(out / "heads.safetensors", {"command": "align", "args": {}, "config": {}}, None)

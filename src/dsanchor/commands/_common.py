@@ -90,8 +90,9 @@ def accept_out(out: str | Path, inputs: dict[str, Any], overwrite: bool | None) 
         raise ConfigError(f"--out {folder} is a file; pass a folder")
     if not _is_main_rank():
         return
-    entries = [p.name for p in folder.iterdir()] if folder.is_dir() else []
-    if entries and entries != [OUT_RECORD]:  # a folder holding only the record is empty (an earlier run failed)
+    entries = {p.name for p in folder.iterdir()} if folder.is_dir() else set()
+    if not entries <= {OUT_RECORD, "config.yaml"} or entries == {"config.yaml"}:
+        # (the record and at most config.yaml: a run that failed before it produced anything, taken as empty)
         if not any((folder / name).exists() for name in _OWN_FILES):
             raise ConfigError(f"--out {folder} is not empty and holds no dsanchor output; pass a new --out")
         record = folder / OUT_RECORD

@@ -7,6 +7,7 @@ from dsanchor.config import add_config_args, resolve_config
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.demo import DemoConfig, MLLMDemoConfig
 
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 8 minutes on 2 idle cores)")
@@ -14,8 +15,6 @@ def add_parser(sub) -> None:
                                                "runs/demo, with --mllm runs/demo_mllm)")
     p.add_argument("--mllm", action="store_true", help="the MLLM part instead: build a small LLaVA, grid cache, "
                                                        "tune, PPO and eval (its own ~10-minute budget)")
-    from dsanchor.commands._common import add_overwrite
-
     add_overwrite(p)
     add_common(p)
     add_config_args(p, DemoConfig)

@@ -10,6 +10,7 @@ from dsanchor.config import add_config_args, resolve_config
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.eval.methods import EvalConfig
     from dsanchor.gate import GateConfig
     from dsanchor.state import StateConfig
@@ -22,8 +23,6 @@ def add_parser(sub) -> None:
     p.add_argument("--hall-detector", default=None, help="hallucination detector run (adds POPE)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--out", required=True, help="output directory for results.json and results.md")
-    from dsanchor.commands._common import add_overwrite
-
     add_overwrite(p)
     add_common(p)
     add_config_args(p, EvalConfig)
@@ -33,6 +32,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.eval.methods import EvalConfig
     from dsanchor.gate import GateConfig
     from dsanchor.report.results import granularity_table, main_table, paired_table
@@ -44,8 +44,6 @@ def run(args) -> int:
     config = resolve_config(EvalConfig, args, y, section="eval")
     state = resolve_config(StateConfig, args, y, section="state")
     gate = resolve_config(GateConfig, args, y, prefix="gate_", section="gate")
-    from dsanchor.commands._common import accept_command_out
-
     accept_command_out(args, "eval")  # before anything is written
     results = eval_stage(args.features, args.heads, args.out, args.controller, args.captioning, args.hall_detector,
                          config, state, gate, args.split)

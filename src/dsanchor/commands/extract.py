@@ -43,6 +43,8 @@ def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from dsanchor.commands._common import add_overwrite
+
     p = subparsers.add_parser(
         "extract", help="encode a dataset into a feature store",
         description="Encode images (coarse + region vectors) and captions into a sharded feature store. "
@@ -57,8 +59,6 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "to the model's")
     p.add_argument("--split", default=None, help="only the images of this split (default: all)")
     add_common(p)  # --config YAML (sections extract, regions, encoder) and --threads
-    from dsanchor.commands._common import add_overwrite
-
     add_overwrite(p)  # the one --overwrite of every command (ExtractConfig.overwrite)
     add_config_args(p, ExtractConfig, skip=("overwrite",))
     add_config_args(p, RegionConfig)

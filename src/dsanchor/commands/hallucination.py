@@ -23,6 +23,7 @@ METRICS_NAME = "detector_metrics.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.hallucination import DetectorConfig, DetectorTrainConfig, PopeConfig
 
     p = sub.add_parser("hallucination", help="train / evaluate the object-hallucination detector (POPE)")
@@ -31,8 +32,6 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = hsub.add_parser("train", help="train the detector on annotated objects and POPE-style negatives")
     t.add_argument("--features", required=True, help="feature store written by `dsanchor extract`")
     t.add_argument("--out", required=True, help="run directory for the detector")
-    from dsanchor.commands._common import add_overwrite
-
     add_overwrite(t)
     add_common(t)
     add_config_args(t, DetectorConfig, skip=("coarse_dim", "region_dim", "text_dim"))
@@ -60,6 +59,7 @@ def format_pope(results: dict[str, dict[str, float]]) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.hallucination import DetectorConfig, DetectorTrainConfig, PopeConfig
     from dsanchor.stages import detector_stage
 
@@ -68,8 +68,6 @@ def run_train(args: argparse.Namespace) -> int:
     detector = resolve_config(DetectorConfig, args, y, section="detector")
     train = resolve_config(DetectorTrainConfig, args, y, section="detector_train")
     pope = resolve_config(PopeConfig, args, y, prefix="pope_", section="pope")
-    from dsanchor.commands._common import accept_command_out
-
     accept_command_out(args, "hallucination train")  # before anything is written
     info = detector_stage(args.features, args.out, detector, train, pope)
     print(f"detector saved to {args.out} ({info['train_time_s']:.1f}s, best epoch {info['best_epoch']})")

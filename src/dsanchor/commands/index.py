@@ -8,6 +8,8 @@ SKIPPED_SHOWN = 10  # unreadable files listed one per line; the rest are counted
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
+
     p = sub.add_parser("index", help="index a folder of images (or a dataset) for `dsanchor search`")
     p.add_argument("--pipeline", required=True, help="a saved pipeline (e.g. runs/demo/pipeline)")
     src = p.add_mutually_exclusive_group(required=True)
@@ -21,8 +23,6 @@ def add_parser(sub) -> None:
     p.add_argument("--no-progress", dest="progress", action="store_false", help="no progress bar")
     p.add_argument("--skip-bad", action="store_true",
                    help="leave out images that cannot be read (each is listed) instead of stopping at the first")
-    from dsanchor.commands._common import add_overwrite
-
     add_overwrite(p)
     add_common(p)
     p.set_defaults(func=run)

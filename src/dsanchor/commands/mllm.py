@@ -189,12 +189,12 @@ ACTIONS: tuple[Action, ...] = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from dsanchor.commands._common import add_overwrite
+
     parser = subparsers.add_parser("mllm", help="run DSA inside a Hugging Face multimodal LLM",
                                    description="Run DSA inside a local Hugging Face multimodal LLM.")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
     sub = parser.add_subparsers(dest="mllm_command", metavar="ACTION")
-    from dsanchor.commands._common import add_overwrite
-
     for action in ACTIONS:
         p = sub.add_parser(action.name, help=action.help, description=action.description)
         p.add_argument("--config", default=None, help="YAML file with sections "
@@ -209,6 +209,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_action(action: Action, args: argparse.Namespace) -> int:
     """Resolve the action's configs (defaults < YAML < flags), run it, save config.yaml and print its summary."""
+    from dsanchor.commands._common import accept_command_out
+
     set_threads(args)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     if args.quiet:
@@ -218,8 +220,6 @@ def run_action(action: Action, args: argparse.Namespace) -> int:
     y = load_yaml(args.config)
     configs = {part.section: resolve_config(part.cls, args, y, prefix=part.prefix, section=part.section,
                                             defaults=part.defaults) for part in action.parts}
-    from dsanchor.commands._common import accept_command_out
-
     accept_command_out(args, f"mllm {action.name}", out=configs["mllm"].out)  # before anything is written
     info = action.run(configs, not args.quiet)
     if dist.is_available() and dist.is_initialized():  # leave torchrun's process group

@@ -7,6 +7,7 @@ from dsanchor.config import add_config_args, resolve_config
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.data import list_formats
     from dsanchor.run import RunConfig
 
@@ -18,8 +19,6 @@ def add_parser(sub) -> None:
     p.add_argument("--splits", default=None,
                    help="split file: splits.json {train: [ids], val: [...], test: [...]} or Karpathy's "
                         "dataset_coco.json (default: the dataset's own splits, else a seeded 60/20/20 split)")
-    from dsanchor.commands._common import add_overwrite
-
     add_overwrite(p)
     add_common(p)
     add_config_args(p, RunConfig)

@@ -21,6 +21,7 @@ def add_rl_inputs(p) -> None:
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.rl.env import RewardConfig
     from dsanchor.rl.ppo import PPOConfig
 
@@ -28,8 +29,6 @@ def add_parser(sub) -> None:
     add_rl_inputs(p)
     p.add_argument("--tuned", default=None, help="read alpha and beta from `dsanchor tune --out DIR`")
     p.add_argument("--out", required=True, help="run directory (rerun to resume)")
-    from dsanchor.commands._common import add_overwrite
-
     add_overwrite(p)
     add_common(p)
     add_config_args(p, RewardConfig)
@@ -38,6 +37,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.rl.env import RewardConfig
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.reward import AccuracyConfig
@@ -55,8 +55,6 @@ def run(args) -> int:
     state = resolve_config(StateConfig, args, y, section="state")
     ppo = resolve_config(PPOConfig, args, y, section="ppo")
     accuracy = resolve_config(AccuracyConfig, args, y, section="accuracy")
-    from dsanchor.commands._common import accept_command_out
-
     accept_command_out(args, "train")  # before anything is written
     ctrl, info = train_stage(args.features, args.heads, args.hall_detector, args.out, reward, state, ppo, accuracy,
                              args.split)

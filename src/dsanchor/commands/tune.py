@@ -7,6 +7,7 @@ from dsanchor.config import add_config_args, resolve_config
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.commands.train import add_rl_inputs
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.tune import TuneConfig
@@ -14,8 +15,6 @@ def add_parser(sub) -> None:
     p = sub.add_parser("tune", help="tune the reward (beta/alpha, clip bounds) with Optuna (GPSampler)")
     add_rl_inputs(p)
     p.add_argument("--out", required=True, help="directory for best_reward.json (and the default SQLite study)")
-    from dsanchor.commands._common import add_overwrite
-
     add_overwrite(p)
     add_common(p)
     add_config_args(p, TuneConfig)
@@ -24,6 +23,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.reward import AccuracyConfig
     from dsanchor.rl.tune import TuneConfig
@@ -36,8 +36,6 @@ def run(args) -> int:
     tune = resolve_config(TuneConfig, args, y, section="tune")
     ppo = resolve_config(PPOConfig, args, y, prefix="ppo_", section="ppo")
     accuracy = resolve_config(AccuracyConfig, args, y, section="accuracy")
-    from dsanchor.commands._common import accept_command_out
-
     accept_command_out(args, "tune")  # before anything is written
     study, reward = tune_stage(args.features, args.heads, args.hall_detector, args.out, state, tune, ppo, accuracy,
                                args.split)
