@@ -130,7 +130,10 @@ def _accept_folder(folder: Path, digest: str, writer, overwrite: bool) -> None:
         raise ConfigError(f"{folder} holds {why}; pass a new --out, or --overwrite to replace it")
     for name in _INDEX_FILES:
         path = folder / name
-        shutil.rmtree(path) if path.is_dir() else path.unlink(missing_ok=True)
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _finish(pipe, store, folder: Path | None) -> ImageIndex:
