@@ -273,6 +273,7 @@ def test_index_skip_bad_lists_unreadable_images_and_indexes_the_rest(parts, pipe
     out = capsys.readouterr().out.splitlines()
     assert sum(line.startswith("skipped ") for line in out) == 2
     assert "4 images" in out[-1] and "2 unreadable left out" in out[-1]  # three PNGs and the WebP
+    assert json.loads((tmp_path / "idx" / "index.json").read_text())["n_images"] == 4
 
 
 def test_folders_read_webp_and_say_what_they_leave_out(tmp_path, caplog):

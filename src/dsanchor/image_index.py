@@ -196,6 +196,8 @@ def build_index(pipe, images: str | Path | Sequence[str | Path] | None = None, o
     result = extract_features(samples, root, folder / "features", pipe.encoder, config, pipe.regions, source=source)
     index = _finish(pipe, FeatureStore(folder / "features"), None if out is None else folder)
     index.skipped = (skipped or []) + result.skipped
+    if out is not None and len(index) != meta["n_images"]:  # unreadable images were left out (skip_bad)
+        write_json(folder / INDEX_FILE, {**meta, "n_images": len(index)})
     if tmp is not None:
         index._tmp = tmp  # keep the temporary store alive as long as the index
     return index
