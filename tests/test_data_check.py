@@ -50,7 +50,7 @@ def test_synth_checks_the_same_through_coco_and_clevr(synth_template, capsys):
 
 @pytest.mark.parametrize("fmt,name,expect", [
     ("coco", "coco", ["images: 3 (test 1, train 1, val 1)", "captions: 5 (unknown 5)", "objects: 3", "categories: 3"]),
-    ("vg", "vg", ["images: 2 (none 2)", "captions: 3 (object 3)", "objects: 3", "categories: 3"]),
+    ("vg", "vg", ["images: 2 (no splits)", "captions: 3 (object 3)", "objects: 3", "categories: 3"]),
     ("clevr", "clevr", ["images: 2 (val 2)", "captions: 10 (object 4, relation 2, scene 4)", "objects: 7"]),
 ])
 def test_fixture_summaries(tmp_path, capsys, fmt, name, expect):

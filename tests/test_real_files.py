@@ -121,7 +121,7 @@ def test_data_check_on_real_vg_needs_allow_missing(capsys):
     assert "--allow-missing" in err
     rc, out, err = run(["data", "check", "--format", "vg", "--allow-missing", str(REAL / "vg")], capsys)
     assert rc == 0, err
-    assert {"images: 5 (none 5)", "captions: 471 (object 471)", "objects: 118",
+    assert {"images: 5 (no splits)", "captions: 471 (object 471)", "objects: 118",
             "boxes clipped to the image: 4 (up to 8 px past an edge)",
             "missing image files: 5 (VG_100K/3.jpg, VG_100K/8.jpg, VG_100K/21.jpg and 2 more)"} <= set(out.splitlines())
     summary = check_dataset("vg", REAL / "vg", allow_missing=True, bbox_tolerance=2)

@@ -63,17 +63,19 @@ class DemoConfig(RunConfig):
         "help": "the renderer's colour pipeline: linear (CLEVR's) or display (the generator's first version)"})
 
 
-def run_demo(out_dir: str | Path, config: DemoConfig) -> dict:
-    """Generate the synthetic data, then :func:`dsanchor.run.run_pipeline` on it. Returns the merged results."""
-    from dsanchor.run import Stages, quiet_progress, run_pipeline
+def run_demo(out_dir: str | Path, config: DemoConfig, overwrite: bool = False) -> dict:
+    """Generate the synthetic data, then :func:`dsanchor.run.run_pipeline` on it. Returns the merged results.
+
+    ``out_dir`` holding a demo of other settings is refused before anything is written, unless ``overwrite``."""
+    from dsanchor.run import quiet_progress, run_inputs, run_pipeline, start_run
     from dsanchor.stages import synth_stage
 
     quiet_progress()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(out, 2 + 6 * config.seeds)
     data_key = {"scenes": config.scenes, "image_size": config.image_size, "seed": config.data_seed, "facts": 1,
                 "color_space": config.color_space}
+    stages = start_run(out, 2 + 6 * config.seeds, run_inputs(data_key, "synth", None, config), overwrite)
+    out.mkdir(parents=True, exist_ok=True)
     stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, config), "synth")
     return run_pipeline(out / "data", "synth", out, config, stages=stages, data_key=data_key, dataset="synth")
 
@@ -93,22 +95,23 @@ class MLLMDemoConfig:
 
 
 def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig | None = None,
-                  build: BuildConfig | None = None) -> dict[str, Any]:
+                  build: BuildConfig | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Every MLLM stage of the module docstring on the data of ``demo``, the small LLaVA built with ``build``
-    (default: ``mllm build``'s defaults with the demo's seed); returns the eval results."""
-    from dsanchor.run import Stages, quiet_progress
+    (default: ``mllm build``'s defaults with the demo's seed); returns the eval results. ``out_dir`` holding a
+    demo of other settings is refused before anything is written, unless ``overwrite``."""
+    from dsanchor.run import RUN_RECORD, quiet_progress, run_inputs, start_run
     from dsanchor.stages import synth_stage
 
     quiet_progress()
     t0 = time.perf_counter()
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    stages = Stages(out, 5)
     demo = demo or DemoConfig()
     data_key = {"scenes": demo.scenes, "image_size": demo.image_size, "seed": demo.data_seed, "facts": 1,
                 "color_space": demo.color_space}
-    data = stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, demo), "synth")
     build = build or BuildConfig(seed=config.seed)
+    stages = start_run(out, 5, run_inputs(data_key, "synth", None, config, build=dataclasses.asdict(build)), overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    data = stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, demo), "synth")
 
     def mllm(stage_out: Path, limit: int | None = None, model: bool = True) -> MLLMConfig:
         return MLLMConfig(model_type="llava" if model else None, model_path=str(out / "llava") if model else None,
@@ -137,4 +140,6 @@ def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig 
     results["demo_timing_s"] = {**stages.times, "total": time.perf_counter() - t0}
     write_json(out / "eval" / "results.json", results)
     write_mllm_report(results, out / "eval")
+    if stages.record is not None:  # a demo from before RUN_RECORD, now finished with these inputs
+        write_json(out / RUN_RECORD, stages.record, indent=1)
     return results

@@ -22,9 +22,10 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
+import shutil
 import tempfile
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,7 +35,7 @@ from dsanchor.align.train import embed_images
 from dsanchor.config import config_to_dict
 from dsanchor.data.base import image_root
 from dsanchor.data.folder import image_samples
-from dsanchor.data.formats import load_dataset
+from dsanchor.data.formats import create_loader, load_dataset
 from dsanchor.errors import ConfigError, DataError
 from dsanchor.features.store import FeatureStore
 from dsanchor.files import write_json
@@ -69,6 +70,7 @@ class ImageIndex:
     faiss: Any  # faiss IndexFlatIP over joint.coarse
     store: Any = None  # the FeatureStore (captions, raw features), None for an in-memory index
     folder: Path | None = None
+    skipped: list[str] = field(default_factory=list)  # "path: why" of unreadable images left out (skip_bad)
 
     def __len__(self) -> int:
         return len(self.paths)
@@ -78,19 +80,60 @@ class ImageIndex:
         return self.store is not None and len(self.store.texts()) > 0
 
 
-def _samples(images, data: str | Path | None, fmt: str | None):
-    """(samples, root, source) from a folder or list of images, or from a dataset."""
+def _samples(images, data: str | Path | None, fmt: str | None, skipped: list[str] | None):
+    """(samples, root, source) from a folder or list of images, or from a dataset; with a ``skipped`` list,
+    image files whose header cannot be read are left out and named there."""
     if data is not None:
         if fmt is None:
             raise ConfigError("indexing a dataset needs its format (--format)")
         samples = load_dataset(fmt, data)
         return samples, image_root(data), {"format": fmt, "split": None}
     if isinstance(images, (str, Path)):
-        return load_dataset("images", images), image_root(images), {"format": "images", "split": None}
+        loader = create_loader("images", images, skip_bad=skipped is not None)
+        samples = loader.load()
+        if skipped is not None:
+            skipped += loader.skipped
+        return samples, image_root(images), {"format": "images", "split": None}
     files = [Path(p) for p in images]
     if not files:
         raise ConfigError("no images to index")
-    return image_samples(files), Path("/"), {"format": "images", "split": None}
+    return image_samples(files, skipped=skipped), Path("/"), {"format": "images", "split": None}
+
+
+_INDEX_FILES = (INDEX_FILE, FAISS_FILE, "features")  # what an index folder holds
+
+
+def _accept_folder(folder: Path, digest: str, writer, overwrite: bool) -> None:
+    """Check an index folder before anything is written: refuse (one line, nothing changed) a folder that is
+    not an index, or, without ``overwrite``, an index of another pipeline or of other images; with
+    ``overwrite`` remove such an index. An index of the same pipeline and images is resumed or reused."""
+    if folder.exists() and not folder.is_dir():
+        raise ConfigError(f"{folder} is a file; pass a folder as --out")
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    meta_file = folder / INDEX_FILE
+    if not meta_file.is_file():
+        raise ConfigError(f"{folder} is not empty and is not a dsanchor index; pass a new --out")
+    why = None
+    try:
+        old = json.loads(meta_file.read_text())
+    except json.JSONDecodeError:
+        old, why = {}, f"a broken {INDEX_FILE}"
+    if why is None and old.get("pipeline_digest") != digest:
+        why = "an index of another pipeline"
+    store_why = None if why else writer.conflict()
+    if store_why:  # e.g. "holds features of another extraction (different samples_sha256, n_shards)"
+        why = "an index of other images or settings" + (f" ({store_why.split('(', 1)[1]}" if "(" in store_why else "")
+    if why is None:
+        return
+    if not overwrite:
+        raise ConfigError(f"{folder} holds {why}; pass a new --out, or --overwrite to replace it")
+    for name in _INDEX_FILES:
+        path = folder / name
+        if path.is_dir():
+            shutil.rmtree(path)
+        else:
+            path.unlink(missing_ok=True)
 
 
 def _finish(pipe, store, folder: Path | None) -> ImageIndex:
@@ -115,40 +158,46 @@ def _finish(pipe, store, folder: Path | None) -> ImageIndex:
 
 def build_index(pipe, images: str | Path | Sequence[str | Path] | None = None, out: str | Path | None = None,
                 data: str | Path | None = None, format: str | None = None, batch_size: int = 32,
-                workers: int = 2, shard_size: int = 256, progress: bool = True) -> ImageIndex:
+                workers: int = 2, shard_size: int = 256, progress: bool = True, overwrite: bool = False,
+                skip_bad: bool = False) -> ImageIndex:
     """Index images for ``pipe.search``: a folder or list of image files, or a dataset (``data`` + ``format``).
 
     With ``out`` the index is written there and a rerun after a kill resumes it; without, the features go to
-    a temporary folder and the index lives in memory.
+    a temporary folder and the index lives in memory. A folder holding an index of another pipeline or of
+    other images is refused before anything is written, unless ``overwrite`` (which replaces it). With
+    ``skip_bad``, unreadable images are left out and named in the index's ``skipped``; without, the first one
+    is an error.
     """
     # the extraction (encoders, scipy) loads here, so that searching a built index never imports it
-    from dsanchor.features.extract import ExtractConfig, extract_features
+    from dsanchor.features.extract import ExtractConfig, build_plan, extract_features
+    from dsanchor.features.store import StoreWriter
 
-    samples, root, source = _samples(images, data, format)
-    note = pipe.region_note()
-    if note and not any(s.objects for s in samples):
-        logging.getLogger(__name__).warning("index: %s", note)
+    skipped: list[str] | None = [] if skip_bad else None
+    samples, root, source = _samples(images, data, format, skipped)
+    if not samples:
+        raise ConfigError("no readable images to index")
+    config = ExtractConfig(batch_size=batch_size, workers=workers, shard_size=shard_size, progress=progress,
+                           overwrite=overwrite, skip_bad=skip_bad)
     tmp = None
     if out is None:
         tmp = tempfile.TemporaryDirectory(prefix="dsanchor-index-")
         folder = Path(tmp.name)
     else:
-        folder = Path(out)
-        folder.mkdir(parents=True, exist_ok=True)
-        meta_file = folder / INDEX_FILE
-        digest = pipeline_digest(pipe)
-        if meta_file.is_file():
-            old = json.loads(meta_file.read_text())
-            if old.get("pipeline_digest") != digest:
-                raise ConfigError(f"{folder} holds an index of another pipeline; pass a new --out or delete it")
+        folder, digest = Path(out), pipeline_digest(pipe)
+        plan = build_plan(samples, root, pipe.encoder, config, pipe.regions, source)
+        _accept_folder(folder, digest, StoreWriter(folder / "features", plan), overwrite)  # nothing written yet
         meta = {"format": INDEX_FORMAT, "pipeline": str(pipe.path.resolve()) if pipe.path else None,
                 "pipeline_digest": digest, "root": str(root.resolve()),
                 "source": source, "n_images": len(samples)}
-        write_json(meta_file, meta)
-    extract_features(samples, root, folder / "features", pipe.encoder,
-                     ExtractConfig(batch_size=batch_size, workers=workers, shard_size=shard_size, progress=progress),
-                     pipe.regions, source=source)
+        write_json(folder / INDEX_FILE, meta)
+    note = pipe.region_note()
+    if note and not any(s.objects for s in samples):
+        logging.getLogger(__name__).warning("index: %s", note)
+    result = extract_features(samples, root, folder / "features", pipe.encoder, config, pipe.regions, source=source)
     index = _finish(pipe, FeatureStore(folder / "features"), None if out is None else folder)
+    index.skipped = (skipped or []) + result.skipped
+    if out is not None and len(index) != meta["n_images"]:  # unreadable images were left out (skip_bad)
+        write_json(folder / INDEX_FILE, {**meta, "n_images": len(index)})
     if tmp is not None:
         index._tmp = tmp  # keep the temporary store alive as long as the index
     return index

@@ -33,7 +33,7 @@ from typing import Any
 from dsanchor.errors import ConfigError
 from dsanchor.files import write_json
 
-__all__ = ["RunConfig", "Stages", "run_pipeline"]
+__all__ = ["RunConfig", "Stages", "run_inputs", "run_pipeline", "start_run"]
 
 
 @dataclass
@@ -56,24 +56,40 @@ class RunConfig:
                 "runs/demo/seed{seed}/heads ({seed} is each seed); empty: from scratch"})
 
 
-class Stages:
-    """Runs stages with reuse and prints one progress line per stage."""
+RUN_RECORD = ".run.json"  # in a run's folder: the inputs of the run (what --overwrite is needed to change)
+RUNTIME_FIELDS = ("workers", "tune_workers")  # RunConfig fields that do not change what a run computes
 
-    def __init__(self, out: Path, total: int):
+
+class Stages:
+    """Runs stages with reuse and prints one progress line per stage.
+
+    A stage whose folder holds a finished stage of the same key is reused; of another key, it is run afresh
+    (its folder removed first), or with ``refuse_other`` refused before anything is written. A folder without
+    a finished stage is resumed (extraction and PPO resume inside a stage), or with ``clear_unfinished``
+    removed first (it belongs to a run being replaced). :func:`start_run` sets both from the run's inputs.
+    """
+
+    def __init__(self, out: Path, total: int, refuse_other: bool = False, clear_unfinished: bool = False):
         self.out, self.total, self.i, self.times = out, total, 0, {}
+        self.refuse_other, self.clear_unfinished = refuse_other, clear_unfinished
+        self.record: dict[str, Any] | None = None  # inputs to record in RUN_RECORD when the run ends
 
     def run(self, name: str, folder: Path, key: dict[str, Any], fn: Callable[[Path], Any], timing: str) -> Path:
         self.i += 1
         marker = folder / ".stage.json"
         digest = hashlib.sha256(json.dumps(key, sort_keys=True, default=str).encode()).hexdigest()[:16]
         label = f"[{self.i}/{self.total}] {name:<28}"
-        if marker.is_file() and json.loads(marker.read_text()).get("key") == digest:
-            prev = json.loads(marker.read_text())
+        prev = json.loads(marker.read_text()) if marker.is_file() else None
+        if prev is not None and prev.get("key") == digest:
             self.times[timing] = self.times.get(timing, 0.0) + prev["seconds"]
             print(f"{label} reused ({folder}, took {prev['seconds']:.1f}s when it ran)", flush=True)
             return folder
-        if marker.is_file():
-            shutil.rmtree(folder)  # finished with another config: start afresh
+        if prev is not None and self.refuse_other:
+            raise ConfigError(f"{folder} holds the stage '{name}' run with other settings "
+                              f"({_key_diff(prev.get('config') or {}, key)}); pass a new --out, or --overwrite to "
+                              "replace it")
+        if prev is not None or (self.clear_unfinished and folder.exists()):
+            shutil.rmtree(folder)  # finished with another config, or unfinished of a replaced run: start afresh
         # no marker: a crashed run of this stage; stages that can resume (extraction, PPO) do so
         folder.mkdir(parents=True, exist_ok=True)
         print(f"{label} running ...", flush=True)
@@ -84,6 +100,54 @@ class Stages:
         write_json(marker, {"key": digest, "config": key, "seconds": dt}, indent=1)
         print(f"{label} done in {dt:.1f}s", flush=True)
         return folder
+
+
+def _key_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
+    """The top-level entries of two keys (or run inputs) that differ: "different ppo, seed"."""
+    keys = sorted(k for k in set(old) | set(new) if json.dumps(old.get(k), sort_keys=True, default=str)
+                  != json.dumps(new.get(k), sort_keys=True, default=str))
+    return "different " + ", ".join(keys) if keys else "a different key"
+
+
+def run_inputs(data_key: dict[str, Any], fmt: str, splits: str | None, config: Any, **extra: Any) -> dict[str, Any]:
+    """What a run's outputs depend on: the data, its format and splits, the config (runtime fields left out) and
+    ``extra`` entries, as JSON values."""
+    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
+    return json.loads(json.dumps({"data": data_key, "format": fmt, "splits": splits, **cfg, **extra}, default=str))
+
+
+def _looks_like_run(out: Path) -> bool:
+    """Whether ``out`` holds stages of a run written before runs recorded their inputs."""
+    return any((p / ".stage.json").is_file() or p.name in ("features", "data") or p.name.startswith("seed")
+               for p in out.iterdir() if p.is_dir())
+
+
+def start_run(out: Path, total: int, inputs: dict[str, Any], overwrite: bool = False) -> Stages:
+    """Accept ``out`` for a run with ``inputs`` before anything is written, and the stage runner for it.
+
+    A new or empty folder, or a run of the same inputs (resumed, its finished stages reused), is taken. A run of
+    other inputs is refused in one line, nothing changed, unless ``overwrite``: then each stage whose key
+    differs is run afresh in its place. A non-empty folder that is not a run is always refused.
+    """
+    if out.exists() and not out.is_dir():
+        raise ConfigError(f"{out} is a file; pass a folder as --out")
+    record = out / RUN_RECORD
+    if not out.is_dir() or not any(out.iterdir()):
+        stages = Stages(out, total)
+    elif record.is_file():
+        old = json.loads(record.read_text())
+        if old != inputs and not overwrite:
+            raise ConfigError(f"{out} holds a run made with other inputs ({_key_diff(old, inputs)}); pass a new "
+                              "--out, or --overwrite to replace it")
+        stages = Stages(out, total, clear_unfinished=old != inputs)
+    elif _looks_like_run(out):  # a run from before RUN_RECORD: its stages are checked one by one
+        stages = Stages(out, total, refuse_other=not overwrite, clear_unfinished=overwrite)
+        stages.record = inputs  # recorded when the run ends (a refusal must leave the folder as it was)
+        return stages
+    else:
+        raise ConfigError(f"{out} is not empty and holds no dsanchor run; pass a new --out")
+    write_json(record, inputs, indent=1)
+    return stages
 
 
 def quiet_progress() -> None:
@@ -176,13 +240,16 @@ def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | N
 
 
 def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunConfig, splits: str | None = None,
-                 stages: Stages | None = None, data_key: dict | None = None, dataset: str | None = None) -> dict:
+                 stages: Stages | None = None, data_key: dict | None = None, dataset: str | None = None,
+                 overwrite: bool = False) -> dict:
     """Every stage on the dataset at ``data`` (format ``fmt``), then results.json, report.md and the plots.
 
     Args:
         splits: a split file (``splits.json`` or Karpathy's ``dataset_coco.json``); else the dataset's own.
-        stages: a stage runner that already ran earlier stages (the demo's synth stage); made here if None.
+        stages: a stage runner that already ran earlier stages (the demo's synth stage); made here if None
+            (:func:`start_run`, which refuses an ``out_dir`` holding a run of other inputs).
         data_key: what identifies the data for stage reuse (default: its resolved path and format).
+        overwrite: replace a run of other inputs in ``out_dir`` instead of refusing it.
     Returns:
         The merged results.
     """
@@ -197,10 +264,10 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
                if config.init_heads and not Path(config.init_heads.format(seed=s)).is_dir()]
     if missing:  # before any stage runs
         raise ConfigError(f"--init-heads: {missing[0]} is not a folder of saved heads")
-    out.mkdir(parents=True, exist_ok=True)
-    stages = stages or Stages(out, 1 + 6 * config.seeds)
-    t_start = time.perf_counter()
     data_key = data_key or {"data": str(data.resolve()), "format": fmt}
+    stages = stages or start_run(out, 1 + 6 * config.seeds, run_inputs(data_key, fmt, splits, config), overwrite)
+    out.mkdir(parents=True, exist_ok=True)
+    t_start = time.perf_counter()
     from dsanchor.config import config_to_dict
     from dsanchor.encoders import encoder_config_class
 
@@ -222,6 +289,8 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     _pipeline(out, per_seed[0])
     write_json(out / "results.json", results)
     write_report(out, results, config)
+    if stages.record is not None:  # a run from before RUN_RECORD, now finished with these inputs
+        write_json(out / RUN_RECORD, stages.record, indent=1)
     print(f"results: {out / 'results.json'}\nreport:  {out / 'report.md'}\n"
           f"this run: {time.perf_counter() - t_start:.1f}s; all stages: {times['total']:.1f}s", flush=True)
     return results

@@ -9,12 +9,14 @@ from dsanchor.config import add_config_args, resolve_config
 def add_parser(sub) -> None:
     from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig
+    from dsanchor.commands._common import add_overwrite
 
     p = sub.add_parser("align", help="train the alignment heads (contrastive, coarse + fine scoring)")
     p.add_argument("--features", required=True, help="feature store written by `dsanchor extract`")
     p.add_argument("--out", required=True, help="run directory for the heads")
     p.add_argument("--init", default=None, help="saved heads to fine-tune (e.g. trained on synth); keeps their "
                                                  "architecture")
+    add_overwrite(p)
     add_common(p)
     add_config_args(p, AlignConfig, skip=("coarse_dim", "region_dim", "text_dim"))
     add_config_args(p, AlignTrainConfig)
@@ -24,12 +26,15 @@ def add_parser(sub) -> None:
 def run(args) -> int:
     from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.stages import align_stage
 
     set_threads(args)
     y = yaml_of(args)
-    info = align_stage(args.features, args.out, resolve_config(AlignConfig, args, y, section="align"),
-                       resolve_config(AlignTrainConfig, args, y, section="align_train"), init=args.init)
+    align = resolve_config(AlignConfig, args, y, section="align")
+    align_train = resolve_config(AlignTrainConfig, args, y, section="align_train")
+    accept_command_out(args, "align")  # before anything is written
+    info = align_stage(args.features, args.out, align, align_train, init=args.init)
     print(f"heads saved to {args.out} ({info['train_time_s']:.1f}s); test text->image, coarse / fine:")
     for name, row in info["test"].items():
         exact = (f"  exact R@1 {row['exact_coarse_R@1']:.3f} / {row['exact_fine_R@1']:.3f}"

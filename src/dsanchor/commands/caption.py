@@ -41,6 +41,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
         DecoderConfig,
         VocabConfig,
     )
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.rl.ppo import PPOConfig
 
     p = sub.add_parser("caption", help="caption decoder over V': train, generate, evaluate methods")
@@ -49,6 +50,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = csub.add_parser("train", help="train the caption decoder on the train captions (g ~ U[0, 1])")
     _inputs(t, decoder=False)
     t.add_argument("--out", required=True, help="directory for the decoder and its vocabulary")
+    add_overwrite(t)
     add_config_args(t, DecoderConfig, prefix="decoder_", skip=("vocab_size", "visual_dim", "max_len"))
     add_config_args(t, CaptionTrainConfig)
     add_config_args(t, VocabConfig, prefix="vocab_")
@@ -71,6 +73,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     e = csub.add_parser("eval", help="fit the captioning methods on val and evaluate them on test")
     _inputs(e)
     e.add_argument("--out", required=True, help="run directory for controllers, captions and metrics")
+    add_overwrite(e)
     e.add_argument("--hall-detector", default=None, help="hallucination detector (dsanchor hallucination train); "
                                                          "without it the reward has no hallucination term")
     e.add_argument("--vocabulary", default="auto", choices=("auto", "synth", "coco"),
@@ -91,6 +94,7 @@ def _load(args: argparse.Namespace):
 
 def run_train(args: argparse.Namespace) -> int:
     from dsanchor.captioning import CaptionTrainConfig, DecoderConfig, VocabConfig, Vocabulary
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.stages import caption_train_stage
 
     set_threads(args)
@@ -98,6 +102,7 @@ def run_train(args: argparse.Namespace) -> int:
     cfg = resolve_config(DecoderConfig, args, y, prefix="decoder_", section="decoder")
     train_cfg = resolve_config(CaptionTrainConfig, args, y, section="caption_train")
     vocab_cfg = resolve_config(VocabConfig, args, y, prefix="vocab_", section="vocab")
+    accept_command_out(args, "caption train")  # before anything is written
     info = caption_train_stage(args.features, args.heads, args.out, cfg, train_cfg, vocab_cfg)
     last = info["history"][-1]
     print(f"decoder saved to {args.out} ({info['train_time_s']:.1f}s, {info['steps']} steps, "
@@ -143,6 +148,7 @@ def run_generate(args: argparse.Namespace) -> int:
 
 def run_eval(args: argparse.Namespace) -> int:
     from dsanchor.captioning import CaptionGateConfig, CaptionRLConfig, DecodeConfig
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.stages import caption_eval_stage
 
@@ -152,6 +158,7 @@ def run_eval(args: argparse.Namespace) -> int:
     ppo = resolve_config(PPOConfig, args, y, prefix="ppo_", section="ppo")
     gate = resolve_config(CaptionGateConfig, args, y, prefix="gate_", section="gate")
     decode = resolve_config(DecodeConfig, args, y, section="decode")
+    accept_command_out(args, "caption eval")  # before anything is written
     metrics = caption_eval_stage(args.features, args.heads, args.decoder, args.out, rl, ppo, gate, decode,
                                  args.hall_detector, args.vocabulary)
     print(_table(metrics["methods"]))

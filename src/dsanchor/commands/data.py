@@ -10,9 +10,12 @@ from dsanchor.data import CaptionerConfig, SynthConfig, check_dataset, format_su
 
 
 def _synth(args: argparse.Namespace) -> int:
+    from dsanchor.commands._common import accept_command_out
+
     yaml_values = load_yaml(args.config)
     cfg = resolve_config(SynthConfig, args, yaml_values, section="synth")
     ccfg = resolve_config(CaptionerConfig, args, yaml_values, section="captioner")
+    accept_command_out(args, "data synth")  # before anything is written
     result = generate_synth(args.out, cfg, ccfg, progress=not args.quiet)
     save_resolved(args.out, synth=cfg, captioner=ccfg)
     print(f"wrote {result.n_images} images, {result.n_objects} objects and {result.n_captions} captions to "
@@ -47,6 +50,8 @@ def _questions(args: argparse.Namespace) -> int:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from dsanchor.commands._common import add_overwrite
+
     parser = subparsers.add_parser("data", help="generate the synth dataset or check a dataset",
                                    description="Generate the built-in CLEVR-style dataset, or validate a dataset.")
     actions = parser.add_subparsers(dest="data_command", metavar="ACTION")
@@ -56,6 +61,7 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
     synth.add_argument("--out", required=True, help="output folder")
     synth.add_argument("--config", help="YAML file with 'synth:' and 'captioner:' sections; flags override it")
     synth.add_argument("--quiet", action="store_true", help="no progress bar")
+    add_overwrite(synth)
     add_config_args(synth, SynthConfig)
     add_config_args(synth, CaptionerConfig)
     synth.set_defaults(func=_synth)

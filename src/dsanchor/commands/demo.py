@@ -7,6 +7,7 @@ from dsanchor.config import add_config_args, resolve_config
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.demo import DemoConfig, MLLMDemoConfig
 
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 8 minutes on 2 idle cores)")
@@ -14,6 +15,7 @@ def add_parser(sub) -> None:
                                                "runs/demo, with --mllm runs/demo_mllm)")
     p.add_argument("--mllm", action="store_true", help="the MLLM part instead: build a small LLaVA, grid cache, "
                                                        "tune, PPO and eval (its own ~10-minute budget)")
+    add_overwrite(p)
     add_common(p)
     add_config_args(p, DemoConfig)
     add_config_args(p, MLLMDemoConfig, prefix="mllm_")
@@ -34,9 +36,9 @@ def run(args) -> int:
         if "seed" not in (yaml_of(args).get("build") or {}):
             build.seed = mllm.seed
         out = args.out or "runs/demo_mllm"
-        results = run_mllm_demo(out, mllm, demo, build)
+        results = run_mllm_demo(out, mllm, demo, build, overwrite=bool(args.overwrite))
         print(f"wrote {out}/eval/results.json and {out}/eval/report.md "
               f"({results['demo_timing_s']['total']:.0f}s in all)")
         return 0
-    run_demo(args.out or "runs/demo", demo)
+    run_demo(args.out or "runs/demo", demo, overwrite=bool(args.overwrite))
     return 0

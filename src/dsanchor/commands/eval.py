@@ -10,6 +10,7 @@ from dsanchor.config import add_config_args, resolve_config
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.eval.methods import EvalConfig
     from dsanchor.gate import GateConfig
     from dsanchor.state import StateConfig
@@ -22,6 +23,7 @@ def add_parser(sub) -> None:
     p.add_argument("--hall-detector", default=None, help="hallucination detector run (adds POPE)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
     p.add_argument("--out", required=True, help="output directory for results.json and results.md")
+    add_overwrite(p)
     add_common(p)
     add_config_args(p, EvalConfig)
     add_config_args(p, StateConfig)
@@ -30,6 +32,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.eval.methods import EvalConfig
     from dsanchor.gate import GateConfig
     from dsanchor.report.results import granularity_table, main_table, paired_table
@@ -38,10 +41,12 @@ def run(args) -> int:
 
     set_threads(args)
     y = yaml_of(args)
+    config = resolve_config(EvalConfig, args, y, section="eval")
+    state = resolve_config(StateConfig, args, y, section="state")
+    gate = resolve_config(GateConfig, args, y, prefix="gate_", section="gate")
+    accept_command_out(args, "eval")  # before anything is written
     results = eval_stage(args.features, args.heads, args.out, args.controller, args.captioning, args.hall_detector,
-                         resolve_config(EvalConfig, args, y, section="eval"),
-                         resolve_config(StateConfig, args, y, section="state"),
-                         resolve_config(GateConfig, args, y, prefix="gate_", section="gate"), args.split)
+                         config, state, gate, args.split)
     table = main_table(results) + "\n\n" + granularity_table(results) + "\n\n" + paired_table(results)
     (Path(args.out) / "results.md").write_text(table + "\n")
     print(table)

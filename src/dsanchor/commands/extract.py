@@ -43,6 +43,8 @@ def _add_encoder_args(parser: argparse.ArgumentParser) -> None:
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
+    from dsanchor.commands._common import add_overwrite
+
     p = subparsers.add_parser(
         "extract", help="encode a dataset into a feature store",
         description="Encode images (coarse + region vectors) and captions into a sharded feature store. "
@@ -57,7 +59,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParse
                         "to the model's")
     p.add_argument("--split", default=None, help="only the images of this split (default: all)")
     add_common(p)  # --config YAML (sections extract, regions, encoder) and --threads
-    add_config_args(p, ExtractConfig)
+    add_overwrite(p)  # the one --overwrite of every command (ExtractConfig.overwrite)
+    add_config_args(p, ExtractConfig, skip=("overwrite",))
     add_config_args(p, RegionConfig)
     _add_encoder_args(p)
     p.set_defaults(func=run)
@@ -104,6 +107,8 @@ def run(args: argparse.Namespace) -> int:
                           run={"data": args.data, "format": args.format, "encoder": args.encoder,
                                "split": args.split, "out": args.out})
             store = FeatureStore(out)
+            for line in result.skipped:
+                print(f"skipped {line}")
             if result.images:
                 print(f"extracted {result.summary()}")
             print(f"feature store {out}: {len(store)} images, {store.manifest['n_texts']} captions, "

@@ -23,6 +23,7 @@ METRICS_NAME = "detector_metrics.json"
 
 
 def add_parser(sub: argparse._SubParsersAction) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.hallucination import DetectorConfig, DetectorTrainConfig, PopeConfig
 
     p = sub.add_parser("hallucination", help="train / evaluate the object-hallucination detector (POPE)")
@@ -31,6 +32,7 @@ def add_parser(sub: argparse._SubParsersAction) -> None:
     t = hsub.add_parser("train", help="train the detector on annotated objects and POPE-style negatives")
     t.add_argument("--features", required=True, help="feature store written by `dsanchor extract`")
     t.add_argument("--out", required=True, help="run directory for the detector")
+    add_overwrite(t)
     add_common(t)
     add_config_args(t, DetectorConfig, skip=("coarse_dim", "region_dim", "text_dim"))
     add_config_args(t, DetectorTrainConfig)
@@ -57,14 +59,17 @@ def format_pope(results: dict[str, dict[str, float]]) -> str:
 
 
 def run_train(args: argparse.Namespace) -> int:
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.hallucination import DetectorConfig, DetectorTrainConfig, PopeConfig
     from dsanchor.stages import detector_stage
 
     set_threads(args)
     y = yaml_of(args)
-    info = detector_stage(args.features, args.out, resolve_config(DetectorConfig, args, y, section="detector"),
-                          resolve_config(DetectorTrainConfig, args, y, section="detector_train"),
-                          resolve_config(PopeConfig, args, y, prefix="pope_", section="pope"))
+    detector = resolve_config(DetectorConfig, args, y, section="detector")
+    train = resolve_config(DetectorTrainConfig, args, y, section="detector_train")
+    pope = resolve_config(PopeConfig, args, y, prefix="pope_", section="pope")
+    accept_command_out(args, "hallucination train")  # before anything is written
+    info = detector_stage(args.features, args.out, detector, train, pope)
     print(f"detector saved to {args.out} ({info['train_time_s']:.1f}s, best epoch {info['best_epoch']})")
     for split in ("val", "test"):
         if split in info:

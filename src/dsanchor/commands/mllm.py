@@ -1,13 +1,13 @@
-"""``dsanchor mllm caption | answer | build | train | tune | eval | adapt``: DSA inside a local Hugging Face MLLM.
+"""``dsanchor mllm build | caption | answer | tune | train | eval | adapt``: DSA inside a local Hugging Face MLLM.
 
 Examples (the small LLaVA from ``dsanchor mllm build``; the same flags run a 7B model on a GPU)::
 
     dsanchor mllm build --data D --format synth --out M
     dsanchor mllm caption --model-type llava --model-path M --data D --format synth --g 0.5 --out runs/cap
-    dsanchor mllm adapt --model-type llava --model-path M --data D --format synth --out runs/adapter
     dsanchor mllm tune  --model-type llava --model-path M --data D --format synth --out runs/tune
     dsanchor mllm train --model-type llava --model-path M --data D --format synth --tuned runs/tune --out runs/ctrl
     dsanchor mllm eval  --model-type llava --model-path M --data D --format synth --controller runs/ctrl --out runs/eval
+    dsanchor mllm adapt --model-type llava --model-path M --data D --format synth --out runs/adapter
 
 Every action takes its flags from the configs of :mod:`dsanchor.mllm.config` (``--config FILE``: a YAML file
 with one section per config; flags override it) and writes the resolved ``config.yaml`` next to its outputs.
@@ -157,6 +157,13 @@ def _print_adapt(info: dict[str, Any], c: dict[str, Any]) -> None:
 
 
 ACTIONS: tuple[Action, ...] = (
+    Action("build", "train a small LLaVA (CLIP vision + Llama) on a dataset's captions",
+           "Train transformers' LlavaForConditionalGeneration from a small config on the train split: "
+           "contrastive pre-training of the vision tower against MiniLM caption embeddings, then captions mixed "
+           "with POPE-style yes/no questions, with g ~ U[0, 1] at the seam; save it with its processor "
+           "(word-level tokenizer) to --out for from_pretrained.",
+           (Part(MLLMConfig, "mllm", skip=MODEL_FIELDS), Part(BuildConfig, "build")),
+           lambda c, progress: build_from_dataset(c["mllm"], c["build"], progress), _print_build),
     Action("caption", "caption a dataset with and without DSA; report BLEU, CIDEr, CHAIR",
            "Caption a split with a local model (LLaVA, BLIP-2 or IDEFICS), with and without DSA (--dsa or --g), "
            "and report BLEU, CIDEr (raw scale) and CHAIR.",
@@ -169,20 +176,6 @@ ACTIONS: tuple[Action, ...] = (
            "written with each answer. Prints accuracy per question family when the file holds answers.",
            (Part(AnswerConfig, "answer"),),
            lambda c, progress: run_mllm_answer(c["answer"], progress), _print_answer),
-    Action("build", "train a small LLaVA (CLIP vision + Llama) on a dataset's captions",
-           "Train transformers' LlavaForConditionalGeneration from a small config on the train split: "
-           "contrastive pre-training of the vision tower against MiniLM caption embeddings, then captions mixed "
-           "with POPE-style yes/no questions, with g ~ U[0, 1] at the seam; save it with its processor "
-           "(word-level tokenizer) to --out for from_pretrained.",
-           (Part(MLLMConfig, "mllm", skip=MODEL_FIELDS), Part(BuildConfig, "build")),
-           lambda c, progress: build_from_dataset(c["mllm"], c["build"], progress), _print_build),
-    Action("train", "PPO controller for an attached MLLM, on cached grid captions",
-           "Caption the train split at a grid of g (cached, resumable, torchrun-sharded), score CIDEr-D and "
-           "hallucination, train SB3 PPO on the interpolated rewards; the controller goes to OUT/controller.",
-           (MLLM, GRID, Part(RewardConfig, "reward", defaults=MLLM_REWARD_DEFAULTS), Part(MLLMTrainConfig, "train"),
-            PPO),
-           lambda c, progress: train_mllm_controller(c["mllm"], c["grid"], c["reward"], c["train"], c["ppo"],
-                                                     progress), _print_train),
     Action("tune", "Bayesian optimisation (Optuna GPSampler) of the MLLM reward on val",
            "Search beta / alpha and the clip bounds with Optuna's GPSampler on the val grid cache (2-fold PPO "
            "score); the study is in an RDB shared by workers. Writes OUT/best_reward.json for `mllm train "
@@ -190,6 +183,13 @@ ACTIONS: tuple[Action, ...] = (
            (MLLM, GRID, Part(TuneConfig, "tune", prefix="tune_", defaults=MLLM_TUNE_DEFAULTS),
             Part(PPOConfig, "ppo", prefix="ppo_", skip=("timesteps",), defaults=MLLM_PPO_DEFAULTS)),
            lambda c, progress: tune_mllm_reward(c["mllm"], c["grid"], c["tune"], c["ppo"], progress), _print_tune),
+    Action("train", "PPO controller for an attached MLLM, on cached grid captions",
+           "Caption the train split at a grid of g (cached, resumable, torchrun-sharded), score CIDEr-D and "
+           "hallucination, train SB3 PPO on the interpolated rewards; the controller goes to OUT/controller.",
+           (MLLM, GRID, Part(RewardConfig, "reward", defaults=MLLM_REWARD_DEFAULTS), Part(MLLMTrainConfig, "train"),
+            PPO),
+           lambda c, progress: train_mllm_controller(c["mllm"], c["grid"], c["reward"], c["train"], c["ppo"],
+                                                     progress), _print_train),
     Action("eval", "base / fixed_best / dsa_ppo / oracle: BLEU, CIDEr, CHAIR, POPE, R@K, time",
            "Evaluate the unmodified model, the best fixed g (on val), the PPO controller and the per-image oracle "
            "on the test split; writes results.json and report.md.",
@@ -205,6 +205,8 @@ ACTIONS: tuple[Action, ...] = (
 
 
 def add_parser(subparsers: argparse._SubParsersAction) -> None:
+    from dsanchor.commands._common import add_overwrite
+
     parser = subparsers.add_parser("mllm", help="run DSA inside a Hugging Face multimodal LLM",
                                    description="Run DSA inside a local Hugging Face multimodal LLM.")
     parser.set_defaults(func=lambda args: parser.print_help() or 2)
@@ -215,6 +217,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
                                                       + ", ".join(part.section for part in action.parts))
         p.add_argument("--threads", type=int, default=0, help="torch CPU threads (0: torch's default)")
         p.add_argument("--quiet", action="store_true", help="no progress bars")
+        if any(part.section == "mllm" for part in action.parts):  # writes a folder
+            add_overwrite(p)
         for part in action.parts:
             add_config_args(p, part.cls, prefix=part.prefix, skip=part.skip)
         p.set_defaults(func=lambda args, action=action: run_action(action, args))
@@ -222,6 +226,8 @@ def add_parser(subparsers: argparse._SubParsersAction) -> None:
 
 def run_action(action: Action, args: argparse.Namespace) -> int:
     """Resolve the action's configs (defaults < YAML < flags), run it, save config.yaml and print its summary."""
+    from dsanchor.commands._common import accept_command_out
+
     set_threads(args)
     logging.getLogger("transformers").setLevel(logging.ERROR)
     if args.quiet:
@@ -231,6 +237,8 @@ def run_action(action: Action, args: argparse.Namespace) -> int:
     y = load_yaml(args.config)
     configs = {part.section: resolve_config(part.cls, args, y, prefix=part.prefix, section=part.section,
                                             defaults=part.defaults) for part in action.parts}
+    if "mllm" in configs:  # an action that writes a folder (`answer` writes one file)
+        accept_command_out(args, f"mllm {action.name}", out=configs["mllm"].out)  # before anything is written
     info = action.run(configs, not args.quiet)
     if dist.is_available() and dist.is_initialized():  # leave torchrun's process group
         dist.destroy_process_group()

@@ -21,6 +21,7 @@ def add_rl_inputs(p) -> None:
 
 
 def add_parser(sub) -> None:
+    from dsanchor.commands._common import add_overwrite
     from dsanchor.rl.env import RewardConfig
     from dsanchor.rl.ppo import PPOConfig
 
@@ -28,6 +29,7 @@ def add_parser(sub) -> None:
     add_rl_inputs(p)
     p.add_argument("--tuned", default=None, help="read alpha and beta from `dsanchor tune --out DIR`")
     p.add_argument("--out", required=True, help="run directory (rerun to resume)")
+    add_overwrite(p)
     add_common(p)
     add_config_args(p, RewardConfig)
     add_config_args(p, PPOConfig)
@@ -35,6 +37,7 @@ def add_parser(sub) -> None:
 
 
 def run(args) -> int:
+    from dsanchor.commands._common import accept_command_out
     from dsanchor.rl.env import RewardConfig
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.reward import AccuracyConfig
@@ -49,10 +52,12 @@ def run(args) -> int:
         tuned = read_best(args.tuned)  # flags given explicitly override the tuned values
         reward = RewardConfig(**{k: getattr(args, k) if getattr(args, k, None) is not None else getattr(tuned, k)
                                  for k in ("alpha", "beta", "clip_low", "clip_high")})
-    ctrl, info = train_stage(args.features, args.heads, args.hall_detector, args.out, reward,
-                             resolve_config(StateConfig, args, y, section="state"),
-                             resolve_config(PPOConfig, args, y, section="ppo"),
-                             resolve_config(AccuracyConfig, args, y, section="accuracy"), args.split)
+    state = resolve_config(StateConfig, args, y, section="state")
+    ppo = resolve_config(PPOConfig, args, y, section="ppo")
+    accuracy = resolve_config(AccuracyConfig, args, y, section="accuracy")
+    accept_command_out(args, "train")  # before anything is written
+    ctrl, info = train_stage(args.features, args.heads, args.hall_detector, args.out, reward, state, ppo, accuracy,
+                             args.split)
     print(f"controller saved to {args.out}/controller after {info['timesteps']} steps "
           f"({info['train_time_s']:.1f}s of PPO)")
     return 0

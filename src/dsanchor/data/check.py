@@ -60,17 +60,18 @@ def summarize(samples: list[Sample], format: str, root: str | Path) -> DatasetSu
     )
 
 
-def _verify_one(path: Path, sample: Sample) -> None:
+def _verify_one(path: Path, sample: Sample) -> str | None:
+    """What is wrong with one image file, or None."""
     try:
         with Image.open(path) as im:
             size = im.size
             im.verify()
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as exc:
-        kind = "not an image file" if isinstance(exc, UnidentifiedImageError) else f"unreadable image ({exc})"
-        raise DataError(path, kind) from None
+        return "not an image file" if isinstance(exc, UnidentifiedImageError) else f"unreadable image ({exc})"
     if size != (sample.width, sample.height):
-        raise DataError(path, f"image is {size[0]}x{size[1]} but the annotations say {sample.width}x{sample.height} "
-                              f"(image id {sample.image_id})")
+        return (f"image is {size[0]}x{size[1]} but the annotations say {sample.width}x{sample.height} "
+                f"(image id {sample.image_id})")
+    return None
 
 
 def _some(names: list[str], total: int) -> str:
@@ -91,15 +92,20 @@ def verify_images(samples: list[Sample], root: str | Path, allow_missing: bool =
         raise DataError(root, f"{len(names)} of {len(samples)} image files missing: {_some(names, len(names))}; "
                               "add them, or pass --allow-missing (allow_missing=True) to check those that are there")
     absent = {id(s) for s in missing}
-    for s in samples:
-        if id(s) not in absent:
-            _verify_one(root / s.image_path, s)
+    bad = [(s.image_path, why) for s in samples if id(s) not in absent
+           and (why := _verify_one(root / s.image_path, s)) is not None]
+    if len(bad) == 1:
+        raise DataError(root / bad[0][0], bad[0][1])
+    if bad:
+        shown = [f"{name} ({why})" for name, why in bad]
+        raise DataError(root, f"{len(bad)} of {len(samples)} image files cannot be used: {_some(shown, len(bad))}")
     return names
 
 
 def check_dataset(format: str, path: str | Path, split: str | None = None, allow_missing: bool = False,
                   **options: Any) -> DatasetSummary:
-    """Load (validating every file) and open every image; raises DataError at the first problem.
+    """Load (validating every file) and open every image; raises DataError at the first annotation problem, or
+    naming every image that cannot be used (their number and a few names).
 
     Args:
         allow_missing: count missing image files instead of failing, and check the images that are there.
@@ -118,7 +124,9 @@ def check_dataset(format: str, path: str | Path, split: str | None = None, allow
 def format_summary(s: DatasetSummary) -> str:
     """The human-readable summary ``dsanchor data check`` prints."""
     gran = ", ".join(f"{k} {v}" for k, v in s.captions_by_granularity.items())
-    splits = ", ".join(f"{k} {v}" for k, v in s.splits.items())
+    splits = ", ".join(f"{'no split' if k == 'none' else k} {v}" for k, v in s.splits.items())
+    if set(s.splits) == {"none"}:
+        splits = "no splits"
     return "\n".join([
         f"dataset: {s.format} at {s.root}",
         f"images: {s.images}" + (f" ({splits})" if splits else ""),

@@ -86,7 +86,8 @@ class ClevrLoader(DatasetLoader):
         found = sorted((self.root / "scenes").glob(pattern)) or sorted(self.root.glob(pattern))
         if not found:
             raise DataError(self.root, "no CLEVR scenes: expected scenes/CLEVR_<split>_scenes.json or scenes.json "
-                                       "under it, or pass scenes=PATH")
+                                       "under it; or give the scenes file itself as the dataset path (--data FILE, "
+                                       "or scenes=PATH in Python)")
         picked = [p for p in found if split_from_name(p.stem) == split]
         return picked or found
 

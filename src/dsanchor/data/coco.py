@@ -82,7 +82,8 @@ class CocoLoader(DatasetLoader):
         found = sorted((self.root / "annotations").glob("captions_*.json")) or sorted(self.root.glob("captions_*.json"))
         if not found:
             raise DataError(self.root, "no COCO captions file: expected captions.json or annotations/captions_*.json "
-                                       "under it, or pass captions=PATH")
+                                       "under it; or give the captions file itself as the dataset path (--data "
+                                       "FILE, or captions=PATH in Python)")
         picked = [p for p in found if split_from_name(p.stem[len("captions_"):]) == split]
         return picked if split and picked and not self._splits_file() else found
 

@@ -88,7 +88,8 @@ class VisualGenomeLoader(DatasetLoader):
         cands = [self.root / f"{name}.json"] + sorted(self.root.glob(f"{name}_v1_*.json"), reverse=True)
         found = next((c for c in cands if c.is_file()), None)
         if found is None and required:
-            raise DataError(self.root, f"no Visual Genome {name}.json under it; pass {name}=PATH")
+            raise DataError(self.root, f"no Visual Genome {name}.json under it; put it there (or pass {name}=PATH "
+                                       "in Python)")
         return found
 
     def load(self, split: str | None = None) -> list[Sample]:

@@ -68,6 +68,8 @@ class ExtractConfig:
     shard_size: int = field(default=1000, metadata={"help": "images per store shard (the unit of resume)"})
     overwrite: bool = field(default=False, metadata={"help": "replace a store made with other settings"})
     progress: bool = field(default=True, metadata={"help": "show a progress bar (images/s)"})
+    skip_bad: bool = field(default=False, metadata={
+        "help": "leave out images that cannot be read (each is listed) instead of stopping at the first"})
     text_cache_size: int = field(default=50_000, metadata={
         "help": "distinct captions whose embeddings are kept, so repeated captions are encoded once"})
 
@@ -93,6 +95,7 @@ class ExtractResult:
     text_seconds: float = 0.0  # text encoder
     wait_seconds: float = 0.0  # waiting for DataLoader workers to open images
     write_seconds: float = 0.0  # writing shards
+    skipped: list[str] = field(default_factory=list)  # "path: why" of each unreadable image left out (skip_bad)
 
     @property
     def images_per_s(self) -> float:
@@ -350,14 +353,15 @@ def _run_shards(samples: Sequence[Sample], root: str | Path, encoder: EncoderBac
     with bar:
         for (shard, idx), (_, pixels, boxes, mask, errors) in zip(batches, loader, strict=True):
             result.wait_seconds += time.perf_counter() - tick
-            for i, err in zip(idx, errors, strict=True):
-                if err:
-                    raise DataError(Path(root) / samples[i].image_path, err)
-            parts.append(_encode_batch(samples, idx, encoder, pixels, boxes, mask, texts, result))
+            keep = _readable(samples, root, idx, errors, config.skip_bad, result)  # positions in the batch
+            if keep:
+                sel = torch.tensor(keep, dtype=torch.long)
+                parts.append(_encode_batch(samples, [idx[k] for k in keep], encoder, pixels[sel], boxes[sel],
+                                           mask[sel], texts, result))
             bar.update(len(idx))
             if idx[-1] + 1 == min((shard + 1) * config.shard_size, len(samples)):  # last batch of the shard
                 t = time.perf_counter()
-                writer.write_shard(shard, _shard_data(samples, parts))
+                writer.write_shard(shard, _shard_data(samples, parts or [_empty_part(encoder, regions)]))
                 result.write_seconds += time.perf_counter() - t
                 result.shards += 1
                 parts = []
@@ -366,6 +370,32 @@ def _run_shards(samples: Sequence[Sample], root: str | Path, encoder: EncoderBac
             tick = time.perf_counter()
     result.seconds = time.perf_counter() - start
     result.texts_encoded = texts.encoded
+
+
+def _readable(samples: Sequence[Sample], root: str | Path, idx: list[int], errors: Sequence[str], skip_bad: bool,
+              result: ExtractResult) -> list[int]:
+    """Positions in the batch of the images that could be read; an unreadable one is an error naming it, or
+    with ``skip_bad`` is left out and added to ``result.skipped``."""
+    keep = []
+    for k, (i, err) in enumerate(zip(idx, errors, strict=True)):
+        if not err:
+            keep.append(k)
+            continue
+        path = Path(root) / samples[i].image_path
+        if not skip_bad:
+            raise DataError(path, f"{err}; fix or remove the file, or pass --skip-bad (skip_bad=True) to leave "
+                                  "unreadable images out")
+        result.skipped.append(f"{path}: {err}")
+    return keep
+
+
+def _empty_part(encoder: EncoderBackend, regions: RegionConfig) -> dict[str, Any]:
+    """A batch part with no images (a shard whose images were all unreadable, with ``skip_bad``)."""
+    d, R = encoder.dims, regions.max_regions
+    return {"idx": [], "coarse": torch.zeros(0, d.coarse), "regions": torch.zeros(0, R, d.region),
+            "boxes": torch.zeros(0, R, 4), "mask": torch.zeros(0, R, dtype=torch.bool),
+            "text_embeddings": torch.zeros(0, d.text), "text_image_ids": torch.zeros(0, dtype=torch.int64),
+            "text_granularity": torch.zeros(0, dtype=torch.int64), "captions": [], "facts": []}
 
 
 def _encode_batch(samples: Sequence[Sample], idx: list[int], encoder: EncoderBackend, pixels: torch.Tensor,

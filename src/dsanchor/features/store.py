@@ -122,18 +122,36 @@ class StoreWriter:
             (self.path / name).unlink(missing_ok=True)
         shutil.rmtree(self.shard_dir, ignore_errors=True)
 
+    def conflict(self) -> str | None:
+        """Why this plan cannot go into the folder as it is, or None (nothing is written): "holds features of
+        another extraction (...)", which ``overwrite`` replaces, or a path that is not a store, which it never does."""
+        if self.path.exists() and not self.path.is_dir():
+            return "is a file, not a folder"
+        try:
+            existing = self._existing_plan()
+        except DataError as exc:
+            return f"holds features of an unreadable extraction ({exc.message.split(';')[0]})"
+        if existing is not None and existing.get("fingerprint") != self.fingerprint:
+            return f"holds features of another extraction ({_plan_diff(existing, self.plan)})"
+        if existing is None and self.path.is_dir() and any(self.path.iterdir()):
+            return "is not empty and is not a feature store"
+        return None
+
+    def accept(self) -> None:
+        """Raise ConfigError, writing nothing, if :meth:`prepare` would have to refuse the folder."""
+        why = self.conflict()
+        replaceable = why is not None and why.startswith("holds features")
+        if why is not None and not (replaceable and self.overwrite):
+            hint = ("pass a new --out, or --overwrite to replace it" if replaceable else
+                    "pass a new --out (--overwrite replaces only a feature store)")
+            raise ConfigError(f"{self.path} {why}; {hint}")
+
     def prepare(self) -> bool:
         """Start a new store or check the one there (call on one process). Returns True if already finished."""
-        existing = self._existing_plan()
-        if existing is not None and existing.get("fingerprint") != self.fingerprint:
-            if not self.overwrite:
-                raise ConfigError(
-                    f"{self.path} holds features of another extraction ({_plan_diff(existing, self.plan)}); "
-                    "pass a new --out, or --overwrite to replace it")
+        self.accept()  # before anything is written
+        if self.conflict() is not None:  # another extraction, and overwrite
             self._clear()
-            existing = None
-        if existing is None and self.path.is_dir() and any(self.path.iterdir()):
-            raise ConfigError(f"{self.path} is not empty and is not a feature store; pass a new --out")
+        existing = self._existing_plan()
         self.shard_dir.mkdir(parents=True, exist_ok=True)
         if existing is None:
             write_json(self.path / PLAN, self.plan, indent=1)
