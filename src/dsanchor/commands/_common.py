@@ -5,8 +5,6 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-import torch
-
 from dsanchor.config import load_yaml
 from dsanchor.files import write_json
 
@@ -24,6 +22,8 @@ def yaml_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def set_threads(args: argparse.Namespace) -> None:
     if getattr(args, "threads", 0):
+        import torch
+
         torch.set_num_threads(args.threads)
 
 
