@@ -88,3 +88,42 @@ def test_setup_logging_keeps_dsanchor_info_and_drops_other_info(caplog):
     assert not keep.filter(record("faiss.loader", logging.INFO))
     assert keep.filter(record("faiss.loader", logging.WARNING))
     assert not keep.filter(record("sentence_transformers.SentenceTransformer", logging.INFO))
+
+
+def test_progress_bars_show_only_on_a_terminal():
+    from dsanchor.progress import progress_bar
+
+    assert not sys.stderr.isatty()  # pytest captures it
+    assert progress_bar(range(3), desc="x", unit="it").disable
+    assert progress_bar(range(3), desc="x", unit="it", enabled=False).disable
+
+
+def test_ppo_progress_bar_counts_the_timesteps_and_changes_no_number(tmp_path, monkeypatch):
+    import io
+
+    import torch
+    from tqdm import tqdm
+
+    import dsanchor.rl.ppo as ppo_mod
+    from dsanchor.rl.env import RewardConfig
+
+    bars = []
+
+    def shown_bar(**kwargs):  # as on a terminal, into a buffer
+        bars.append(tqdm(**kwargs, file=io.StringIO(), disable=False))
+        return bars[-1]
+
+    monkeypatch.setattr(ppo_mod, "progress_bar", shown_bar)
+    torch.manual_seed(0)
+    states = torch.randn(64, 4)
+
+    def reward_model(q, g):
+        return 1.0 - abs(g - float(states[q, 0] > 0)), 0.0
+
+    cfg = ppo_mod.PPOConfig(timesteps=256, n_envs=2, n_steps=64, batch_size=64, n_epochs=2, checkpoint_every=1024)
+    quiet, _ = ppo_mod.train_ppo(states, reward_model, RewardConfig(), cfg, tmp_path / "quiet", progress=False)
+    assert bars == []
+    shown, info = ppo_mod.train_ppo(states, reward_model, RewardConfig(), cfg, tmp_path / "shown", progress=True)
+    assert len(bars) == 1 and bars[0].n == info["timesteps"] == 256 and bars[0].total == 256
+    for (name, a), (_, b) in zip(quiet.state_dict().items(), shown.state_dict().items(), strict=True):
+        assert torch.equal(a, b), name
