@@ -49,7 +49,7 @@ HELP: dict[str, str] = {
 }
 _CAPTION_ACTIONS = ("train", "generate", "eval", "-h", "--help")
 _VERBOSE = ("-v", "--verbose")
-_VERBOSE_HELP = "also show other libraries' INFO logs and progress bars, and dsanchor's debug logs"
+_VERBOSE_HELP = "also show other libraries' INFO logs and weight-loading bars, and dsanchor's debug logs"
 
 
 def _name(module: str) -> str:

@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import warnings
 
 __all__ = ["setup_logging", "THIRD_PARTY_LOGGERS"]
 
@@ -24,9 +25,8 @@ THIRD_PARTY_LOGGERS: tuple[str, ...] = (
 )
 _OWN = ("dsanchor", "__main__")  # top-level logger names whose INFO lines stay
 _FORMAT = "%(asctime)s %(name)s %(levelname)s %(message)s"
-# read by huggingface_hub when imported, and through it by transformers ("Loading weights" bars)
-_QUIET_ENV = {"HF_HUB_DISABLE_PROGRESS_BARS": "1"}
-_QUIETED: set[str] = set()  # what an earlier quiet call in this process switched off (for a later -v call)
+_HF_BARS_ENV = "HF_HUB_DISABLE_PROGRESS_BARS"
+_SET_BY_US: set[str] = set()  # environment variables a quiet call in this process set (a later -v call unsets them)
 
 
 class _OwnInfoOnly(logging.Filter):
@@ -52,25 +52,27 @@ def setup_logging(verbose: bool = False) -> None:
 
 
 def _hf_progress_bars(enabled: bool) -> None:
-    """Hugging Face progress bars on or off, before or after huggingface_hub / transformers are imported.
+    """Hugging Face's progress bars ("Loading weights", downloads) on or off.
 
-    Off: the environment variables of ``_QUIET_ENV`` (unless the user set them) and the libraries' switches.
-    On: undoes only what an earlier quiet call in this process did.
+    Off: sets ``HF_HUB_DISABLE_PROGRESS_BARS`` (read when huggingface_hub is imported, and through it by
+    transformers) unless the user set it, and switches the bars off in those libraries if already imported.
+    On: undoes what an earlier quiet call in this process did (huggingface_hub's own bars stay off once it
+    was imported with the variable set).
     """
-    if enabled and not _QUIETED:
-        return
-    for key, value in _QUIET_ENV.items():
-        if enabled and key in _QUIETED:
-            del os.environ[key]
-        elif not enabled and key not in os.environ:
-            os.environ[key] = value
-            _QUIETED.add(key)
-    _QUIETED.add("bars")
     hub = sys.modules.get("huggingface_hub.utils")
-    if hub is not None and not (enabled and os.environ.get("HF_HUB_DISABLE_PROGRESS_BARS")):
-        (hub.enable_progress_bars if enabled else hub.disable_progress_bars)()
     hf_logging = sys.modules.get("transformers.utils.logging")
-    if hf_logging is not None:
-        (hf_logging.enable_progress_bar if enabled else hf_logging.disable_progress_bar)()
-    if enabled:
-        _QUIETED.clear()
+    if not enabled:
+        if _HF_BARS_ENV not in os.environ:
+            os.environ[_HF_BARS_ENV] = "1"
+            _SET_BY_US.add(_HF_BARS_ENV)
+        if hub is not None:
+            hub.disable_progress_bars()
+        if hf_logging is not None:
+            hf_logging.disable_progress_bar()
+    elif _HF_BARS_ENV in _SET_BY_US:
+        del os.environ[_HF_BARS_ENV]
+        _SET_BY_US.discard(_HF_BARS_ENV)
+        if hf_logging is not None:
+            with warnings.catch_warnings():  # huggingface_hub warns when its own bars cannot come back
+                warnings.simplefilter("ignore")
+                hf_logging.enable_progress_bar()
