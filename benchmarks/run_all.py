@@ -6,7 +6,7 @@ with one markdown table ``benchmark | metric | value | target | met?`` plus the 
 (read from ``runs/demo/results.json`` or ``--demo-results``). Ratios are measured within one run, so
 they hold on a loaded machine; bare times do not. See benchmarks/README.md for what each one measures.
 
-    python benchmarks/run_all.py [--quick] [--only retrieval] [--threads 2]
+    python benchmarks/run_all.py [--quick] [--only retrieval] [--threads 2] [--startup-base OTHER/src]
 """
 
 from __future__ import annotations
@@ -41,6 +41,7 @@ SIZES: dict[str, tuple[dict, dict]] = {
     "search_scale": ({"gallery": 100_000, "queries": 256, "index_size": 10_000, "single_queries": 50},
                      {"gallery": 20_000, "queries": 64, "index_size": 10_000, "single_queries": 20, "repeats": 1}),
     "mllm_overhead": ({"images": 32, "batch": 8, "repeats": 5}, {"images": 16, "batch": 8, "repeats": 3}),
+    "startup": ({"repeats": 7}, {"repeats": 3}),
 }
 
 Row = tuple[str, str, str, str]  # metric, value, target, met?
@@ -126,16 +127,29 @@ def _mllm_rows(r: dict) -> list[Row]:
              f"< {100 * r['share_target']:.0f} %", _met(r["meets_target"]))]
 
 
+def _startup_rows(r: dict) -> list[Row]:
+    med, over, speed = r["median_s"], r["over_python"], r.get("speedup", {})
+    rows = [("python -c pass, median s", f"{med['python -c pass']:.3f}", "", _met(None))]
+    for name in ("import dsanchor", "dsanchor --help", "dsanchor search --help", "dsanchor train --help"):
+        target, ok = (f"< {r['target_help_s']:.0f} s", r["meets_target"]) if name == "dsanchor --help" else ("", None)
+        rows.append((f"{name}, median s (x python -c pass)", f"{med[name]:.3f} ({over[name]:.1f}x)", target, _met(ok)))
+        if name in speed:
+            rows.append((f"{name} before ({r['base_src']}), median s (before / now)",
+                         f"{med['before: ' + name]:.3f} ({speed[name]:.1f}x)", "", _met(None)))
+    return rows
+
+
 ROWS: dict[str, Callable[[dict], list[Row]]] = {
     "synth": _synth_rows, "extract": _extract_rows, "retrieval": _retrieval_rows,
     "controller": _controller_rows, "ppo_env": _ppo_rows, "search_scale": _search_scale_rows,
-    "mllm_overhead": _mllm_rows,
+    "mllm_overhead": _mllm_rows, "startup": _startup_rows,
 }
 
 
-def run_one(name: str, quick: bool) -> tuple[list[Row], float]:
-    """Run ``bench_<name>.main`` with its sizes; a failure becomes one row instead of an exception."""
-    kwargs = SIZES[name][1 if quick else 0]
+def run_one(name: str, quick: bool, extra: dict | None = None) -> tuple[list[Row], float]:
+    """Run ``bench_<name>.main`` with its sizes (and ``extra`` arguments); a failure becomes one row instead
+    of an exception."""
+    kwargs = {**SIZES[name][1 if quick else 0], **(extra or {})}
     start = time.perf_counter()
     print(f"\n== bench_{name} {kwargs}", flush=True)
     try:
@@ -180,6 +194,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[list[Row], float]]:
     ap.add_argument("--threads", type=int, default=2, help="torch (and faiss) threads")
     ap.add_argument("--demo-results", type=Path, default=DEFAULT_DEMO_RESULTS, help="a demo's results.json")
     ap.add_argument("--out", type=Path, default=HERE / "last_run.md", help="where to write the table")
+    ap.add_argument("--startup-base", default=None, help="another checkout's src/ whose CLI start-up bench_startup "
+                                                         "also times, in the same rounds (before / after a change)")
     args = ap.parse_args(argv)
 
     import torch
@@ -188,7 +204,8 @@ def main(argv: list[str] | None = None) -> dict[str, tuple[list[Row], float]]:
     sys.path.insert(0, str(HERE))
     load0 = os.getloadavg()
     start = time.perf_counter()
-    results = {name: run_one(name, args.quick) for name in (args.only or SIZES)}
+    extra = {"startup": {"base_src": args.startup_base}} if args.startup_base else {}
+    results = {name: run_one(name, args.quick, extra.get(name)) for name in (args.only or SIZES)}
     load1 = os.getloadavg()
     header = (f"Benchmarks of {datetime.datetime.now():%Y-%m-%d %H:%M} ({'quick' if args.quick else 'make bench'} "
               f"sizes), {args.threads} torch threads, {os.cpu_count()} CPUs, load average {load0[0]:.1f} at start "

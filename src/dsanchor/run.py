@@ -151,13 +151,10 @@ def start_run(out: Path, total: int, inputs: dict[str, Any], overwrite: bool = F
 
 
 def quiet_progress() -> None:
-    """One line per stage: silence the inner progress bars and INFO logs of the library."""
-    import functools
+    """One line per stage: silence the INFO logs of the library. The progress bars inside a stage (epochs, steps,
+    trials; :func:`dsanchor.progress.progress_bar`) show on a terminal and vanish when the stage ends."""
     import logging
 
-    from tqdm import tqdm
-
-    tqdm.__init__ = functools.partialmethod(tqdm.__init__, disable=True)
     logging.getLogger().setLevel(logging.WARNING)
 
 
@@ -195,8 +192,8 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
                lambda d: tune_stage(feats, sd / "heads", sd / "detector", d, tune=tune, ppo=ppo), "tune")
     ppo_key = {**tune_key, "ppo": dataclasses.asdict(ppo)}
     stages.run(f"PPO controller (seed {seed})", sd / "ppo", ppo_key,
-               lambda d: train_stage(feats, sd / "heads", sd / "detector", d, read_best(sd / "tune"), ppo=ppo,
-                                     progress=False), "ppo")
+               lambda d: train_stage(feats, sd / "heads", sd / "detector", d, read_best(sd / "tune"), ppo=ppo),
+               "ppo")
     cap_key = {**heads_key, **det_key, "steps": config.caption_steps, "ppo_steps": config.caption_ppo_timesteps}
     stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
                lambda d: caption_stage(feats, sd, d, config, seed), "caption")

@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import sys
 import time
 from pathlib import Path
 
@@ -31,7 +32,8 @@ def synth_stage(out: Path, config) -> None:
     from dsanchor.data import SynthConfig, generate_synth
 
     generate_synth(out, SynthConfig(scenes=config.scenes, seed=config.data_seed, image_size=config.image_size,
-                                    split_fractions=SPLITS, workers=config.workers, color_space=config.color_space))
+                                    split_fractions=SPLITS, workers=config.workers, color_space=config.color_space),
+                   progress=sys.stderr.isatty())
 
 
 def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:
@@ -41,7 +43,8 @@ def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:
     from dsanchor.features.extract import ExtractConfig, extract_features
 
     encoder = create_encoder("effnet-minilm")
-    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=False),
+    progress = sys.stderr.isatty()  # a bar on a terminal, nothing in a log
+    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress),
                      RegionConfig(), source={"format": fmt, "split": None})
 
 

@@ -19,7 +19,6 @@ import time
 from dataclasses import dataclass, field
 
 import torch
-from tqdm.auto import tqdm
 
 from dsanchor.align.heads import AlignConfig, AlignmentHeads, JointFeatures
 from dsanchor.align.loss import POSITIVE_LOSSES, symmetric_multi_positive_infonce
@@ -27,6 +26,7 @@ from dsanchor.align.positives import POSITIVE_RULES, Relevance
 from dsanchor.errors import ConfigError
 from dsanchor.features.types import GRANULARITY_CODES, ImageFeatures, TextFeatures
 from dsanchor.metrics.retrieval import ranks_of_first_positive
+from dsanchor.progress import progress_bar
 from dsanchor.retrieval import pair_terms
 
 __all__ = ["AlignTrainConfig", "train_heads", "embed_images", "evaluate_heads", "evaluate_by_granularity"]
@@ -160,7 +160,7 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
         val = evaluate_by_granularity(heads, val_images, val_texts, exact=val_exact)["all"]
         best, best_state = _val_score(val, train.val_protocol), copy.deepcopy(heads.state_dict())
         start = _history_row(-1, float("nan"), best, val)
-    bar = tqdm(range(train.epochs), desc="align", unit="epoch")
+    bar = progress_bar(range(train.epochs), desc="align heads", unit="epoch")
     for epoch in bar:
         order = torch.randperm(len(texts), generator=gen)
         loss = _epoch(heads, opt, images, texts, order, train, relevance, id_to_row)
@@ -175,6 +175,7 @@ def train_heads(images: ImageFeatures, texts: TextFeatures, val_images: ImageFea
             bad += 1
             if bad >= train.patience:
                 break
+    bar.close()
     heads.load_state_dict(best_state)
     heads.eval()
     kept = start if best_epoch < 0 else history[best_epoch]

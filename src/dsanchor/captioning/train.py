@@ -36,7 +36,6 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from dsanchor.captioning.decode import DecodeConfig, generate_caption_sets
 from dsanchor.captioning.decoder import CaptionDecoder, DecoderConfig
@@ -45,6 +44,7 @@ from dsanchor.captioning.granularity import GRANULARITIES
 from dsanchor.captioning.tokenizer import PAD, Vocabulary
 from dsanchor.captioning.tokens import CaptionSplit
 from dsanchor.errors import ConfigError
+from dsanchor.progress import progress_bar
 
 __all__ = ["CaptionTrainConfig", "CaptionBatch", "caption_examples", "caption_loss", "train_decoder"]
 
@@ -187,7 +187,7 @@ def train_decoder(train: CaptionSplit, val: CaptionSplit, vocab: Vocabulary, con
     best, best_state, bad, history = -math.inf, None, 0, []
     total, n, seen = 0.0, 0, 0  # training loss sum and captions since the last check; captions seen
     t0 = time.perf_counter()
-    bar = tqdm(range(1, cfg.steps + 1), desc="caption", unit="step")
+    bar = progress_bar(range(1, cfg.steps + 1), desc="caption decoder", unit="step")
     for step in bar:
         decoder.train()
         batch = data.index(next(batches))
@@ -213,6 +213,7 @@ def train_decoder(train: CaptionSplit, val: CaptionSplit, vocab: Vocabulary, con
             bad += 1
         if bad >= cfg.patience or out_of_time:
             break
+    bar.close()
     decoder.load_state_dict(best_state)
     decoder.eval()
     return decoder, {"history": history, "best_val_score": best, "early_stop": cfg.early_stop, "steps": step,

@@ -15,8 +15,6 @@ import shutil
 from pathlib import Path
 from typing import Any
 
-import torch
-
 from dsanchor.config import load_yaml
 from dsanchor.errors import ConfigError
 from dsanchor.files import write_json
@@ -48,6 +46,8 @@ def yaml_of(args: argparse.Namespace) -> dict[str, Any]:
 
 def set_threads(args: argparse.Namespace) -> None:
     if getattr(args, "threads", 0):
+        import torch
+
         torch.set_num_threads(args.threads)
 
 

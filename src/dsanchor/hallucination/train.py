@@ -20,13 +20,13 @@ from dataclasses import dataclass, field
 
 import torch
 from torch.nn import functional as F
-from tqdm.auto import tqdm
 
 from dsanchor.errors import ConfigError
 from dsanchor.features.types import ImageFeatures
 from dsanchor.hallucination.detector import DetectorConfig, HallucinationDetector, ObjectVocabulary
 from dsanchor.hallucination.negatives import SAMPLINGS, ObjectStats, build_pairs, object_rows
 from dsanchor.metrics.pope import pope_metrics
+from dsanchor.progress import progress_bar
 
 __all__ = ["DetectorTrainConfig", "PopeConfig", "train_detector", "evaluate_pope", "dataset_stats", "holdout"]
 
@@ -173,7 +173,7 @@ def train_detector(train_images: ImageFeatures, val_images: ImageFeatures, vocab
     best, best_state, best_epoch, bad, history = -1.0, None, -1, 0, []
     cache: dict = {}  # the ranked negatives of each image, the same every epoch
     t0 = time.perf_counter()
-    bar = tqdm(range(train.epochs), desc="detector", unit="epoch")
+    bar = progress_bar(range(train.epochs), desc="detector", unit="epoch")
     for epoch in bar:
         loss = _epoch(detector, opt, train_images, phrases, rows, stats, train, epoch, cache)
         val = evaluate_pope(detector, val_images, vocabulary, stats, pope)
@@ -187,6 +187,7 @@ def train_detector(train_images: ImageFeatures, val_images: ImageFeatures, vocab
             bad += 1
             if bad >= train.patience:
                 break
+    bar.close()
     if best_state is not None:
         detector.load_state_dict(best_state)
     detector.eval()

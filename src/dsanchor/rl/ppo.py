@@ -34,6 +34,7 @@ from torch import nn
 
 from dsanchor.controller import ControllerConfig, GranularityController
 from dsanchor.files import write_json
+from dsanchor.progress import progress_bar
 from dsanchor.rl.env import GranularityEnv, RewardConfig, RewardModel
 
 __all__ = ["PPOConfig", "train_ppo", "controller_for", "export_controller", "run_fingerprint"]
@@ -77,6 +78,24 @@ class _CurveCallback(BaseCallback):
             self.logger.record("dsa/mean_g", float(np.nanmean(self._g)))
         self._r, self._g = [], []
         write_json(self.path, self.curve, indent=None)
+
+
+class _ProgressCallback(BaseCallback):
+    """A progress bar over PPO's timesteps (:func:`dsanchor.progress.progress_bar`); reads nothing else."""
+
+    def __init__(self, total: int, done: int):
+        super().__init__()
+        self.total, self.done, self.bar = total, done, None
+
+    def _on_training_start(self) -> None:
+        self.bar = progress_bar(total=self.total, initial=self.done, desc="PPO", unit="step")
+
+    def _on_step(self) -> bool:
+        self.bar.update(self.training_env.num_envs)
+        return True
+
+    def _on_training_end(self) -> None:
+        self.bar.close()
 
 
 def run_fingerprint(states: torch.Tensor, reward_model: RewardModel, reward: RewardConfig, config: PPOConfig,
@@ -146,6 +165,7 @@ def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardCon
     Args:
         states: (Q, S) raw states of the training queries.
         reward_model: (R_acc, R_hall) of a query at a g.
+        progress: a bar over the timesteps, with time left (on a terminal).
         codebook, text_dim: a query-type codebook of this size over query states whose text part has
             ``text_dim`` columns (:mod:`dsanchor.state`); the policy then sees the one-hot query type.
         state_layout: recorded in the exported controller's config (MLLM states,
@@ -182,6 +202,7 @@ def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardCon
     callbacks = CallbackList([
         CheckpointCallback(max(config.checkpoint_every // config.n_envs, 1), str(out / "checkpoints"), "ppo"),
         _CurveCallback(curve_path, curve),
+        *([_ProgressCallback(config.timesteps, done_steps)] if progress else []),
     ])
     t0 = time.perf_counter()
     remaining = max(config.timesteps - done_steps, 0)

@@ -24,6 +24,7 @@ from pathlib import Path
 import optuna
 
 from dsanchor.files import write_json
+from dsanchor.progress import progress_bar
 from dsanchor.rl.env import RewardConfig
 
 __all__ = ["TuneConfig", "run_study", "run_parallel", "best_reward", "write_best", "read_best"]
@@ -68,17 +69,23 @@ def suggest_reward(trial: optuna.Trial, config: TuneConfig) -> RewardConfig:
 
 def run_study(objective: Callable[[RewardConfig], float], config: TuneConfig, n_trials: int,
               worker: int = 0) -> optuna.Study:
-    """Run ``n_trials`` trials of the shared study in this process (maximising the objective)."""
+    """Run ``n_trials`` trials of the shared study in this process (maximising the objective), with a progress
+    bar of the trials (one line per worker process, on a terminal)."""
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(study_name=config.study_name, storage=config.storage, direction="maximize",
                                 sampler=_sampler(config.seed + worker, config.startup_trials), load_if_exists=True)
+    bar = progress_bar(total=n_trials, desc=f"tune (worker {worker})" if config.workers > 1 else "tune",
+                       unit="trial", position=worker)
 
     def wrapped(trial: optuna.Trial) -> float:
         value = objective(suggest_reward(trial, config))
         log.info("trial %d: %s -> %.4f", trial.number, trial.params, value)
+        bar.set_postfix(last=f"{value:.4f}")
+        bar.update()
         return value
 
-    study.optimize(wrapped, n_trials=n_trials)
+    with bar:
+        study.optimize(wrapped, n_trials=n_trials)
     return study
 
 
