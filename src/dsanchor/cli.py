@@ -25,8 +25,8 @@ from dsanchor.logs import setup_logging
 
 # module name under dsanchor.commands, in the order ``dsanchor --help`` lists them
 COMMANDS: tuple[str, ...] = (
-    "data", "extract", "align", "hallucination", "train", "tune", "caption", "eval", "hardneg", "metrics", "mllm", "demo", "run",
-    "index", "search", "caption_images", "serve",
+    "data", "extract", "align", "hallucination", "train", "tune", "caption", "eval", "hardneg", "metrics", "mllm",
+    "demo", "run", "index", "search", "caption_images", "serve",
 )
 # each command's one-line help for ``dsanchor --help`` (the same text its module registers; a test checks)
 HELP: dict[str, str] = {
@@ -38,9 +38,10 @@ HELP: dict[str, str] = {
     "tune": "tune the reward (beta/alpha, clip bounds) with Optuna (GPSampler)",
     "caption": "caption decoder over V': train, generate, evaluate methods",
     "eval": "evaluate coarse, fine, fixed_best, gate_grad, dsa_ppo and the oracle",
+    "hardneg": "compositional hard negatives: make them, score a pipeline",
     "metrics": "score caption files: CHAIR, BLEU, CIDEr",
     "mllm": "run DSA inside a Hugging Face multimodal LLM",
-    "demo": "run the whole pipeline on synthetic data (about 8 minutes on 2 idle cores)",
+    "demo": "run the whole pipeline on synthetic data (4-8 minutes on 2 idle cores)",
     "run": "extraction, heads, detector, tuning, PPO, captioning, eval and the report on a dataset on disk",
     "index": "index a folder of images (or a dataset) for `dsanchor search`",
     "search": "search an index by text (or rank its captions for an image)",
@@ -121,6 +122,12 @@ def _modules_for(argv: list[str]) -> tuple[str, ...]:
 
 def _options_part(argv: list[str]) -> list[str]:
     return argv[:argv.index("--")] if "--" in argv else argv
+
+
+def parse_args(argv: list[str]) -> argparse.Namespace:
+    """``argv`` parsed as ``main`` parses it (routing and the command's own parser), without running it."""
+    argv = _route(list(argv))
+    return build_parser(_modules_for(argv)).parse_args(argv)
 
 
 def main(argv: list[str] | None = None) -> int:
