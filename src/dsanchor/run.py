@@ -151,7 +151,7 @@ def _pipeline(out: Path, seed0: dict) -> None:
     sd = out / "seed0"
     save_pipeline(out / "pipeline", out / "features", sd / "heads", sd / "ppo", sd / "detector",
                   sd / "caption" / "decoder", fixed_g=seed0["methods"]["fixed_best"]["g"],
-                  info={"seed": 0, "run": str(out)})
+                  info={"seed": 0, "run": str(out)}, dataset=seed0.get("dataset"))
     print(f"pipeline: {out / 'pipeline'} (seed 0; `dsanchor index --pipeline {out / 'pipeline'} --images DIR`)",
           flush=True)
 
