@@ -6,6 +6,7 @@ and a fresh synth image is not runs the real default encoder (marked slow)."""
 from __future__ import annotations
 
 import json
+import re
 import shutil
 from pathlib import Path
 
@@ -222,3 +223,69 @@ def test_coco_photo_is_flagged_and_a_fresh_synth_image_is_not(tmp_path):
     photos = sorted(COCO_PHOTO.parent.glob("*.jpg"))
     assert domain.image_notes(coarse(fresh)) == [None] * len(fresh)
     assert all(n is not None for n in domain.image_notes(coarse(photos)))
+
+
+# ---- plots and the report's reading -------------------------------------------------------------------------------
+
+def _results(fb=0.784, pp=0.764, orc=0.830):
+    methods = {name: {"exact": {"t2i": {"R@1": v}}} for name, v in
+               (("coarse", 0.5), ("fine", 0.74), ("fixed_best", fb), ("gate_grad", 0.76), ("dsa_ppo", pp),
+                ("oracle", orc))}
+    methods["fixed_best"]["g"] = 0.7
+    return {"methods": methods, "seeds": [0], "overhead": {"controller_ms": 0.01, "encoder_ms": 4.0, "ratio": 0.0025}}
+
+
+def test_reading_says_where_ppo_and_the_oracle_stand_in_plain_numbers():
+    from dsanchor.report.demo_report import reading
+
+    lines = reading(_results())
+    oracle = next(s for s in lines if "oracle" in s)
+    assert oracle.startswith("Text→image R@1 (exact): PPO (0.764) is 0.020 below the best fixed g (0.784 at "
+                             "g = 0.70, chosen on val), while the per-query oracle (0.830) is 0.046 above it.")
+    assert "(the DSA proposal asks for under 5%)" in lines[-1]
+    text = " ".join(lines)
+    assert "captures" not in text and "the seed" not in text and "the issue" not in text
+    assert not re.search(r"[-−]\d+%", text)  # no negative percentages
+    assert "PPO (0.790) is 0.006 above" in " ".join(reading(_results(pp=0.790)))
+
+
+def test_examples_are_framed_by_the_exact_protocol_with_a_legend(parts, tmp_path):
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.features.types import exact_relevance
+    from dsanchor.report.demo_report import _examples
+    from dsanchor.report.plots import EXAMPLE_LEGEND, plot_examples
+
+    store = FeatureStore(parts / "feats")
+    texts, images = store.texts("test"), store.images("test")
+    examples, protocol = _examples(store, texts, images, torch.full((len(texts),), 0.5), parts)
+    assert protocol == "exact" and examples
+    rel = exact_relevance(texts, images)
+    paths = [str(parts / "synth" / p) for p in store.image_paths("test")]
+    for ex in examples:
+        q = texts.captions.index(ex["caption"])
+        for path, relevant, own in ex["top"]:
+            j = paths.index(str(path))
+            assert relevant == bool(rel[q, j]) and (relevant or not own)  # own image => relevant
+    assert "true of this image" in EXAMPLE_LEGEND["exact"][0]
+    assert plot_examples(examples, tmp_path / "ex.png", protocol).stat().st_size > 1000
+
+
+def test_report_says_which_boxes_its_numbers_use():
+    from types import SimpleNamespace
+
+    from dsanchor.encoders.regions import RegionConfig
+    from dsanchor.report.demo_report import regions_note
+
+    boxed = SimpleNamespace(objects=[["cube"], ["ball"]])
+    note = regions_note(RegionConfig(), boxed)
+    assert "measured on **annotation boxes**" in note and "overstate" in note and "--region-source proposals" in note
+    note = regions_note(RegionConfig(annotations=False), boxed)
+    assert "measured on **proposals**" in note and "measured on the boxes new files get" in note
+
+
+def test_run_config_region_source():
+    from dsanchor.run import REGION_SOURCES, RunConfig
+
+    assert RunConfig().region_source in REGION_SOURCES
+    with pytest.raises(ValueError, match="region_source must be one of annotations, proposals"):
+        RunConfig(region_source="boxes")

@@ -33,7 +33,11 @@ from typing import Any
 from dsanchor.errors import ConfigError
 from dsanchor.files import write_json
 
-__all__ = ["RunConfig", "Stages", "run_pipeline"]
+__all__ = ["REGION_SOURCES", "RunConfig", "Stages", "run_pipeline"]
+
+# the boxes a run trains (and measures) on: the dataset's annotation boxes, or the class-agnostic proposals that
+# a new file without annotations gets (dsanchor.encoders.regions)
+REGION_SOURCES = ("annotations", "proposals")
 
 
 @dataclass
@@ -54,6 +58,14 @@ class RunConfig:
     init_heads: str = field(default="", metadata={
         "help": "saved heads to fine-tune instead of training from scratch, e.g. a synth run's "
                 "runs/demo/seed{seed}/heads ({seed} is each seed); empty: from scratch"})
+    region_source: str = field(default="annotations", metadata={
+        "help": "boxes the heads train on and the report measures on: annotations (the dataset's boxes where it "
+                "has them) or proposals (class-agnostic proposals, what a new file without annotations gets in "
+                "`search --image`, `caption` and the page)"})
+
+    def __post_init__(self):
+        if self.region_source not in REGION_SOURCES:
+            raise ValueError(f"region_source must be one of {', '.join(REGION_SOURCES)}, got {self.region_source!r}")
 
 
 class Stages:
@@ -207,6 +219,8 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     encoder = config_to_dict(encoder_config_class("effnet-minilm")())  # a changed default is another store
     feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": fmt, "splits": splits,
                 "split_seed": config.split_seed, "encoder_config": encoder}
+    if config.region_source != "annotations":  # runs made before the field (annotation boxes) keep their keys
+        feat_key["region_source"] = config.region_source
     stages.run("extract features", out / "features", feat_key,
                lambda d: _extract(data, fmt, d, config, splits), "extract")
     name = dataset or fmt
