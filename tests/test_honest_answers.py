@@ -283,9 +283,20 @@ def test_report_says_which_boxes_its_numbers_use():
     assert "measured on **proposals**" in note and "measured on the boxes new files get" in note
 
 
-def test_run_config_region_source():
+def test_run_config_region_source(monkeypatch):
+    """A run extracts the boxes of ``RunConfig.region_source``: proposals by default (what new files get)."""
+    import dsanchor.encoders
+    import dsanchor.features.extract
     from dsanchor.run import REGION_SOURCES, RunConfig
+    from dsanchor.stages import extract_samples
 
-    assert RunConfig().region_source in REGION_SOURCES
-    with pytest.raises(ValueError, match="region_source must be one of annotations, proposals"):
+    assert RunConfig().region_source == REGION_SOURCES[0] == "proposals"
+    with pytest.raises(ValueError, match="region_source must be one of proposals, annotations"):
         RunConfig(region_source="boxes")
+    seen = []
+    monkeypatch.setattr(dsanchor.encoders, "create_encoder", lambda name: name)
+    monkeypatch.setattr(dsanchor.features.extract, "extract_features",
+                        lambda samples, data, out, encoder, config, regions, source: seen.append(regions))
+    for source in REGION_SOURCES:
+        extract_samples([], Path("data"), Path("out"), RunConfig(region_source=source), "synth")
+    assert [r.annotations for r in seen] == [False, True]
