@@ -313,10 +313,12 @@ class DSAPipeline:
 
     def region_note(self) -> str | None:
         """A warning when new images will get other regions than the heads were trained on, else None."""
+        if self.domain is not None and not self.domain.region_source.startswith("annotation"):
+            return None  # the training images had no annotation boxes either: they got what new images get
         if self.regions.annotations and not self.regions.detector:
             return ("the heads were trained on annotation boxes, but an image without them gets class-agnostic "
                     "proposals (README 'Regions'); for images without boxes, train with --no-annotations or "
-                    "--detector")
+                    "--detector (`dsanchor run` and `demo`: --region-source proposals, their default)")
         return None
 
     def trained_on(self) -> str | None:
