@@ -235,3 +235,26 @@ def test_favicon(page):
         Promise.all(['/favicon.ico', '/favicon.svg'].map(u => fetch(u).then(r => [r.status,
             r.headers.get('Content-Type')]))).then(done);""")
     assert got == [[200, "image/svg+xml"], [200, "image/svg+xml"]]
+
+
+def test_out_of_domain_note_in_the_result_headers(page, page_server, parts, monkeypatch):
+    """A query and an upload beyond the pipeline's domain thresholds get one line each in their result header;
+    a query within them clears it."""
+    import dataclasses
+
+    from selenium.webdriver.common.by import By
+
+    pipe = page_server.app.pipe
+    monkeypatch.setattr(pipe, "domain", dataclasses.replace(pipe.domain, image_threshold=-1.0, text_threshold=2.0))
+    _search(page, "a dog sitting on a bed")
+    _wait(page, lambda: _text(page, "domain-note").startswith("note: this query looks unlike the pipeline's"))
+    assert page.find_element(By.ID, "domain-note").is_displayed()
+    height = page.execute_script("const e = document.getElementById('domain-note'); return [e.clientHeight, "
+                                 "parseFloat(getComputedStyle(e).lineHeight) + 8.5]")
+    assert height[0] <= height[1]  # one line
+    page.find_element(By.ID, "file").send_keys(str(_images(parts)[0]))
+    _wait(page, lambda: _text(page, "image-note").startswith("note: this image looks unlike the pipeline's"))
+    monkeypatch.setattr(pipe, "domain", dataclasses.replace(pipe.domain, image_threshold=9.0, text_threshold=-9.0))
+    _search(page, QUERY)
+    _wait(page, lambda: page.execute_script("return document.getElementById('domain-note').hidden"))
+    assert "trained on" in _text(page, "info")

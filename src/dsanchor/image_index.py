@@ -227,10 +227,15 @@ def open_index(path: str | Path, pipe) -> ImageIndex:
 
 
 @torch.no_grad()
-def rank_index_captions(pipe, index: ImageIndex, image, k: int = 10, g: float | None = None):
-    """The index's stored captions ranked for an image (image→text), top ``k``, and the g used."""
+def rank_index_captions(pipe, index: ImageIndex, image, k: int = 10, g: float | None = None,
+                        collapse: bool = True):
+    """The index's stored captions ranked for an image (image→text), top ``k``, and the g used.
+
+    With ``collapse`` (the default) each statement is shown once: a caption is dropped when a higher-ranked one
+    states the same fact (captions with facts: synth, CLEVR), has the same normalised text, or has a
+    text-encoder cosine >= 0.97 with it (:mod:`dsanchor.duplicates`).
+    """
     if not index.has_captions:
         raise ConfigError("this index holds no captions (index a dataset with --data/--format to rank captions)")
     texts = index.store.texts()
-    ranked, choice = pipe.rank_captions_embedded(image, texts.embeddings, texts.captions, g)
-    return ranked[:k], choice
+    return pipe.rank_captions_embedded(image, texts.embeddings, texts.captions, g, k, collapse, texts.facts)

@@ -9,7 +9,10 @@ of safetensors and JSON (nothing is unpickled)::
 
     pipeline/
         pipeline.json        format, encoder (name, config, dims), regions, state, fixed_g, chair vocabulary,
-                             which parts are present, where they came from
+                             which parts are present, where they came from, and "domain": what it was trained
+                             on (dataset, format, training images, region source) with the out-of-domain
+                             thresholds (dsanchor.domain; absent in pipelines saved before it)
+        domain.safetensors   the out-of-domain references (training coarse vectors and caption vectors)
         heads/ controller/ detector/ decoder/     each part's own save_pretrained folder
         objects.safetensors + objects.json        the object vocabulary's names and text embeddings
 
@@ -84,7 +87,7 @@ class DSAPipeline:
 
     def __init__(self, encoder: dict[str, Any], regions, heads, controller=None, state=None, fixed_g: float = 0.5,
                  detector=None, objects=None, decoder=None, vocab=None, vocabulary: str = "synth",
-                 info: dict[str, Any] | None = None):
+                 info: dict[str, Any] | None = None, domain=None):
         from dsanchor.encoders.regions import RegionConfig
         from dsanchor.state import StateConfig
 
@@ -100,6 +103,7 @@ class DSAPipeline:
         self.vocab = vocab
         self.vocabulary = vocabulary
         self.info = info or {}
+        self.domain = domain  # TrainingDomain (dsanchor.domain): what it was trained on; None for older pipelines
         self.path: Path | None = None  # the folder it was loaded from or saved to
         self._encoder = None
         self._detector_model = None  # the region source's object detector, when it has one
@@ -175,6 +179,8 @@ class DSAPipeline:
         meta = {"format": PIPELINE_FORMAT, "encoder": self.encoder_spec, "regions": config_to_dict(self.regions),
                 "state": config_to_dict(self.state), "fixed_g": self.fixed_g, "chair_vocabulary": self.vocabulary,
                 "parts": parts, "info": self.info}
+        if self.domain is not None:
+            meta["domain"] = self.domain.save(out)
         write_json(out / PIPELINE_FILE, meta)
         self.path = out
         return out
@@ -188,6 +194,7 @@ class DSAPipeline:
         from dsanchor.captioning.tokenizer import Vocabulary
         from dsanchor.config import config_from_dict
         from dsanchor.controller import GranularityController
+        from dsanchor.domain import TrainingDomain
         from dsanchor.encoders.regions import RegionConfig
         from dsanchor.features.types import ObjectVocabulary
         from dsanchor.hallucination import HallucinationDetector
@@ -218,7 +225,8 @@ class DSAPipeline:
                    GranularityController.from_pretrained(p / "controller") if parts.get("controller") else None,
                    config_from_dict(StateConfig, meta["state"], where=str(meta_file)), meta.get("fixed_g", 0.5),
                    HallucinationDetector.from_pretrained(p / "detector") if parts.get("detector") else None,
-                   objects, decoder, vocab, meta.get("chair_vocabulary", "synth"), meta.get("info", {}))
+                   objects, decoder, vocab, meta.get("chair_vocabulary", "synth"), meta.get("info", {}),
+                   TrainingDomain.load(p, meta.get("domain")))
         pipe.path = p
         return pipe
 
@@ -305,11 +313,27 @@ class DSAPipeline:
 
     def region_note(self) -> str | None:
         """A warning when new images will get other regions than the heads were trained on, else None."""
+        if self.domain is not None and not self.domain.region_source.startswith("annotation"):
+            return None  # the training images had no annotation boxes either: they got what new images get
         if self.regions.annotations and not self.regions.detector:
             return ("the heads were trained on annotation boxes, but an image without them gets class-agnostic "
                     "proposals (README 'Regions'); for images without boxes, train with --no-annotations or "
-                    "--detector")
+                    "--detector (`dsanchor run` and `demo`: --region-source proposals, their default)")
         return None
+
+    def trained_on(self) -> str | None:
+        """'synth (600 training images, annotation boxes)', or None for a pipeline saved without the record."""
+        return None if self.domain is None else self.domain.describe()
+
+    def image_notes(self, images) -> list[str | None]:
+        """Per image (files, PIL images or their :meth:`encode_images`), one line when it looks out of the
+        training domain (:mod:`dsanchor.domain`), else None; all None without a domain record."""
+        feats = self._features(images)
+        return [None] * len(feats) if self.domain is None else self.domain.image_notes(feats.coarse)
+
+    def text_note(self, text: str) -> str | None:
+        """One line when a text query looks unlike the training captions (:mod:`dsanchor.domain`), else None."""
+        return None if self.domain is None else self.domain.text_note(self.encode_texts([text]))
 
     def index(self, images: str | Path | Sequence[str | Path], out: str | Path | None = None, **kwargs):
         """Index a folder (or list) of images for :meth:`search`; see :func:`dsanchor.image_index.build_index`."""
@@ -340,19 +364,29 @@ class DSAPipeline:
         return hits, choice
 
     @torch.no_grad()
-    def rank_captions(self, image: str | Path | Image.Image, captions: Sequence[str],
-                      g: float | None = None) -> tuple[list[tuple[str, float]], GChoice]:
-        """Captions ranked for an image by DSA at the controller's g (or ``g``), best first, and the g."""
+    def rank_captions(self, image: str | Path | Image.Image, captions: Sequence[str], g: float | None = None,
+                      k: int | None = None, collapse: bool = True) -> tuple[list[tuple[str, float]], GChoice]:
+        """Captions ranked for an image by DSA at the controller's g (or ``g``), best first, and the g.
+
+        Args:
+            k: keep the top ``k`` (all when None).
+            collapse: show each statement once: drop a caption that is a near-duplicate of a higher-ranked one
+                (identical normalised text, or text-encoder cosine >= 0.97; :mod:`dsanchor.duplicates`).
+        """
         if not captions:
             raise ConfigError("rank_captions needs at least one caption")
-        return self.rank_captions_embedded(image, self.encode_texts(captions), list(captions), g)
+        return self.rank_captions_embedded(image, self.encode_texts(captions), list(captions), g, k, collapse)
 
     @torch.no_grad()
     def rank_captions_embedded(self, image: str | Path | Image.Image, text_raw: torch.Tensor, captions: list[str],
-                               g: float | None = None) -> tuple[list[tuple[str, float]], GChoice]:
+                               g: float | None = None, k: int | None = None, collapse: bool = True,
+                               facts: Sequence[dict | None] | None = None
+                               ) -> tuple[list[tuple[str, float]], GChoice]:
         """:meth:`rank_captions` with the captions' encoder vectors ``text_raw`` (T, Dt) already computed;
-        ``image`` may be the :meth:`encode_images` of one image."""
+        ``image`` may be the :meth:`encode_images` of one image. ``facts`` (T,): the fact each caption states
+        (synth, CLEVR), so that ``collapse`` also shows each fact once."""
         from dsanchor.align.train import embed_images
+        from dsanchor.duplicates import fact_key, near_duplicate_keep
         from dsanchor.retrieval import anchored_scores, pair_terms
 
         feats = self._features(image if not isinstance(image, (str, Path, Image.Image)) else [image])
@@ -361,13 +395,19 @@ class DSAPipeline:
         terms = pair_terms(text, embed_images(self.heads, feats), self.heads.pool_s.item())  # (T, 1)
         scores = anchored_scores(terms.t(), torch.tensor([[choice.g]]))[0]  # (T,)
         order = scores.argsort(descending=True).tolist()
+        if collapse:
+            keys = [fact_key(f) for f in facts] if facts is not None else None
+            order = near_duplicate_keep(order, captions, text_raw, k, keys)
+        elif k is not None:
+            order = order[:k]
         return [(captions[i], float(scores[i])) for i in order], choice
 
     @torch.no_grad()
     def caption(self, images: Sequence[str | Path | Image.Image] | str | Path | Image.Image, g: float | None = None,
                 beam: int = 3) -> list[dict[str, Any]]:
         """Captions of each image at the controller's g (or ``g``): per image ``{"g", "source", "query_type",
-        "captions": {granularity: text}}``. ``images`` may be their :meth:`encode_images`."""
+        "captions": {granularity: text}, "domain_note"}`` (``domain_note``: one line when the image looks out of
+        the training domain, else None). ``images`` may be their :meth:`encode_images`."""
         from dsanchor.align.train import embed_images
         from dsanchor.captioning.decode import DecodeConfig, generate_caption_sets
         from dsanchor.captioning.tokens import build_token_pair
@@ -380,23 +420,28 @@ class DSAPipeline:
         pair = build_token_pair(joint.coarse, joint.regions, feats.boxes, joint.mask, self.decoder.positions)
         gs = torch.tensor([c.g for c in choices])
         sets = generate_caption_sets(self.decoder, self.vocab, pair, gs, DecodeConfig(beam=beam))
-        return [{"g": c.g, "source": c.source, "query_type": c.query_type, "captions": s}
-                for c, s in zip(choices, sets, strict=True)]
+        notes = self.image_notes(feats)
+        return [{"g": c.g, "source": c.source, "query_type": c.query_type, "captions": s, "domain_note": n}
+                for c, s, n in zip(choices, sets, notes, strict=True)]
 
 
 def save_pipeline(out: str | Path, features: str | Path, heads: str | Path, controller: str | Path | None = None,
                   detector: str | Path | None = None, decoder: str | Path | None = None, state=None,
-                  fixed_g: float = 0.5, info: dict[str, Any] | None = None) -> DSAPipeline:
+                  fixed_g: float = 0.5, info: dict[str, Any] | None = None,
+                  dataset: str | None = None) -> DSAPipeline:
     """Assemble a pipeline from the folders of a run (what ``dsanchor train`` and the demo call) and save it.
 
     The encoder and region configs come from the feature store's manifest, the object vocabulary from the
-    store, and the CHAIR vocabulary from its object names.
+    store, the CHAIR vocabulary from its object names, and the record of what it was trained on
+    (:func:`dsanchor.domain.fit_domain`: ``dataset`` (default: the store's format), its train images, their
+    region source, and the out-of-domain references) from its train and val splits.
     """
     from dsanchor.align.heads import AlignmentHeads
     from dsanchor.captioning.decoder import CaptionDecoder
     from dsanchor.captioning.tokenizer import Vocabulary
     from dsanchor.config import config_from_dict
     from dsanchor.controller import GranularityController
+    from dsanchor.domain import fit_domain
     from dsanchor.encoders.regions import RegionConfig
     from dsanchor.features.store import FeatureStore
     from dsanchor.hallucination import HallucinationDetector
@@ -419,7 +464,8 @@ def save_pipeline(out: str | Path, features: str | Path, heads: str | Path, cont
                        guess_vocabulary(store.images()), {
                            "features": str(features), "heads": str(heads),
                            **{k: str(v) for k, v in (("controller", controller), ("detector", detector),
-                                                     ("decoder", decoder)) if v is not None}, **(info or {})})
+                                                     ("decoder", decoder)) if v is not None}, **(info or {})},
+                       fit_domain(store, regions, dataset))
     pipe.save_pretrained(out)
     return pipe
 
@@ -433,7 +479,8 @@ def _replace(pipe: DSAPipeline, **changes) -> DSAPipeline:
     """A copy of ``pipe`` with some parts replaced (tests use it to build misfits)."""
     kw = {"encoder": pipe.encoder_spec, "regions": pipe.regions, "heads": pipe.heads, "controller": pipe.controller,
           "state": pipe.state, "fixed_g": pipe.fixed_g, "detector": pipe.detector, "objects": pipe.objects,
-          "decoder": pipe.decoder, "vocab": pipe.vocab, "vocabulary": pipe.vocabulary, "info": pipe.info}
+          "decoder": pipe.decoder, "vocab": pipe.vocab, "vocabulary": pipe.vocabulary, "info": pipe.info,
+          "domain": pipe.domain}
     kw.update(changes)
     return DSAPipeline(**kw)
 

@@ -9,19 +9,25 @@ fetched from elsewhere). The routes::
     GET  /favicon.ico, /favicon.svg
                                  the page's icon (an SVG)
     GET  /api/info               {"images", "has_captions", "has_decoder", "has_controller", "fixed_g",
-                                  "default_k", "max_query_chars", ...}
+                                  "default_k", "max_query_chars", "trained_on", ...}
     GET  /api/search?q=..&k=10&g=0.3
                                  {"query", "query_chars", "cut", "results": [{"path", "url", "score", "g", "rank"}],
-                                  "g", "source", "query_type", "describe"}; without g the controller chooses
+                                  "g", "source", "query_type", "describe", "domain_note"}; without g the
+                                  controller chooses
     POST /api/image?g=0.3&k=5    body: the raw bytes of one image file (Content-Type image/*, not a form)
                                  {"g", "source", "query_type", "describe", "controller": {"g", "query_type",
                                   "describe"}, "captions": {granularity: text} or null,
-                                  "index_captions": [{"caption", "score"}] or null}
+                                  "index_captions": [{"caption", "score"}] or null, "domain_note"}
     GET  /image/<i>              the i-th indexed image file (only indexed files are served)
 
 A query longer than :attr:`ServeConfig.max_query_chars` (300) is cut to it before it is encoded: the answer's
 ``query`` is the cut text, ``query_chars`` the length sent and ``cut`` one line saying so (null when nothing was
 cut). 300 characters is about what CLIP's 77 text tokens hold; MiniLM reads up to 256 word pieces.
+
+``domain_note`` is one line when the query text or the uploaded image looks out of the pipeline's training
+domain (:mod:`dsanchor.domain`), else null (always null for a pipeline saved without that record); the page
+shows it in the result header. ``index_captions`` shows each statement once (near-duplicates collapsed,
+:mod:`dsanchor.duplicates`); ``trained_on`` says what the pipeline was trained on (null when not recorded).
 
 Bad input (an empty query, g outside [0, 1], k < 1, a body that is not an image) answers HTTP 400 with
 ``{"error": "one line"}``; an unknown route 404, a bug 500 (also one line). The pipeline is not thread-safe (the
@@ -160,7 +166,7 @@ class ServeApp:
                 "fixed_g": pipe.fixed_g, "default_k": self.config.k,
                 "max_query_chars": self.config.max_query_chars,
                 "index": str(self.index.folder) if self.index.folder else None,
-                "pipeline": str(pipe.path) if pipe.path else None}
+                "pipeline": str(pipe.path) if pipe.path else None, "trained_on": pipe.trained_on()}
 
     def search(self, params: dict[str, str]) -> dict[str, Any]:
         """``GET /api/search``: the top k images for the text ``q`` (cut to ``max_query_chars``)."""
@@ -168,9 +174,11 @@ class ServeApp:
         k, g = self._k(params, self.config.k), self._g(params)
         with self._lock:
             hits, choice = self.pipe.search_with_choice(query, self.index, k=k, g=g, m=max(self.config.m, k))
+            note = self.pipe.text_note(query)
         results = [{"path": h.path, "url": f"/image/{self._pos[h.path]}", "score": h.score, "g": h.g,
                     "rank": h.rank} for h in hits]
-        return {"query": query, "query_chars": chars, "cut": cut, "results": results, **_choice(choice)}
+        return {"query": query, "query_chars": chars, "cut": cut, "results": results, **_choice(choice),
+                "domain_note": note}
 
     def image_query(self, body: bytes, content_type: str, params: dict[str, str]) -> dict[str, Any]:
         """``POST /api/image``: the controller's g for an uploaded image, its captions and the index's."""
@@ -189,8 +197,9 @@ class ServeApp:
 
                 top, _ = rank_index_captions(self.pipe, self.index, feats, k, used.g)
                 ranked = [{"caption": c, "score": s} for c, s in top]
+            note = self.pipe.image_notes(feats)[0]
         return {**_choice(used), "controller": {key: v for key, v in _choice(controller).items() if key != "source"},
-                "size": list(image.size), "captions": captions, "index_captions": ranked}
+                "size": list(image.size), "captions": captions, "index_captions": ranked, "domain_note": note}
 
     def _decode_image(self, body: bytes, content_type: str):
         from PIL import Image, UnidentifiedImageError

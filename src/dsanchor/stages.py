@@ -37,15 +37,18 @@ def synth_stage(out: Path, config) -> None:
 
 
 def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:
-    """Encode the samples (with their splits) into a feature store with the default encoder and regions."""
+    """Encode the samples (with their splits) into a feature store with the default encoder and regions, the
+    boxes of ``config.region_source`` (a :class:`~dsanchor.run.RunConfig`): "annotations" uses the dataset's
+    boxes where it has them, "proposals" the class-agnostic proposals new files get."""
     from dsanchor.encoders import create_encoder
     from dsanchor.encoders.regions import RegionConfig
     from dsanchor.features.extract import ExtractConfig, extract_features
 
     encoder = create_encoder("effnet-minilm")
+    regions = RegionConfig(annotations=config.region_source == "annotations")
     progress = sys.stderr.isatty()  # a bar on a terminal, nothing in a log
-    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress),
-                     RegionConfig(), source={"format": fmt, "split": None})
+    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress), regions,
+                     source={"format": fmt, "split": None})
 
 
 def align_stage(features, out, align=None, train=None, init=None) -> dict:

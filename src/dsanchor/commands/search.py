@@ -17,12 +17,20 @@ def add_parser(sub) -> None:
     p.add_argument("--g", type=float, default=None, help="use this g instead of the controller's")
     p.add_argument("--m", type=int, default=100, help="faiss first-stage candidates re-ranked by DSA")
     p.add_argument("--pipeline", default=None, help="the pipeline (default: the one the index records)")
-    p.add_argument("--json", action="store_true", help='print {"results": [{"path", "score", "g"}, ...]}')
+    p.add_argument("--all-captions", action="store_true",
+                   help="with --image: list near-duplicate captions too (by default a caption is dropped when a "
+                        "higher-ranked one states the same fact (synth, CLEVR), has the same text up to case and "
+                        "punctuation, or a text-encoder cosine >= 0.97 with it)")
+    p.add_argument("--json", action="store_true", help='print {"results": [{"path", "score", "g"}, ...], "g", '
+                                                       '"source", "query_type", "domain_note"}; without --json '
+                                                       'the domain note is one line on stderr')
     add_common(p)
     p.set_defaults(func=run)
 
 
 def run(args) -> int:
+    import sys
+
     from dsanchor.errors import ConfigError
     from dsanchor.index import load_index, rank_index_captions
     from dsanchor.pipeline import load
@@ -32,16 +40,22 @@ def run(args) -> int:
         raise ConfigError(f"--k must be >= 1, got {args.k}")
     idx, pipe = load_index(args.index, load(args.pipeline) if args.pipeline else None)
     if args.image:
-        ranked, choice = rank_index_captions(pipe, idx, args.image, args.k, args.g)
+        feats = pipe.encode_images([args.image])  # once, for the ranking and the domain note
+        ranked, choice = rank_index_captions(pipe, idx, feats, args.k, args.g, collapse=not args.all_captions)
         rows = [{"caption": c, "score": s, "g": choice.g} for c, s in ranked]
         head = f"captions for {args.image}, {choice.describe()}"
+        note = pipe.image_notes(feats)[0]
     else:
         hits, choice = pipe.search_with_choice(args.query, idx, k=args.k, g=args.g, m=args.m)
         rows = [{"path": h.path, "score": h.score, "g": h.g} for h in hits]
         head = f"{args.query!r}: {choice.describe()}"
+        note = pipe.text_note(args.query)
     if args.json:
-        print(json.dumps({"results": rows, "g": choice.g, "source": choice.source, "query_type": choice.query_type}))
+        print(json.dumps({"results": rows, "g": choice.g, "source": choice.source, "query_type": choice.query_type,
+                          "domain_note": note}))
         return 0
+    if note:
+        print(f"dsanchor search: note: {note}", file=sys.stderr)
     print(head)
     for r, row in enumerate(rows, 1):
         print(f"{r:>3}. {row['score']:+.4f}  {row.get('path', row.get('caption'))}")

@@ -1,4 +1,4 @@
-"""report.md of ``dsanchor mllm eval`` (and of the demo's MLLM part): the seed's Table 1 layout for one MLLM.
+"""report.md of ``dsanchor mllm eval`` (and of the demo's MLLM part): the paper's Table 1 layout for one MLLM.
 
 Every number is read from ``results.json``; the reading at the end is computed from the intervals, never
 written by hand. A plot of the val and test objective against fixed g is added when matplotlib is there.
@@ -28,7 +28,7 @@ def _c(d: dict[str, Any], key: str, nd: int = 3) -> str:
 
 
 def mllm_table(results: dict[str, Any]) -> list[str]:
-    """The main table: one row per method of ``results["methods"]``, the seed's Table 1 columns."""
+    """The main table: one row per method of ``results["methods"]``, the paper's Table 1 columns."""
     lines = ["| method | g | BLEU-4 | CIDEr-D | CHAIR_i | CHAIR_s | POPE acc | POPE F1 | POPE yes | "
              "t2i R@1 | t2i R@10 | i2t R@1 | i2t R@10 | ms / image |",
              "|---|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
@@ -112,7 +112,7 @@ def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
     if results.get("n_controller_seeds", 1) > 1:
         lines += ["", f"dsa_ppo: mean ± std over {results['n_controller_seeds']} PPO training seeds (one model, "
                       "one grid cache)."]
-    lines += ["", "The seed's own Table 1 reports LLaVA-1.5, BLIP-2 and Flamingo at 7B+ scale on COCO; those "
+    lines += ["", "The DSA paper's Table 1 reports LLaVA-1.5, BLIP-2 and Flamingo at 7B+ scale on COCO; those "
               "numbers are not reproduced here. This table has the same rows and columns for the model above, "
               "so the same command on `llava-1.5-7b-hf` gives the comparable row set.", "",
               "## Differences (95% bootstrap interval over test images)", ""]

@@ -15,7 +15,8 @@ from PIL import Image  # noqa: E402
 
 from dsanchor.features.types import GRANULARITY_CODES  # noqa: E402
 
-__all__ = ["plot_g_distribution", "plot_recall_vs_g", "plot_learning_curve", "plot_examples", "plot_tuning"]
+__all__ = ["EXAMPLE_LEGEND", "plot_g_distribution", "plot_recall_vs_g", "plot_learning_curve", "plot_examples",
+           "plot_tuning"]
 
 
 def plot_g_distribution(g_t2i: torch.Tensor, granularity: torch.Tensor, path: str | Path, title: str) -> Path:
@@ -82,13 +83,26 @@ def plot_learning_curve(curve_json: str | Path, path: str | Path, title: str = "
     return Path(path)
 
 
-def plot_examples(examples: list[dict], path: str | Path) -> Path:
-    """A grid: one row per query (caption, g), then its top-3 images; a green frame marks the true image.
+EXAMPLE_LEGEND = {
+    "exact": ("the caption is true of this image (its scene graph; exact protocol)",
+              "the caption is not true of this image"),
+    "paired": ("the caption's own image (paired protocol: the data has no scene graphs)",
+               "another image (it may still fit the caption: paired relevance cannot tell)"),
+}
 
-    Each example is ``{"caption", "granularity", "g", "top": [(image_path, is_positive), ...]}``.
+
+def plot_examples(examples: list[dict], path: str | Path, protocol: str = "paired") -> Path:
+    """A grid: one row per query (caption, g), then its top-3 images, framed by relevance under ``protocol``.
+
+    ``protocol`` is "exact" (green: the caption is true of the image, from the scene graphs) or "paired"
+    (green: the caption's own image); a legend under the grid says which. Each example is ``{"caption",
+    "granularity", "g", "top": [(image_path, relevant, own), ...]}`` (``own``: the caption's own image, marked
+    "own"; it may be left out).
     """
+    from matplotlib.patches import Patch
+
     rows = len(examples)
-    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows), squeeze=False)
+    fig, axes = plt.subplots(rows, 3, figsize=(7.5, 2.6 * rows + 0.5), squeeze=False)
     for r, ex in enumerate(examples):
         for c in range(3):
             ax = axes[r][c]
@@ -97,15 +111,20 @@ def plot_examples(examples: list[dict], path: str | Path) -> Path:
             if c >= len(ex["top"]):
                 ax.axis("off")
                 continue
-            img_path, hit = ex["top"][c]
+            img_path, hit, *rest = ex["top"][c]
             ax.imshow(Image.open(img_path).convert("RGB"))
             for side in ax.spines.values():
                 side.set_edgecolor("tab:green" if hit else "tab:red")
-                side.set_linewidth(3 if hit else 1)
-            ax.set_xlabel(f"#{c + 1}" + (" ✓" if hit else ""), fontsize=8)
+                side.set_linewidth(3)
+            ax.set_xlabel(f"#{c + 1}" + (" ✓" if hit else " ✗") + (" (own image)" if rest and rest[0] else ""),
+                          fontsize=8)
         caption = "\n".join(textwrap.wrap(ex["caption"], 60))
         axes[r][0].set_title(f"[{ex['granularity']}, g={ex['g']:.2f}] {caption}", fontsize=8, loc="left")
-    fig.tight_layout()
+    yes, no = EXAMPLE_LEGEND[protocol]
+    fig.legend(handles=[Patch(facecolor="none", edgecolor="tab:green", linewidth=3, label="✓ green: " + yes),
+                        Patch(facecolor="none", edgecolor="tab:red", linewidth=3, label="✗ red: " + no)],
+               loc="lower center", fontsize=7, frameon=False, ncol=1)
+    fig.tight_layout(rect=(0, 0.45 / (2.6 * rows + 0.5), 1, 1))
     fig.savefig(path, dpi=90)
     plt.close(fig)
     return Path(path)

@@ -56,7 +56,8 @@ function hitCard(r) {
   card.append(img, meta); return card;
 }
 function clearSearchResult() {
-  $("g-used").textContent = ""; $("result-count").textContent = ""; line("note", ""); $("results").replaceChildren();
+  $("g-used").textContent = ""; $("result-count").textContent = ""; line("note", ""); line("domain-note", "");
+  $("results").replaceChildren();
 }
 function showSearch(out) {
   $("g-used").textContent = gLabel(out);
@@ -64,6 +65,7 @@ function showSearch(out) {
     + "\u201d";
   $("result-count").title = out.query;
   line("note", out.cut || "");
+  line("domain-note", out.domain_note ? "note: " + out.domain_note : "");  // out of the training domain
   $("results").replaceChildren(...out.results.map(hitCard));
   if (out.source !== "given" && auto()) setSlider(out.g);
 }
@@ -90,12 +92,13 @@ function list(id, items) {
   $(id + "-box").hidden = items.length === 0;
 }
 function clearImageResult(status) {
-  $("image-g").textContent = status; line("image-error", ""); list("captions", []); list("index-captions", []);
+  $("image-g").textContent = status; line("image-error", ""); line("image-note", ""); list("captions", []); list("index-captions", []);
 }
 function showImage(out) {
   let text = gLabel(out);
   if (out.source === "given") text += "; the controller would pick " + out.controller.g.toFixed(2);
   $("image-g").textContent = text;
+  line("image-note", out.domain_note ? "note: " + out.domain_note : "");  // out of the training domain
   list("captions", out.captions ? Object.entries(out.captions).map(([k, v]) => k + ": " + v) : []);
   list("index-captions",
        out.index_captions ? out.index_captions.map(c => c.score.toFixed(3) + "  " + c.caption) : []);
@@ -128,7 +131,8 @@ $("preview").addEventListener("error", () => { $("preview").hidden = true; });
 window.addEventListener("error", ev => showError("page: " + ev.message));
 api("/api/info").then(i => {
   $("info").textContent = i.images + " images" + (i.has_captions ? ", with captions" : "")
-    + (i.has_decoder ? ", caption decoder" : "") + (i.has_controller ? ", PPO controller" : ", fixed g " + i.fixed_g);
+    + (i.has_decoder ? ", caption decoder" : "") + (i.has_controller ? ", PPO controller" : ", fixed g " + i.fixed_g)
+    + (i.trained_on ? "; trained on " + i.trained_on : "");
   $("k").value = i.default_k;
   if (!i.has_controller) $("auto-label").textContent = "auto: the pipeline's g";
 }).catch(err => { $("info").textContent = ""; showError("info: " + err.message); });
