@@ -46,7 +46,7 @@ def _item_wins(pipe, items: Sequence[HardNegative], root: Path, methods: dict[st
         feats = pipe.encode_images([root / path])
         rows = sorted({where[t] for k in ks for t in (items[k].caption, items[k].negative)})
         for name, g in methods.items():
-            ranked, _ = pipe.rank_captions_embedded(feats, emb[rows], [texts[r] for r in rows], g)
+            ranked, _ = pipe.rank_captions_embedded(feats, emb[rows], [texts[r] for r in rows], g, collapse=False)
             score = dict(ranked)  # caption -> its DSA score for this image
             for k in ks:
                 wins[name][k] = score[items[k].caption] > score[items[k].negative]
