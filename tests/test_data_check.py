@@ -243,3 +243,20 @@ def test_missing_annotations_and_unknown_split(tmp_path, capsys):
     root = materialize("vg", tmp_path)
     rc, _, err = run(["data", "check", "--format", "vg", str(root), "--split", "val"], capsys)
     assert rc == 2 and "dataset has no split information" in err
+
+
+def test_check_of_an_image_folder_names_every_unreadable_file(tmp_path):
+    from PIL import Image
+
+    from dsanchor.data import check_dataset
+    from dsanchor.errors import DataError
+
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.png")
+    Image.new("RGB", (8, 8)).save(tmp_path / "good.webp")
+    for name in ("bad1.png", "bad2.jpg"):
+        (tmp_path / name).write_bytes(b"not an image")
+    with pytest.raises(DataError, match=r"2 of 4 image files cannot be used: .*bad1.png.*bad2.jpg"):
+        check_dataset("images", tmp_path)
+    (tmp_path / "bad1.png").unlink()
+    (tmp_path / "bad2.jpg").unlink()
+    assert check_dataset("images", tmp_path).images == 2

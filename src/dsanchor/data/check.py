@@ -111,8 +111,15 @@ def check_dataset(format: str, path: str | Path, split: str | None = None, allow
         allow_missing: count missing image files instead of failing, and check the images that are there.
         **options: loader options, e.g. ``bbox_tolerance=`` (see each loader's ``Options``).
     """
+    if format == "images":  # the folder loader reads headers: gather every unreadable file, then report them all
+        options = {"skip_bad": True, **options}
     loader = create_loader(format, path, **options)
     samples = loader.load(split)
+    skipped = getattr(loader, "skipped", [])
+    if skipped:
+        total = len(samples) + len(skipped)
+        raise DataError(loader.root, f"{len(skipped)} of {total} image files cannot be used: "
+                                     f"{_some(skipped, len(skipped))}")
     summary = summarize(samples, format, loader.root)
     missing = verify_images(samples, loader.root, allow_missing)
     summary.missing_images, summary.missing_examples = len(missing), missing[:NAMES_SHOWN]
