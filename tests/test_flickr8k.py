@@ -204,3 +204,13 @@ def test_cli_data_check(data, capsys):
     assert main(["data", "check", str(data), "--format", "flickr8k"]) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and DEV in err and "line 1" in err
+
+
+def test_run_says_when_dev_is_the_test_split(data, tmp_path, capsys):
+    """`dsanchor run`'s extraction stage prints the loader's note (no test list: dev is the test split)."""
+    from dsanchor.run import RunConfig, _extract
+
+    _extract(data, "flickr8k", tmp_path / "features", RunConfig(workers=0), None)
+    out = capsys.readouterr().out
+    assert "no test list" in out and "dev images are the test split" in out
+    assert (tmp_path / "features" / "manifest.json").is_file()

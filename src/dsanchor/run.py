@@ -247,11 +247,15 @@ def _folder_digest(folder: Path) -> dict:
 
 
 def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | None) -> None:
-    from dsanchor.data import load_dataset
+    from dsanchor.data import create_loader
     from dsanchor.data.splits import assign_splits
     from dsanchor.stages import extract_samples
 
-    samples, how = assign_splits(load_dataset(fmt, data), splits, seed=config.split_seed)
+    loader = create_loader(fmt, data)
+    samples = loader.load()
+    for note in getattr(loader, "notes", []):  # e.g. Flickr8k without its test list: dev is the test split
+        print(f"    {note}", flush=True)
+    samples, how = assign_splits(samples, splits, seed=config.split_seed)
     print(f"    {how}", flush=True)
     extract_samples(samples, data, out, config, fmt)
 
