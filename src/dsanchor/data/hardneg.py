@@ -35,7 +35,7 @@ import numpy as np
 from dsanchor.data.captioner import NUMBER_WORDS
 from dsanchor.data.facts import holds
 from dsanchor.data.records import Sample
-from dsanchor.data.scene import RELATIONS, clevr_vocabulary
+from dsanchor.data.scene import RELATIONS, attribute_values, clevr_vocabulary, matches
 from dsanchor.files import read_json, write_json
 
 __all__ = ["HARD_NEGATIVE_TYPES", "HardNegative", "HardNegConfig", "generate_hard_negatives", "scene_hard_negatives",
@@ -83,17 +83,13 @@ class HardNegConfig:
 
 # ---- describing objects ---------------------------------------------------------------------------------------
 
-def _matches(obj: dict[str, Any], desc: dict[str, str]) -> bool:
-    return all(obj.get(a) == v for a, v in desc.items())
-
-
 def unique_description(scene: dict[str, Any], index: int) -> dict[str, str] | None:
     """The shortest of colour+shape, size+colour+shape, colour+material+shape and all four attributes that
     matches object ``index`` and no other object of the scene; None when even all four are shared."""
     objs = scene["objects"]
     for attrs in _DESCRIPTIONS:
         desc = {a: objs[index][a] for a in attrs}
-        if sum(_matches(o, desc) for o in objs) == 1:
+        if sum(matches(o, desc) for o in objs) == 1:
             return desc
     return None
 
@@ -120,11 +116,6 @@ def _object_fact(desc: dict[str, str]) -> Fact:
     return {"type": "object", "object": dict(desc)}
 
 
-def _values(attribute: str) -> tuple[str, ...]:
-    v = clevr_vocabulary()
-    return {"color": tuple(v.colors), "shape": v.shapes, "size": tuple(v.sizes), "material": v.materials}[attribute]
-
-
 # ---- the four types -----------------------------------------------------------------------------------------
 
 def _replace_att(scene: dict[str, Any], rng: np.random.Generator) -> tuple[str, str, list[Fact], list[Fact]] | None:
@@ -134,10 +125,10 @@ def _replace_att(scene: dict[str, Any], rng: np.random.Generator) -> tuple[str, 
         if desc is None:
             continue
         for attribute in rng.permutation(sorted(desc)):
-            options = [v for v in _values(str(attribute)) if v != desc[attribute]]
+            options = [v for v in attribute_values(str(attribute)) if v != desc[attribute]]
             for value in rng.permutation(options):
                 neg = {**desc, str(attribute): str(value)}
-                if not any(_matches(o, neg) for o in scene["objects"]):
+                if not any(matches(o, neg) for o in scene["objects"]):
                     form = _pick(rng, ("{}.", "There is {} in the image.", "The image shows {}."))
                     choice: dict[str, str] = {}
                     pos_np, neg_np = _words(desc, choice, rng), _words(neg, choice, rng)

@@ -36,7 +36,7 @@ import numpy as np
 from dsanchor.data.facts import holds
 from dsanchor.data.hardneg import unique_description
 from dsanchor.data.records import Sample
-from dsanchor.data.scene import RELATIONS, clevr_vocabulary
+from dsanchor.data.scene import RELATIONS, attribute_values, clevr_vocabulary, matches
 from dsanchor.files import write_json
 
 __all__ = ["QUESTION_FAMILIES", "Question", "QuestionConfig", "scene_questions", "generate_questions",
@@ -100,10 +100,6 @@ def normalize_answer(text: str) -> str:
 
 # ---- describing sets of objects -------------------------------------------------------------------------------
 
-def _matches(obj: dict[str, Any], desc: dict[str, str]) -> bool:
-    return all(obj.get(a) == v for a, v in desc.items())
-
-
 def _phrase(desc: dict[str, str], plural: bool = False) -> str:
     """"large red cube" / "large red cubes"; without a shape, "thing(s)"."""
     words = [desc[a] for a in _ORDER[:3] if a in desc]
@@ -111,19 +107,14 @@ def _phrase(desc: dict[str, str], plural: bool = False) -> str:
     return " ".join([*words, noun + ("s" if plural else "")])
 
 
-def _values(attribute: str) -> tuple[str, ...]:
-    v = clevr_vocabulary()
-    return {"color": tuple(v.colors), "shape": v.shapes, "size": tuple(v.sizes), "material": v.materials}[attribute]
-
-
 def _random_desc(rng: np.random.Generator) -> dict[str, str]:
     """One or two random attributes (a shape, a colour, a colour + shape, a size + shape, ...)."""
     attrs = [str(a) for a in rng.choice(_ORDER, size=int(rng.integers(1, 3)), replace=False)]
-    return {a: str(rng.choice(_values(a))) for a in sorted(attrs, key=_ORDER.index)}
+    return {a: str(rng.choice(attribute_values(a))) for a in sorted(attrs, key=_ORDER.index)}
 
 
 def _count(scene: dict[str, Any], desc: dict[str, str]) -> int:
-    return sum(_matches(o, desc) for o in scene["objects"])
+    return sum(matches(o, desc) for o in scene["objects"])
 
 
 # ---- the families ---------------------------------------------------------------------------------------------
@@ -203,7 +194,7 @@ def _relate(scene, rng, want_yes: bool, margin: float):
 def _majority(scene, rng, want_yes: bool):
     for _ in range(30):
         attribute = str(rng.choice(["color", "shape", "size", "material"]))
-        value = str(rng.choice(_values(attribute)))
+        value = str(rng.choice(attribute_values(attribute)))
         if holds({"type": "most", "attribute": attribute, "value": value}, scene) != want_yes:
             continue
         return f"Are most of the things {value + 's' if attribute == 'shape' else value}?", "yes" if want_yes else "no"
@@ -213,7 +204,7 @@ def _majority(scene, rng, want_yes: bool):
 def _absent(scene, rng, want_yes: bool):
     for _ in range(30):
         attribute = str(rng.choice(["color", "shape"]))
-        value = str(rng.choice(_values(attribute)))
+        value = str(rng.choice(attribute_values(attribute)))
         if holds({"type": "absent", "attribute": attribute, "value": value}, scene) != want_yes:
             continue
         noun = f"{value}s" if attribute == "shape" else f"{value} things"

@@ -19,7 +19,7 @@ import numpy as np
 
 __all__ = [
     "RELATIONS", "DEFAULT_DIRECTIONS", "Vocabulary", "clevr_vocabulary", "compute_relationships",
-    "object_key", "object_name", "object_attributes", "scene_directions",
+    "matches", "attribute_values", "object_key", "object_name", "object_attributes", "scene_directions",
 ]
 
 RELATIONS: tuple[str, ...] = ("left", "right", "front", "behind")
@@ -59,6 +59,17 @@ def clevr_vocabulary() -> Vocabulary:
         materials=tuple(props["materials"]),
         synonyms={k: tuple(v) for k, v in syn.items()},
     )
+
+
+def matches(obj: dict[str, Any], desc: dict[str, str]) -> bool:
+    """Whether an object has every attribute value of a (partial) description, e.g. ``{"color": "red"}``."""
+    return all(obj.get(a) == v for a, v in desc.items())
+
+
+def attribute_values(attribute: str) -> tuple[str, ...]:
+    """CLEVR's values of ``attribute`` ("color", "shape", "size" or "material")."""
+    v = clevr_vocabulary()
+    return {"color": tuple(v.colors), "shape": v.shapes, "size": tuple(v.sizes), "material": v.materials}[attribute]
 
 
 def object_key(obj: dict[str, Any]) -> tuple[str, str, str, str]:
