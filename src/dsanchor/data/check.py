@@ -11,14 +11,14 @@ one, are often used without the images).
 from __future__ import annotations
 
 from collections import Counter
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 from PIL import Image, UnidentifiedImageError
 
 from dsanchor.data.base import missing_images
-from dsanchor.data.formats import create_loader
+from dsanchor.data.formats import LOADERS, create_loader
 from dsanchor.data.records import Sample
 from dsanchor.errors import DataError
 
@@ -111,8 +111,9 @@ def check_dataset(format: str, path: str | Path, split: str | None = None, allow
         allow_missing: count missing image files instead of failing, and check the images that are there.
         **options: loader options, e.g. ``bbox_tolerance=`` (see each loader's ``Options``).
     """
-    if format == "images":  # the folder loader reads headers: gather every unreadable file, then report them all
-        options = {"skip_bad": True, **options}
+    loader_cls = LOADERS.get(format)  # an unknown format: create_loader says which are valid
+    if loader_cls is not None and "skip_bad" in {f.name for f in fields(loader_cls.Options)}:
+        options = {"skip_bad": True, **options}  # it reads image headers: gather every bad file, report them all
     loader = create_loader(format, path, **options)
     samples = loader.load(split)
     skipped = getattr(loader, "skipped", [])

@@ -66,7 +66,6 @@ class FlickrOptions:
                 "'none': dev stays validation and there is no test split"})
     val_size: int = field(default=500, metadata={
         "help": "images taken from the end of the train list as validation when dev becomes the test split"})
-    bbox_tolerance: float = 0.0  # unused: Flickr has no boxes (kept for the loaders' shared checks)
 
 
 def read_token_file(path: Path) -> dict[str, list[str]]:

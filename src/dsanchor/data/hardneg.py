@@ -45,7 +45,6 @@ HARD_NEGATIVE_TYPES: tuple[str, ...] = ("replace-att", "swap-att", "swap-rel", "
 _DESCRIPTIONS = (("color", "shape"), ("size", "color", "shape"), ("color", "material", "shape"),
                  ("size", "color", "material", "shape"))
 _ORDER = ("size", "color", "material", "shape")
-_OPPOSITE = {"left": "right", "right": "left", "front": "behind", "behind": "front"}
 
 Fact = dict[str, Any]
 

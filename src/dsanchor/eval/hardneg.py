@@ -6,7 +6,7 @@ new files do (``DSAPipeline.encode_images``: the pipeline's region source, no an
 
 Methods are values of g: ``coarse`` (g = 0), ``fine`` (g = 1), ``fixed_best`` (the pipeline's g chosen on
 validation) and ``dsa`` (the controller's g for the image, when the pipeline has a controller). Intervals are a
-95% bootstrap over images (an image's items resampled together).
+95% bootstrap over images (an image's items resampled together: :func:`dsanchor.eval.compare.cluster_bootstrap`).
 """
 
 from __future__ import annotations
@@ -20,6 +20,7 @@ import torch
 from tqdm.auto import tqdm
 
 from dsanchor.data.hardneg import HARD_NEGATIVE_TYPES, HardNegative
+from dsanchor.eval.compare import cluster_bootstrap
 
 __all__ = ["pipeline_methods", "score_hard_negatives", "accuracy_table"]
 
@@ -53,16 +54,6 @@ def _item_wins(pipe, items: Sequence[HardNegative], root: Path, methods: dict[st
     return wins
 
 
-def _bootstrap(x: np.ndarray, groups: np.ndarray, n_boot: int, seed: int) -> tuple[float, float]:
-    uniq, inv = np.unique(groups, return_inverse=True)
-    sums = np.bincount(inv, weights=x.astype(float), minlength=len(uniq))
-    counts = np.bincount(inv, minlength=len(uniq))
-    rng = np.random.default_rng(seed)
-    idx = rng.integers(0, len(uniq), size=(n_boot, len(uniq)))  # (B, I)
-    boots = sums[idx].sum(1) / np.maximum(counts[idx].sum(1), 1)
-    return float(np.percentile(boots, 2.5)), float(np.percentile(boots, 97.5))
-
-
 def score_hard_negatives(pipe, items: Sequence[HardNegative], root: str | Path,
                          methods: dict[str, float | None] | None = None, n_boot: int = 2000, seed: int = 0,
                          progress: bool = True) -> dict[str, Any]:
@@ -81,8 +72,10 @@ def score_hard_negatives(pipe, items: Sequence[HardNegative], root: str | Path,
         for kind in (*HARD_NEGATIVE_TYPES, "all"):
             keep = types == kind if kind != "all" else np.ones(len(items), dtype=bool)
             if keep.any():
-                lo, hi = _bootstrap(w[keep], images[keep], n_boot, seed)
-                row[kind] = {"accuracy": float(w[keep].mean()), "lo": lo, "hi": hi, "n": int(keep.sum())}
+                _, cluster = np.unique(images[keep], return_inverse=True)  # image of each item, 0..C-1
+                ci = cluster_bootstrap(torch.tensor(w[keep], dtype=torch.float64)[None], torch.from_numpy(cluster),
+                                       n_boot=n_boot, seed=seed)
+                row[kind] = {"accuracy": float(w[keep].mean()), "lo": ci["lo"], "hi": ci["hi"], "n": int(keep.sum())}
         out["methods"][name] = row
     return out
 

@@ -14,10 +14,9 @@ from collections import defaultdict
 from pathlib import Path
 from typing import Any
 
-from PIL import Image
-
 from dsanchor.controller import GranularityController
 from dsanchor.data.questions import normalize_answer
+from dsanchor.encoders.transforms import load_rgb
 from dsanchor.errors import DataError
 from dsanchor.files import read_json, write_json
 from dsanchor.integrations import get_dsa, load_adapter, load_mllm, resolve_device
@@ -49,14 +48,6 @@ def read_questions(path: str | Path, limit: int | None = None) -> list[dict[str,
     return rows[:limit] if limit else rows
 
 
-def _open(root: Path, name: str, k: int) -> Image.Image:
-    try:
-        with Image.open(root / name) as im:
-            return im.convert("RGB")
-    except (FileNotFoundError, OSError) as exc:
-        raise DataError(root / name, f"cannot read the image of question {k} ({exc.__class__.__name__})") from None
-
-
 def answer_questions_file(model, model_type: str, processor, rows: list[dict[str, Any]], images: str | Path,
                           batch_size: int = 8, max_new_tokens: int = 5, progress: bool = False) -> list[dict]:
     """One answer per question: ``{"question_index", "image_filename", "question", "answer", "raw", "g"}``
@@ -64,9 +55,12 @@ def answer_questions_file(model, model_type: str, processor, rows: list[dict[str
     family, root = get_family(model_type), Path(images)
     handle = get_dsa(model)
     out: list[dict[str, Any]] = []
-    cache: dict[str, Image.Image] = {}
+    cache: dict[str, Any] = {}  # image file -> RGB image, so that questions about one image open it once
     for batch in batches(list(enumerate(rows)), batch_size, "answers", progress):
-        pics = [cache.setdefault(r["image_filename"], _open(root, r["image_filename"], k)) for k, r in batch]
+        for _, r in batch:
+            if r["image_filename"] not in cache:
+                cache[r["image_filename"]] = load_rgb(root / r["image_filename"])
+        pics = [cache[r["image_filename"]] for _, r in batch]
         prompts = [family.ANSWER_PROMPT.format(question=r["question"]) for _, r in batch]
         inputs = to_model(family.prepare(processor, pics, prompts), model)
         texts = generate_text(model, inputs, lambda ids: decode(processor, ids), max_new_tokens)
