@@ -22,7 +22,8 @@ def test_saved_pipeline_is_json_and_safetensors_and_loads_the_same(parts, pipe):
     files = {p.suffix for p in (parts / "pipe").rglob("*") if p.is_file()}
     assert files <= {".json", ".safetensors"}  # nothing to unpickle
     meta = json.loads((parts / "pipe" / "pipeline.json").read_text())
-    assert meta["parts"] == {"heads": True, "controller": True, "detector": True, "decoder": True}
+    assert meta["parts"] == {"heads": True, "controller": True, "detector": True, "decoder": True,
+                             "pair_controller": False}
     assert meta["encoder"]["name"] == "clip" and meta["fixed_g"] == 0.4
     again = load(parts / "pipe")
     img = _images(parts)[0]
@@ -200,3 +201,44 @@ def test_new_images_get_the_detector_boxes_of_a_detector_region_source(parts, pi
     assert with_detector._detector_model is loaded  # loaded once, then reused
     torch.testing.assert_close(again.boxes, feats.boxes)
     assert pipe._detector_model is None  # a pipeline without a detector never loads one
+
+
+def test_search_with_relations_and_a_per_pair_controller_agrees_with_exact_scoring(parts, pipe):
+    """With the compositional scorer on and a per-pair controller, search (faiss first stage, deeper than this
+    gallery) ranks exactly as scoring the whole gallery does, and each hit carries its own pair's g."""
+    import copy
+
+    from dsanchor.pairs import PairController, PairControllerConfig, pair_scores, pair_states
+    from dsanchor.pipeline import _replace
+    from dsanchor.relations import compose_fine, compositions
+    from dsanchor.retrieval import pair_terms
+
+    heads = copy.deepcopy(pipe.heads)
+    heads.config.relation_mix, heads.config.relation_weight = 1.0, 0.3
+    torch.manual_seed(0)
+    ctrl = PairController(PairControllerConfig(top_m=4, codebook=2, text_dim=pipe.encoder_spec["dims"]["text"],
+                                               base_g=0.4, hidden=8))
+    ctrl.text_centroids.copy_(torch.nn.functional.normalize(torch.randn(2, ctrl.config.text_dim), dim=-1))
+    with torch.no_grad():
+        ctrl.head.bias.fill_(0.3)
+    both = _replace(pipe, heads=heads, pair_controller=ctrl)
+    idx = both.index(parts / "synth" / "images", progress=False, workers=0)
+    query = "a large green metal sphere to the left of a small red cube"
+    hits, choice = both.search_with_choice(query, idx, k=3)
+    assert choice.source == "per-pair controller"
+    raw = both.encode_texts([query])
+    text = heads.encode_text(raw)
+    s = heads.pool_s.item()
+    terms = pair_terms(text, idx.joint, s)
+    comp = compositions([query]).embed(lambda ps: heads.encode_text(both.encode_texts(ps)))
+    assert len(comp) == 1
+    terms = terms._replace(fine=compose_fine(terms.fine, comp, idx.joint, idx.joint.boxes, s,
+                                             heads.relation_config))
+    states = pair_states(terms, text, raw, idx.joint, s, 0.4, 4, comp)
+    exact = pair_scores(terms, ctrl, states)[0]
+    assert [idx.paths[i] for i in exact.topk(3).indices.tolist()] == [h.path for h in hits]
+    assert torch.allclose(torch.tensor([h.score for h in hits]), exact.topk(3).values, atol=1e-5)
+    # rank_captions uses the compositional scorer too: a reversed relation scores differently
+    ranked, _ = both.rank_captions(_images(parts)[0], [query, "a small red cube to the left of a large green "
+                                                       "metal sphere"], g=1.0, collapse=False)
+    assert ranked[0][1] != ranked[1][1]

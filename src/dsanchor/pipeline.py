@@ -87,7 +87,7 @@ class DSAPipeline:
 
     def __init__(self, encoder: dict[str, Any], regions, heads, controller=None, state=None, fixed_g: float = 0.5,
                  detector=None, objects=None, decoder=None, vocab=None, vocabulary: str = "synth",
-                 info: dict[str, Any] | None = None, domain=None):
+                 info: dict[str, Any] | None = None, domain=None, pair_controller=None):
         from dsanchor.encoders.regions import RegionConfig
         from dsanchor.state import StateConfig
 
@@ -104,6 +104,7 @@ class DSAPipeline:
         self.vocabulary = vocabulary
         self.info = info or {}
         self.domain = domain  # TrainingDomain (dsanchor.domain): what it was trained on; None for older pipelines
+        self.pair_controller = None if pair_controller is None else pair_controller.eval()  # dsanchor.pairs
         self.path: Path | None = None  # the folder it was loaded from or saved to
         self._encoder = None
         self._detector_model = None  # the region source's object detector, when it has one
@@ -147,12 +148,9 @@ class DSAPipeline:
     def encoder(self):
         """The encoder backend, built on first use."""
         if self._encoder is None:
-            from dsanchor.config import config_from_dict
-            from dsanchor.encoders import create_encoder, encoder_config_class
+            from dsanchor.encoders import encoder_from_spec
 
-            name = self.encoder_spec["name"]
-            cfg = config_from_dict(encoder_config_class(name), self.encoder_spec["config"], where=PIPELINE_FILE)
-            self._encoder = create_encoder(name, cfg)
+            self._encoder = encoder_from_spec(self.encoder_spec, where=PIPELINE_FILE)
         return self._encoder
 
     # ---- save / load ------------------------------------------------------------------------------------------
@@ -166,7 +164,8 @@ class DSAPipeline:
         out.mkdir(parents=True, exist_ok=True)
         self.heads.save_pretrained(out / "heads")
         parts = {"heads": True}
-        for name, part in (("controller", self.controller), ("detector", self.detector)):
+        for name, part in (("controller", self.controller), ("detector", self.detector),
+                           ("pair_controller", self.pair_controller)):
             if part is not None:
                 part.save_pretrained(out / name)
             parts[name] = part is not None
@@ -198,6 +197,7 @@ class DSAPipeline:
         from dsanchor.encoders.regions import RegionConfig
         from dsanchor.features.types import ObjectVocabulary
         from dsanchor.hallucination import HallucinationDetector
+        from dsanchor.pairs import PairController
         from dsanchor.state import StateConfig
 
         p = Path(path)
@@ -226,7 +226,8 @@ class DSAPipeline:
                    config_from_dict(StateConfig, meta["state"], where=str(meta_file)), meta.get("fixed_g", 0.5),
                    HallucinationDetector.from_pretrained(p / "detector") if parts.get("detector") else None,
                    objects, decoder, vocab, meta.get("chair_vocabulary", "synth"), meta.get("info", {}),
-                   TrainingDomain.load(p, meta.get("domain")))
+                   TrainingDomain.load(p, meta.get("domain")),
+                   PairController.from_pretrained(p / "pair_controller") if parts.get("pair_controller") else None)
         pipe.path = p
         return pipe
 
@@ -355,13 +356,60 @@ class DSAPipeline:
         if not isinstance(query, str) or not query.strip():
             raise ConfigError("the query must be a non-empty string")
         raw = self.encode_texts([query])
-        choice = self._given(g) if g is not None else self._choices(text_raw=raw)[0]
         text = self.heads.encode_text(raw)
+        if g is None and self.pair_controller is not None:
+            return self._search_per_pair(query, raw, text, index, k, m)
+        choice = self._given(g) if g is not None else self._choices(text_raw=raw)[0]
         scores, idx = two_stage_search(text, index.joint, self.heads.pool_s.item(), choice.g, m=m, k=k,
-                                       backend="faiss", index=index.faiss)
+                                       backend="faiss", index=index.faiss, compose=self._compose([query], index.joint))
         hits = [Hit(index.paths[int(i)], float(s), choice.g, r + 1)
                 for r, (s, i) in enumerate(zip(scores[0].tolist(), idx[0].tolist(), strict=True))]
         return hits, choice
+
+    def _search_per_pair(self, query: str, raw: torch.Tensor, text: torch.Tensor, index, k: int,
+                         m: int) -> tuple[list[Hit], GChoice]:
+        """Search with the per-pair controller (:mod:`dsanchor.pairs`): the faiss top ``m`` by scene vector, DSA at
+        the controller's base g over them, then a g for each of its top-M candidates from the query and that
+        image. Each hit carries its own g; the choice reports their mean."""
+        from dsanchor.pairs import pair_g, pair_states
+        from dsanchor.retrieval import anchored_scores, rerank_all, topk_search
+
+        ctrl, s = self.pair_controller, self.heads.pool_s.item()
+        _, cand = topk_search(text, index.joint.coarse, min(m, len(index)), "faiss", index=index.faiss)
+        terms = rerank_all(text, index.joint, s, cand, self._compose([query], index.joint))  # (1, m)
+        states = pair_states(terms, text, raw, index.joint, s, ctrl.config.base_g, ctrl.config.top_m,
+                             compositions=self._compositions([query]), columns=cand)
+        g = pair_g(ctrl(states), states.cand, terms.coarse.shape[1], ctrl.config.base_g)  # (1, m)
+        scores = anchored_scores(terms, g)[0]
+        top = scores.topk(min(k, scores.shape[0]))
+        hits = [Hit(index.paths[int(cand[0, i])], float(v), float(g[0, i]), r + 1)
+                for r, (v, i) in enumerate(zip(top.values.tolist(), top.indices.tolist(), strict=True))]
+        return hits, GChoice(float(g[0, states.cand[0]].mean()), "per-pair controller")
+
+    def _compositions(self, texts: Sequence[str]):
+        """The embedded multi-phrase texts (:func:`dsanchor.relations.compositions`), or None when the heads score
+        every caption by the single pool or none of ``texts`` names two phrases."""
+        from dsanchor.relations import compositions
+
+        if not self.heads.relation_config.mix:
+            return None
+        comp = compositions(list(texts))
+        if len(comp) == 0:
+            return None
+        return comp.embed(lambda ps: self.heads.encode_text(self.encode_texts(ps)))
+
+    def _compose(self, texts: Sequence[str], joint):
+        """The :data:`~dsanchor.retrieval.Compose` of ``texts`` (one region pool per object phrase and the stated
+        relation, :mod:`dsanchor.relations`) with the heads' fitted scorer, or None when none applies."""
+        from dsanchor.relations import compose_fine
+
+        relation = self.heads.relation_config
+        comp = self._compositions(texts)
+        if comp is None:
+            return None
+        s = self.heads.pool_s.item()
+        return lambda terms, cand: terms._replace(
+            fine=compose_fine(terms.fine, comp, joint, joint.boxes, s, relation, cand=cand))
 
     @torch.no_grad()
     def rank_captions(self, image: str | Path | Image.Image, captions: Sequence[str], g: float | None = None,
@@ -392,7 +440,11 @@ class DSAPipeline:
         feats = self._features(image if not isinstance(image, (str, Path, Image.Image)) else [image])
         choice = self._given(g) if g is not None else self._choices(coarse_raw=feats.coarse)[0]
         text = self.heads.encode_text(text_raw.float())
-        terms = pair_terms(text, embed_images(self.heads, feats), self.heads.pool_s.item())  # (T, 1)
+        joint = embed_images(self.heads, feats)
+        terms = pair_terms(text, joint, self.heads.pool_s.item())  # (T, 1)
+        compose = self._compose(captions, joint)
+        if compose is not None:
+            terms = compose(terms, torch.zeros(len(captions), 1, dtype=torch.long))
         scores = anchored_scores(terms.t(), torch.tensor([[choice.g]]))[0]  # (T,)
         order = scores.argsort(descending=True).tolist()
         if collapse:
@@ -450,10 +502,14 @@ def save_pipeline(out: str | Path, features: str | Path, heads: str | Path, cont
     store = FeatureStore(features)
     man = store.manifest
     regions = config_from_dict(RegionConfig, man["regions"], where=str(Path(features) / "manifest.json"))
-    ctrl = None
+    ctrl = pair = None
     if controller is not None:
         c = Path(controller)
         ctrl = GranularityController.from_pretrained(c / "controller" if (c / "controller").is_dir() else c)
+        if (c / "pair" / "pair_controller").is_dir():  # a PPO run that also trained the per-pair controller
+            from dsanchor.pairs import PairController
+
+            pair = PairController.from_pretrained(c / "pair" / "pair_controller")
     det = HallucinationDetector.from_pretrained(detector) if detector is not None else None
     dec = vocab = None
     if decoder is not None:
@@ -465,7 +521,7 @@ def save_pipeline(out: str | Path, features: str | Path, heads: str | Path, cont
                            "features": str(features), "heads": str(heads),
                            **{k: str(v) for k, v in (("controller", controller), ("detector", detector),
                                                      ("decoder", decoder)) if v is not None}, **(info or {})},
-                       fit_domain(store, regions, dataset))
+                       fit_domain(store, regions, dataset), pair)
     pipe.save_pretrained(out)
     return pipe
 
@@ -480,7 +536,7 @@ def _replace(pipe: DSAPipeline, **changes) -> DSAPipeline:
     kw = {"encoder": pipe.encoder_spec, "regions": pipe.regions, "heads": pipe.heads, "controller": pipe.controller,
           "state": pipe.state, "fixed_g": pipe.fixed_g, "detector": pipe.detector, "objects": pipe.objects,
           "decoder": pipe.decoder, "vocab": pipe.vocab, "vocabulary": pipe.vocabulary, "info": pipe.info,
-          "domain": pipe.domain}
+          "domain": pipe.domain, "pair_controller": pipe.pair_controller}
     kw.update(changes)
     return DSAPipeline(**kw)
 

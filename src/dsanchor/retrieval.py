@@ -17,6 +17,7 @@ identity against :func:`dsanchor.anchoring.anchor` on explicit vectors.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import NamedTuple
 
 import torch
@@ -24,7 +25,7 @@ import torch
 from dsanchor.align.heads import JointFeatures
 
 __all__ = ["PairTerms", "pair_terms", "anchored_scores", "pool_pairs", "positives_matrix", "faiss_index",
-           "topk_search", "two_stage_scores", "two_stage_search", "rerank_terms"]
+           "topk_search", "two_stage_scores", "two_stage_search", "rerank_terms", "rerank_all", "Compose"]
 
 
 class PairTerms(NamedTuple):
@@ -175,16 +176,21 @@ def rerank_terms(text: torch.Tensor, images: JointFeatures, pool_s: float, cand:
                      (w * rc).sum(-1) / norm_p, ent)
 
 
-def _rerank_chunks(text: torch.Tensor, images: JointFeatures, pool_s: float, g: torch.Tensor,
-                   cand: torch.Tensor) -> torch.Tensor:
-    """(Q, M) DSA scores of each query's candidates, a bounded chunk of queries at a time."""
+Compose = Callable[[PairTerms, torch.Tensor], PairTerms]  # (terms (Q, M), cand (Q, M)) -> terms
+
+
+def rerank_all(text: torch.Tensor, images: JointFeatures, pool_s: float, cand: torch.Tensor,
+               compose: Compose | None = None) -> PairTerms:
+    """(Q, M) :class:`PairTerms` of each query's candidates, a bounded chunk of queries at a time; ``compose``
+    rescores the multi-phrase queries (:func:`dsanchor.relations.compose_fine` through a view or a pipeline)."""
     r, d = images.regions.shape[1], images.regions.shape[2]
     chunk = max(1, _RERANK_ELEMENTS // max(cand.shape[1] * r * max(d, r), 1))
-    out = []
-    for a in range(0, text.shape[0], chunk):
-        terms = rerank_terms(text[a:a + chunk], images, pool_s, cand[a:a + chunk])
-        out.append(anchored_scores(terms, g[a:a + chunk].view(-1, 1)))
-    return torch.cat(out) if out else torch.zeros(0, cand.shape[1])
+    parts = [rerank_terms(text[a:a + chunk], images, pool_s, cand[a:a + chunk]) for a in range(0, text.shape[0], chunk)]
+    if not parts:
+        empty = torch.zeros(0, cand.shape[1])
+        return PairTerms(empty, empty, empty, empty)
+    terms = PairTerms(*(torch.cat(x) for x in zip(*parts, strict=True)))
+    return compose(terms, cand) if compose is not None else terms
 
 
 def _per_query_g(g: torch.Tensor | float, q: int, dtype) -> torch.Tensor:
@@ -197,37 +203,41 @@ def _per_query_g(g: torch.Tensor | float, q: int, dtype) -> torch.Tensor:
 @torch.no_grad()
 def two_stage_search(text: torch.Tensor, images: JointFeatures, pool_s: float, g: torch.Tensor | float,
                      m: int = 100, k: int = 10, backend: str = "torch",
-                     index=None) -> tuple[torch.Tensor, torch.Tensor]:
+                     index=None, compose: Compose | None = None) -> tuple[torch.Tensor, torch.Tensor]:
     """Text-to-image top-k: the coarse top-M from :func:`topk_search` (torch or faiss), re-ranked with DSA.
 
     Args:
         text: (Q, D). images: the gallery. g: per query (Q,) or a float. m: first-stage depth. k: results.
         backend: first-stage search, "torch" or "faiss". index: with "faiss", a :func:`faiss_index` of
             ``images.coarse`` reused across calls (else one is built per call).
+        compose: rescores the multi-phrase queries in the re-ranking (:data:`Compose`).
     Returns:
         scores (Q, k) and gallery indices (Q, k), best first.
     """
     m = min(m, images.coarse.shape[0])
     _, cand = topk_search(text, images.coarse, m, backend, index=index)  # (Q, M)
-    scores = _rerank_chunks(text, images, pool_s, _per_query_g(g, text.shape[0], text.dtype), cand)  # (Q, M)
+    g = _per_query_g(g, text.shape[0], text.dtype).view(-1, 1)
+    scores = anchored_scores(rerank_all(text, images, pool_s, cand, compose), g)  # (Q, M)
     top, pos = scores.topk(min(k, m), dim=1)
     return top, cand.gather(1, pos)
 
 
 @torch.no_grad()
 def two_stage_scores(text: torch.Tensor, images: JointFeatures, pool_s: float, g: torch.Tensor | float,
-                     m: int = 100) -> torch.Tensor:
+                     m: int = 100, compose: Compose | None = None) -> torch.Tensor:
     """Text-to-image scores: the coarse top-M re-ranked with DSA, the rest ranked after them by coarse.
 
     Args:
         text: (Q, D). images: the gallery. g: per query (Q,) or a float. m: first-stage depth.
+        compose: rescores the multi-phrase queries in the re-ranking (:data:`Compose`).
     Returns:
         (Q, N) scores whose ranking equals the two-stage ranking (dense: for recall against exact scoring).
     """
     coarse = text @ images.coarse.T  # (Q, N)
     m = min(m, coarse.shape[1])
     cand = coarse.topk(m, dim=1).indices  # (Q, M)
-    dsa = _rerank_chunks(text, images, pool_s, _per_query_g(g, text.shape[0], text.dtype), cand)
+    g = _per_query_g(g, text.shape[0], text.dtype).view(-1, 1)
+    dsa = anchored_scores(rerank_all(text, images, pool_s, cand, compose), g)
     return (coarse - 4.0).scatter_(1, cand, dsa)  # non-candidates: below every cosine, in coarse order
 
 

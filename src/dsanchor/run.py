@@ -58,6 +58,8 @@ class RunConfig:
     tune_workers: int = field(default=1, metadata={"help": "processes sharing the Optuna study"})
     tune_timesteps: int = field(default=8192, metadata={"help": "PPO steps per fold of a tuning trial"})
     ppo_timesteps: int = field(default=65536, metadata={"help": "PPO steps of the final retrieval controller"})
+    pair_timesteps: int = field(default=16384, metadata={
+        "help": "PPO steps of the per-pair retrieval controller (one text query and its top-M candidates each)"})
     caption_steps: int = field(default=400, metadata={"help": "optimizer steps of the caption decoder"})
     caption_ppo_timesteps: int = field(default=4096, metadata={"help": "PPO steps of the captioning controller"})
     workers: int = field(default=2, metadata={"help": "worker processes for image loading (and data generation)"})
@@ -185,6 +187,7 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
     from dsanchor.align.train import AlignTrainConfig
     from dsanchor.gate import GateConfig
     from dsanchor.hallucination import DetectorTrainConfig, PopeConfig
+    from dsanchor.pairs import PairPPOConfig
     from dsanchor.rl.ppo import PPOConfig
     from dsanchor.rl.tune import TuneConfig, read_best
     from dsanchor.stages import align_stage, caption_stage, detector_stage, eval_stage, train_stage, tune_stage
@@ -196,7 +199,7 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
     tune = TuneConfig(trials=config.tune_trials, workers=config.tune_workers, seed=seed, study_name=f"demo-seed{seed}",
                       timesteps=config.tune_timesteps)
     ppo = PPOConfig(timesteps=config.ppo_timesteps, seed=seed, checkpoint_every=max(config.ppo_timesteps // 4, 1024))
-    key = {"features": feat_key, "seed": seed, "format": 3}
+    key = {"features": feat_key, "seed": seed, "format": 4}  # 4: heads fit their compositional scorer
     init = config.init_heads.format(seed=seed) if config.init_heads else None
     if init is not None and not Path(init).is_dir():
         raise ConfigError(f"--init-heads: {init} is not a folder of saved heads")
@@ -210,10 +213,11 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
     tune_key = {**heads_key, **det_key, "tune": dataclasses.asdict(tune)}
     stages.run(f"tune reward (seed {seed})", sd / "tune", tune_key,
                lambda d: tune_stage(feats, sd / "heads", sd / "detector", d, tune=tune, ppo=ppo), "tune")
-    ppo_key = {**tune_key, "ppo": dataclasses.asdict(ppo)}
-    stages.run(f"PPO controller (seed {seed})", sd / "ppo", ppo_key,
-               lambda d: train_stage(feats, sd / "heads", sd / "detector", d, read_best(sd / "tune"), ppo=ppo),
-               "ppo")
+    pair = PairPPOConfig(timesteps=config.pair_timesteps, seed=seed)
+    ppo_key = {**tune_key, "ppo": dataclasses.asdict(ppo), "pair": dataclasses.asdict(pair)}
+    stages.run(f"PPO controllers (seed {seed})", sd / "ppo", ppo_key,
+               lambda d: train_stage(feats, sd / "heads", sd / "detector", d, read_best(sd / "tune"), ppo=ppo,
+                                     pair=pair), "ppo")
     cap_key = {**heads_key, **det_key, "steps": config.caption_steps, "ppo_steps": config.caption_ppo_timesteps}
     stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
                lambda d: caption_stage(feats, sd, d, config, seed), "caption")
@@ -275,6 +279,7 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
         The merged results.
     """
     from dsanchor.eval.compare import compare_methods, load_hits
+    from dsanchor.eval.hardneg import WINS_FILE, merge_wins
     from dsanchor.eval.methods import EvalConfig
     from dsanchor.report.demo_report import write_report
     from dsanchor.report.results import merge_seeds
@@ -306,6 +311,9 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     if len(per_seed) > 1:  # one bootstrap over images and seeds (intervals do not average)
         records, clusters = load_hits([out / f"seed{s}" / "eval" / "hits.safetensors" for s in range(config.seeds)])
         results = merge_seeds(per_seed, compare_methods(records, clusters, n_boot=EvalConfig().n_boot))
+        hard = merge_wins([out / f"seed{s}" / "eval" / WINS_FILE for s in range(config.seeds)], EvalConfig().n_boot)
+        if hard is not None:  # like the paired differences: one bootstrap over images and seeds
+            results["hard_negatives"] = hard
     else:
         results = per_seed[0]
     results["timing_s"] = times

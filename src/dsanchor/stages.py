@@ -11,6 +11,7 @@ from __future__ import annotations
 import dataclasses
 import functools
 import json
+import logging
 import sys
 import time
 from pathlib import Path
@@ -19,12 +20,15 @@ from dsanchor.config import save_resolved
 from dsanchor.errors import ConfigError
 from dsanchor.files import write_captions, write_json
 
-__all__ = ["SPLITS", "synth_stage", "extract_samples", "align_stage", "detector_stage", "tune_stage", "train_stage",
+__all__ = ["SPLITS", "synth_stage", "extract_samples", "align_stage", "fit_heads_relations", "detector_stage",
+           "tune_stage", "train_stage",
            "caption_train_stage", "caption_eval_stage", "caption_stage", "eval_stage", "load_rl_inputs",
            "caption_split", "CAPTION_METRICS"]
 
 SPLITS = (0.6, 0.2, 0.2)  # the demo's synth split: more val than the 80/10/10 default (controllers are fit on val)
 CAPTION_METRICS = "caption_metrics.json"
+
+log = logging.getLogger(__name__)
 
 
 def synth_stage(out: Path, config) -> None:
@@ -51,10 +55,13 @@ def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:
                      source={"format": fmt, "split": None})
 
 
-def align_stage(features, out, align=None, train=None, init=None) -> dict:
-    """Train the alignment heads on train (early stopping on val), score test; returns the info dict.
+def align_stage(features, out, align=None, train=None, init=None, relations: bool = True) -> dict:
+    """Train the alignment heads on train (early stopping on val), fit their compositional scorer on val, score
+    test; returns the info dict.
 
     ``init``: a folder of saved heads to fine-tune (their architecture is kept and ``align`` is ignored).
+    ``relations``: fit the scorer of multi-phrase captions (:mod:`dsanchor.relations`); off, they keep the single
+    pool.
     """
     from dsanchor.align.heads import AlignConfig, AlignmentHeads
     from dsanchor.align.train import AlignTrainConfig, evaluate_by_granularity, train_heads
@@ -68,11 +75,29 @@ def align_stage(features, out, align=None, train=None, init=None) -> dict:
     train = train or AlignTrainConfig()
     heads, info = train_heads(store.images("train"), store.texts("train"), store.images("val"), store.texts("val"),
                               cfg, train, init=start)
+    if relations:
+        info["relations"] = fit_heads_relations(heads, store)
     heads.save_pretrained(out)
     info["init"] = None if init is None else str(init)
     save_resolved(out, align=cfg, align_train=train, features=str(features), init=info["init"])
     info["test"] = evaluate_by_granularity(heads, store.images("test"), store.texts("test"))
     write_json(out / "align_metrics.json", info)
+    return info
+
+
+def fit_heads_relations(heads, store) -> dict:
+    """Fit the heads' compositional scorer of multi-phrase captions on the store's val split (at the best fixed g,
+    by the selection score of :mod:`dsanchor.eval.methods`) and set it in ``heads.config``; returns the fit."""
+    from dsanchor.eval.methods import EvalConfig, fit_relations
+    from dsanchor.eval.views import prepare_view
+    from dsanchor.relations import RelationConfig
+    from dsanchor.state import StateConfig
+
+    val = prepare_view(heads, store.images("val"), store.texts("val"), StateConfig(codebook=0),
+                       encode_texts=store.encode_texts, relation=RelationConfig())
+    chosen, info = fit_relations(val, EvalConfig())
+    heads.config.relation_mix, heads.config.relation_weight = chosen.mix, chosen.weight
+    log.info("compositional scorer fit on val: mix %.2f, relation weight %.2f", chosen.mix, chosen.weight)
     return info
 
 
@@ -169,8 +194,10 @@ def tune_stage(features, heads, hall_detector, out, state=None, tune=None, ppo=N
 
 
 def train_stage(features, heads, hall_detector, out, reward=None, state=None, ppo=None, accuracy=None,
-                split: str = "val", progress: bool = True):
-    """PPO retrieval controller on ``split``'s queries; returns (controller, info).
+                split: str = "val", progress: bool = True, pair=None):
+    """PPO retrieval controllers on ``split``'s queries: the query-only one, and (unless ``pair`` is False) the
+    per-pair one in ``out/pair`` (:mod:`dsanchor.pairs`, ``pair``: its :class:`~dsanchor.pairs.PairPPOConfig`);
+    returns (query-only controller, info).
 
     Also writes ``out/pipeline`` (:func:`dsanchor.pipeline.save_pipeline`: encoder, regions, heads, this
     controller, the detector, and the fixed g best on ``split``) for query-state controllers.
@@ -188,12 +215,20 @@ def train_stage(features, heads, hall_detector, out, reward=None, state=None, pp
     save_resolved(out, reward=reward, ppo=ppo, accuracy=accuracy, state=state, features=str(features),
                   heads=str(heads), hall_detector=str(hall_detector), split=split)
     ctrl, info = train_retrieval_controller(view, hall, reward, accuracy, ppo, out, progress=progress)
+    from dsanchor.eval.methods import EvalConfig, select_fixed_g
+
+    g_best, _ = select_fixed_g(view, EvalConfig())
+    if pair is not False:
+        from dsanchor.pairs import PairPPOConfig
+        from dsanchor.rl.train import train_pair_controller
+
+        pair = pair or PairPPOConfig(seed=ppo.seed)
+        _, info["pair"] = train_pair_controller(view, hall, reward, accuracy, pair, Path(out) / "pair", g_best,
+                                                progress=progress)
     write_json(Path(out) / "train_info.json", info)
     if state.state_kind == "query":  # a pipeline runs query states (dsanchor.pipeline)
-        from dsanchor.eval.methods import EvalConfig, select_fixed_g
         from dsanchor.pipeline import save_pipeline
 
-        g_best, _ = select_fixed_g(view, EvalConfig())
         save_pipeline(Path(out) / "pipeline", features, heads, out, hall_detector, state=state, fixed_g=g_best)
     return ctrl, info
 
@@ -320,16 +355,22 @@ def eval_stage(features, heads, out, controller=None, captioning=None, hall_dete
     from dsanchor.eval.run import evaluate_retrieval
     from dsanchor.features.store import FeatureStore
     from dsanchor.gate import GateConfig
+    from dsanchor.pairs import PairGateConfig
     from dsanchor.report.results import build_results
     from dsanchor.state import StateConfig
 
     cfg, state, gate = config or EvalConfig(), state or StateConfig(), gate or GateConfig()
     store, out = FeatureStore(features), Path(out)
-    ctrl = None
+    ctrl, pair_ctrl = None, None
     if controller is not None:
         p = Path(controller)
         ctrl = GranularityController.from_pretrained(p / "controller" if (p / "controller").is_dir() else p)
-    res = evaluate_retrieval(store, AlignmentHeads.from_pretrained(heads), cfg, state, ctrl, gate, split)
+        if (p / "pair" / "pair_controller").is_dir():
+            from dsanchor.pairs import PairController
+
+            pair_ctrl = PairController.from_pretrained(p / "pair" / "pair_controller")
+    res = evaluate_retrieval(store, AlignmentHeads.from_pretrained(heads), cfg, state, ctrl, gate, split,
+                             pair_controller=pair_ctrl, pair_gate=PairGateConfig(seed=gate.seed))
     caps = json.loads((Path(captioning) / CAPTION_METRICS).read_text()) if captioning else None
     pope = (json.loads((Path(hall_detector) / "detector_metrics.json").read_text()).get("test") if hall_detector
             else None)
@@ -344,6 +385,13 @@ def eval_stage(features, heads, out, controller=None, captioning=None, hall_dete
                             paired=compare_methods(res.records, res.clusters, n_boot=cfg.n_boot, seed=gate.seed))
     results["protocols"] = res.extra["protocols"]
     results["chance"] = res.extra["chance"]
+    results["relations"] = res.extra["relations"]
+    hard = res.extra.pop("hard_negatives", None)
+    if hard is not None:
+        from dsanchor.eval.hardneg import WINS_FILE, save_wins
+
+        save_wins(out / WINS_FILE, hard)
+        results["hard_negatives"] = {k: v for k, v in hard.items() if k != "_wins"}
     if caps:
         results["captioning"] = {k: v for k, v in caps.items() if k != "methods"}
     save_resolved(out, eval=cfg, state=state, gate=gate, features=str(features), heads=str(heads),

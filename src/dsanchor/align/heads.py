@@ -45,6 +45,12 @@ class AlignConfig:
         "help": "self-attention layers over each image's projected regions (boxes included), so that a region "
                 "vector can describe its neighbours, as relation captions need; 0: regions stay independent"})
     context_heads: int = field(default=4, metadata={"help": "attention heads of each region-context layer"})
+    relation_mix: float = field(default=0.0, metadata={
+        "help": "compositional scoring of multi-phrase captions (dsanchor.relations): share of the per-phrase "
+                "score in the fine score; fit on val after training (0: the single pool)"})
+    relation_weight: float = field(default=0.0, metadata={
+        "help": "weight of the stated relation's geometric truth in the compositional score; fit on val"})
+    relation_tau: float = field(default=0.05, metadata={"help": "scale of the relation kernel, in image widths"})
 
 
 def projection_mlp(d_in: int, hidden: int, d_out: int, dropout: float) -> nn.Module:
@@ -62,6 +68,7 @@ class JointFeatures:
     mask: torch.Tensor  # (N, R) bool
     gram: torch.Tensor | None = None  # (N, R, R) region-region products, cached by precompute()
     rc: torch.Tensor | None = None  # (N, R) region-scene products, cached by precompute()
+    boxes: torch.Tensor | None = None  # (N, R, 4) x, y, w, h in [0, 1], for relations (dsanchor.relations)
 
     def precompute(self) -> JointFeatures:
         """Cache the per-image products that every query reuses (for a gallery scored many times)."""
@@ -108,8 +115,17 @@ class AlignmentHeads(PretrainedMixin, nn.Module):
         if self.region_context is not None:
             pad = ~mask & mask.any(dim=1, keepdim=True)  # (N, R); an image without regions attends over zeros
             r = self.region_context(r, src_key_padding_mask=pad) * mask.unsqueeze(-1)  # (N, R, D)
-        return JointFeatures(F.normalize(self.coarse_proj(coarse), dim=-1), F.normalize(r, dim=-1), mask)
+        return JointFeatures(F.normalize(self.coarse_proj(coarse), dim=-1), F.normalize(r, dim=-1), mask,
+                             boxes=boxes)
 
     @property
     def pool_s(self) -> torch.Tensor:
         return self.pool_scale.exp()
+
+    @property
+    def relation_config(self):
+        """The compositional scorer of multi-phrase captions (:class:`dsanchor.relations.RelationConfig`)."""
+        from dsanchor.relations import RelationConfig
+
+        c = self.config
+        return RelationConfig(c.relation_mix, c.relation_weight, c.relation_tau)

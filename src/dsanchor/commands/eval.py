@@ -15,10 +15,12 @@ def add_parser(sub) -> None:
     from dsanchor.gate import GateConfig
     from dsanchor.state import StateConfig
 
-    p = sub.add_parser("eval", help="evaluate coarse, fine, fixed_best, gate_grad, dsa_ppo and the oracle")
+    p = sub.add_parser("eval", help="evaluate coarse, fine, fixed_best, gate_grad, dsa_ppo, gate_pair, dsa_pair and "
+                                    "the oracle, and the compositional hard negatives")
     p.add_argument("--features", required=True, help="feature store")
     p.add_argument("--heads", required=True, help="alignment heads run (dsanchor align)")
-    p.add_argument("--controller", default=None, help="PPO controller (dsanchor train --out DIR); adds dsa_ppo")
+    p.add_argument("--controller", default=None, help="PPO controllers (dsanchor train --out DIR); adds dsa_ppo, and "
+                                                     "dsa_pair when the run has a per-pair controller")
     p.add_argument("--captioning", default=None, help="caption run with caption_metrics.json (adds caption columns)")
     p.add_argument("--hall-detector", default=None, help="hallucination detector run (adds POPE)")
     p.add_argument("--split", default="test", help="split to evaluate (default: test)")
@@ -48,6 +50,11 @@ def run(args) -> int:
     results = eval_stage(args.features, args.heads, args.out, args.controller, args.captioning, args.hall_detector,
                          config, state, gate, args.split)
     table = main_table(results) + "\n\n" + granularity_table(results) + "\n\n" + paired_table(results)
+    if results.get("hard_negatives"):
+        from dsanchor.eval.hardneg import accuracy_table
+
+        table += "\n\ncompositional hard negatives (accuracy [95% interval over test images]):\n\n" + "\n".join(
+            accuracy_table(results["hard_negatives"]))
     (Path(args.out) / "results.md").write_text(table + "\n")
     print(table)
     ts = json.loads((Path(args.out) / "eval_details.json").read_text())["two_stage"]

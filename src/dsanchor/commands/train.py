@@ -22,17 +22,22 @@ def add_rl_inputs(p) -> None:
 
 def add_parser(sub) -> None:
     from dsanchor.commands._common import add_overwrite
+    from dsanchor.pairs import PairPPOConfig
     from dsanchor.rl.env import RewardConfig
     from dsanchor.rl.ppo import PPOConfig
 
-    p = sub.add_parser("train", help="train the granularity controller with PPO")
+    p = sub.add_parser("train", help="train the granularity controllers with PPO (query-only and per pair)")
     add_rl_inputs(p)
     p.add_argument("--tuned", default=None, help="read alpha and beta from `dsanchor tune --out DIR`")
+    p.add_argument("--no-pair", dest="pair", action="store_false",
+                   help="train only the query-only controller, not the per-pair one (a g per text query and "
+                        "candidate image, in OUT/pair)")
     p.add_argument("--out", required=True, help="run directory (rerun to resume)")
     add_overwrite(p)
     add_common(p)
     add_config_args(p, RewardConfig)
     add_config_args(p, PPOConfig)
+    add_config_args(p, PairPPOConfig, prefix="pair_")
     p.set_defaults(func=run)
 
 
@@ -54,10 +59,16 @@ def run(args) -> int:
                                  for k in ("alpha", "beta", "clip_low", "clip_high")})
     state = resolve_config(StateConfig, args, y, section="state")
     ppo = resolve_config(PPOConfig, args, y, section="ppo")
+    from dsanchor.pairs import PairPPOConfig
+
+    pair = resolve_config(PairPPOConfig, args, y, prefix="pair_", section="pair") if args.pair else False
     accuracy = resolve_config(AccuracyConfig, args, y, section="accuracy")
     accept_command_out(args, "train")  # before anything is written
     ctrl, info = train_stage(args.features, args.heads, args.hall_detector, args.out, reward, state, ppo, accuracy,
-                             args.split)
+                             args.split, pair=pair)
     print(f"controller saved to {args.out}/controller after {info['timesteps']} steps "
           f"({info['train_time_s']:.1f}s of PPO)")
+    if "pair" in info:
+        print(f"per-pair controller saved to {args.out}/pair/pair_controller after {info['pair']['timesteps']} "
+              f"steps ({info['pair']['train_time_s']:.1f}s of PPO)")
     return 0

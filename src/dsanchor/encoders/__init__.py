@@ -7,6 +7,7 @@ built, so importing this package is cheap.
 
 from __future__ import annotations
 
+import functools
 from typing import Any
 
 from dsanchor.config import config_from_dict
@@ -33,6 +34,7 @@ __all__ = [
     "check_detector",
     "create_encoder",
     "encoder_config_class",
+    "encoder_from_spec",
     "list_encoders",
     "load_rgb",
     "nms",
@@ -68,6 +70,24 @@ def _backend(name: str) -> type[EncoderBackend]:
 def encoder_config_class(name: str) -> type[EncoderConfig]:
     """The config dataclass of backend ``name``."""
     return _backend(name).config_class
+
+
+def encoder_from_spec(spec: dict[str, Any], where: str = "encoder spec") -> EncoderBackend:
+    """The backend a feature store's manifest or a pipeline's ``pipeline.json`` records (``{"name", "config"}``),
+    built once per process for each distinct spec."""
+    import json
+
+    return _cached_encoder(json.dumps({"name": spec["name"], "config": spec.get("config", {})}, sort_keys=True),
+                           where)
+
+
+@functools.cache
+def _cached_encoder(spec_json: str, where: str) -> EncoderBackend:
+    import json
+
+    spec = json.loads(spec_json)
+    return create_encoder(spec["name"], config_from_dict(encoder_config_class(spec["name"]), spec["config"],
+                                                         where=where))
 
 
 def create_encoder(name: str = DEFAULT_ENCODER, config: EncoderConfig | None = None,

@@ -40,8 +40,11 @@ __all__ = ["DEFAULT_PAIRS", "COMPARED_METRICS", "query_records", "query_clusters
            "cluster_bootstrap", "bootstrap_diff", "compare_methods", "save_hits", "load_hits"]
 
 # (a, b): report a - b. The RL controller against every baseline, and the gradient gate against fine-only.
+# The per-pair controller (dsanchor.pairs) against the same baselines, its gradient-trained twin and the
+# query-only controller.
 DEFAULT_PAIRS = (("dsa_ppo", "fine"), ("dsa_ppo", "coarse"), ("dsa_ppo", "fixed_best"), ("dsa_ppo", "gate_grad"),
-                 ("gate_grad", "fine"))
+                 ("gate_grad", "fine"), ("dsa_pair", "fixed_best"), ("dsa_pair", "fine"), ("dsa_pair", "gate_pair"),
+                 ("dsa_pair", "dsa_ppo"), ("gate_pair", "fixed_best"))
 COMPARED_METRICS = ("R@1", "R@10")
 
 

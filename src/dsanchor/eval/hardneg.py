@@ -22,7 +22,8 @@ from tqdm.auto import tqdm
 from dsanchor.data.hardneg import HARD_NEGATIVE_TYPES, HardNegative
 from dsanchor.eval.compare import cluster_bootstrap
 
-__all__ = ["pipeline_methods", "score_hard_negatives", "accuracy_table"]
+__all__ = ["pipeline_methods", "score_hard_negatives", "accuracy_by_type", "store_hard_negatives", "save_wins",
+           "merge_wins", "WINS_FILE", "accuracy_table"]
 
 
 def pipeline_methods(pipe) -> dict[str, float | None]:
@@ -64,19 +65,114 @@ def score_hard_negatives(pipe, items: Sequence[HardNegative], root: str | Path,
         raise ValueError("no hard-negative items to score")
     methods = methods if methods is not None else pipeline_methods(pipe)
     wins = _item_wins(pipe, items, Path(root), methods, progress)
-    types = np.array([i.type for i in items])
-    images = np.array([i.image_id for i in items])
-    out: dict[str, Any] = {"n_items": len(items), "n_images": int(len(np.unique(images))), "methods": {}}
+    return accuracy_by_type(wins, items, methods, n_boot, seed)
+
+
+def accuracy_by_type(wins: dict[str, np.ndarray], items: Sequence[HardNegative], g: dict[str, Any],
+                     n_boot: int = 2000, seed: int = 0) -> dict[str, Any]:
+    """Per method (``wins``: method -> (I,) bool, the true text scored higher) and type, the accuracy with a 95%
+    bootstrap interval over images; ``g``: what each method's g was, for the table."""
+    return _accuracy(wins, np.array([i.type for i in items]), np.array([i.image_id for i in items]), g, n_boot, seed)
+
+
+def _accuracy(wins: dict[str, np.ndarray], types: np.ndarray, images: np.ndarray, g: dict[str, Any], n_boot: int,
+              seed: int) -> dict[str, Any]:
+    """:func:`accuracy_by_type` on arrays; a method's wins may be (I,) or (S, I), one row per training seed (the
+    interval then also carries the spread over seeds)."""
+    out: dict[str, Any] = {"n_items": int(len(types)), "n_images": int(len(np.unique(images))), "methods": {}}
     for name, w in wins.items():
-        row: dict[str, Any] = {"g": methods[name]}
+        w = np.atleast_2d(np.asarray(w, dtype=np.float64))  # (S, I)
+        row: dict[str, Any] = {"g": g.get(name)}
         for kind in (*HARD_NEGATIVE_TYPES, "all"):
-            keep = types == kind if kind != "all" else np.ones(len(items), dtype=bool)
+            keep = types == kind if kind != "all" else np.ones(len(types), dtype=bool)
             if keep.any():
                 _, cluster = np.unique(images[keep], return_inverse=True)  # image of each item, 0..C-1
-                ci = cluster_bootstrap(torch.tensor(w[keep], dtype=torch.float64)[None], torch.from_numpy(cluster),
-                                       n_boot=n_boot, seed=seed)
-                row[kind] = {"accuracy": float(w[keep].mean()), "lo": ci["lo"], "hi": ci["hi"], "n": int(keep.sum())}
+                ci = cluster_bootstrap(torch.from_numpy(w[:, keep]), torch.from_numpy(cluster), n_boot=n_boot,
+                                       seed=seed)
+                row[kind] = {"accuracy": float(w[:, keep].mean()), "lo": ci["lo"], "hi": ci["hi"],
+                             "n": int(keep.sum())}
         out["methods"][name] = row
+    return out
+
+
+WINS_FILE = "hardneg_wins.json"  # in an eval folder: per item, which text won for each method (to merge seeds)
+
+
+def save_wins(path: str | Path, result: dict[str, Any]) -> None:
+    """Write the per-item wins that :func:`store_hard_negatives` returned with its summary (``"_wins"``)."""
+    from dsanchor.files import write_json
+
+    write_json(Path(path), result["_wins"], indent=None)
+
+
+def merge_wins(paths: Sequence[str | Path], n_boot: int = 2000) -> dict[str, Any] | None:
+    """The hard-negative summary over several training seeds' :data:`WINS_FILE`: accuracy over seeds and items,
+    the interval from one bootstrap over images carrying the seeds' spread; None when a file is missing."""
+    import json
+
+    if not paths or not all(Path(p).is_file() for p in paths):
+        return None
+    runs = [json.loads(Path(p).read_text()) for p in paths]
+    first = runs[0]
+    methods = [m for m in first["wins"] if all(m in r["wins"] for r in runs)]
+    wins = {m: np.array([r["wins"][m] for r in runs], dtype=bool) for m in methods}
+    out = _accuracy(wins, np.array(first["types"]), np.array(first["images"]), first["g"], n_boot, 0)
+    out["config"], out["seeds"] = first.get("config"), len(runs)
+    return out
+
+
+@torch.no_grad()
+def store_hard_negatives(store, heads, test, methods: dict, pair_controllers: dict, config) -> dict[str, Any] | None:
+    """Hard negatives of the test split's scenes scored by every retrieval method of ``dsanchor eval`` on the
+    stored features (the store's text encoder embeds the new texts), or None when the split has no scene graphs.
+
+    A method scores an item's two texts against its image with the g it gives that image as a query (``i2t``);
+    a per-pair controller (``pair_controllers``: method -> :class:`~dsanchor.pairs.PairController`) with the g it
+    gives each (text, image) pair, the text ranking the test gallery as a query. The oracle is left out.
+
+    Args:
+        test: the :class:`~dsanchor.eval.views.SplitView` of the test split. methods: method -> MethodG.
+    """
+    from dsanchor.data.hardneg import HardNegConfig, scene_hard_negatives
+    from dsanchor.eval.methods import pair_method
+    from dsanchor.eval.views import prepare_view
+    from dsanchor.features.types import TextFeatures
+    from dsanchor.retrieval import anchored_scores
+
+    scenes = test.images.scenes
+    if scenes is None or any(s is None for s in scenes):
+        return None
+    cfg = HardNegConfig()
+    items = [it for n, sc in enumerate(scenes)
+             for it in scene_hard_negatives(sc, cfg, int(test.images.image_ids[n]))]
+    if not items:
+        return None
+    texts = sorted({t for i in items for t in (i.caption, i.negative)})
+    where = {t: k for k, t in enumerate(texts)}
+    col = {int(i): k for k, i in enumerate(test.images.image_ids.tolist())}
+    feats = TextFeatures(store.encode_texts(texts), torch.full((len(texts),), -1), torch.full((len(texts),), -1),
+                         texts)
+    parse = store.encode_texts if test.compositions is not None else None
+    view = prepare_view(heads, test.images, feats, test.state, parse, test.relation)
+    pos = torch.tensor([where[i.caption] for i in items])
+    neg = torch.tensor([where[i.negative] for i in items])
+    img = torch.tensor([col[i.image_id] for i in items])
+    wins, g_label = {}, {}
+    for name, g in methods.items():
+        if name == "oracle":
+            continue
+        if name in pair_controllers:
+            grid, _ = pair_method(view, pair_controllers[name], float(g.i2t[0]))
+            scores = anchored_scores(view.terms, grid.t2i_grid())  # (texts, N)
+            g_label[name] = "per pair"
+        else:
+            scores = anchored_scores(view.terms, g.i2t.view(1, -1))  # the image's own g, per column
+            g_label[name] = float(g.i2t[0]) if bool((g.i2t == g.i2t[0]).all()) else None
+        wins[name] = (scores[pos, img] > scores[neg, img]).numpy()
+    out = accuracy_by_type(wins, items, g_label, config.n_boot)
+    out["config"] = {"types": list(cfg.types), "per_image": cfg.per_image, "seed": cfg.seed}
+    out["_wins"] = {"types": [i.type for i in items], "images": [i.image_id for i in items], "g": g_label,
+                    "config": out["config"], "wins": {m: w.astype(int).tolist() for m, w in wins.items()}}
     return out
 
 
@@ -85,7 +181,7 @@ def accuracy_table(result: dict[str, Any]) -> list[str]:
     kinds = [k for k in (*HARD_NEGATIVE_TYPES, "all") if any(k in r for r in result["methods"].values())]
     lines = ["| method | g | " + " | ".join(kinds) + " |", "|---|---|" + "---|" * len(kinds)]
     for name, row in result["methods"].items():
-        g = "controller" if row["g"] is None else f"{row['g']:.2f}"
+        g = row["g"] if isinstance(row["g"], str) else "controller" if row["g"] is None else f"{row['g']:.2f}"
         cells = [f"{row[k]['accuracy']:.3f} [{row[k]['lo']:.2f}, {row[k]['hi']:.2f}]" if k in row else "–"
                  for k in kinds]
         lines.append(f"| {name} | {g} | " + " | ".join(cells) + " |")

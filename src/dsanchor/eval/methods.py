@@ -31,10 +31,13 @@ from dsanchor.controller import GranularityController
 from dsanchor.eval.views import SplitView
 from dsanchor.features.types import GRANULARITY_CODES
 from dsanchor.metrics.retrieval import ranks_of_first_positive
+from dsanchor.pairs import PairController, PairControllerConfig, PairStates, pair_g, pair_states
+from dsanchor.relations import RelationConfig
 from dsanchor.retrieval import anchored_scores
 
 __all__ = ["EvalConfig", "MethodG", "g_grid", "retrieval_metrics", "fixed_g", "controller_g", "oracle_g",
-           "select_fixed_g", "query_ranks", "rank_metrics", "selection_score", "hallucination_rates"]
+           "select_fixed_g", "fit_relations", "pair_method", "pair_method_states", "query_ranks", "rank_metrics",
+           "selection_score", "hallucination_rates"]
 
 
 @dataclass
@@ -43,14 +46,45 @@ class EvalConfig:
     grid: int = field(default=21, metadata={"help": "points of the g grid for fixed_best and the oracle"})
     two_stage_m: int = field(default=100, metadata={"help": "first-stage depth of the two-stage comparison"})
     n_boot: int = field(default=2000, metadata={"help": "bootstrap draws of the image-level intervals"})
+    hard_negatives: bool = field(default=True, metadata={
+        "help": "score compositional hard negatives made from the test scenes (where the data has scene graphs)"})
+    relations: bool = field(default=True, metadata={
+        "help": "score multi-phrase captions with the heads' compositional scorer (dsanchor.relations); "
+                "off: every caption by the single region pool (the ablation)"})
 
 
 @dataclass
 class MethodG:
-    """g for every query of a split."""
+    """g for every query of a split: one per query, or for a per-pair controller (:mod:`dsanchor.pairs`) one per
+    (caption, image) pair, with ``cand`` the candidates it chose a g for (the others have its base g)."""
 
-    t2i: torch.Tensor  # (T,) one g per caption query
+    t2i: torch.Tensor  # (T,) one g per caption query, or (T, N) one per pair
     i2t: torch.Tensor  # (N,) one g per image query
+    cand: torch.Tensor | None = None  # (T, M) with a per-pair t2i: the candidates of each caption query
+
+    def t2i_grid(self) -> torch.Tensor:
+        """g broadcastable to the (T, N) text-to-image scores."""
+        return self.t2i if self.t2i.dim() == 2 else self.t2i.view(-1, 1)
+
+    def t2i_chosen(self) -> torch.Tensor:
+        """(T,) the g each caption query chose: its own, or the mean over its candidates for a per-pair g."""
+        return self.t2i if self.t2i.dim() == 1 else self.t2i.gather(1, self.cand).mean(1)
+
+
+def pair_method_states(view: SplitView, config: PairControllerConfig) -> PairStates:
+    """:func:`~dsanchor.pairs.pair_states` of a view's caption queries."""
+    return pair_states(view.terms, view.text, view.texts.embeddings, view.joint, view.pool_s, config.base_g,
+                       config.top_m, view.compositions)
+
+
+def pair_method(view: SplitView, controller: PairController, g_i2t: float) -> tuple[MethodG, PairStates]:
+    """The per-pair controller's g on ``view``: its own g on each caption query's top-M, its base g elsewhere;
+    image queries get ``g_i2t``."""
+    c = controller.config
+    states = pair_method_states(view, c)
+    with torch.no_grad():
+        g = pair_g(controller(states), states.cand, len(view.images), c.base_g)
+    return MethodG(g, torch.full((len(view.images),), float(g_i2t)), states.cand), states
 
 
 def fixed_g(view: SplitView, g: float) -> MethodG:
@@ -71,7 +105,7 @@ def query_ranks(view: SplitView, g: MethodG, positives: torch.Tensor | None = No
         positives: (T, N) bool; defaults to :attr:`SplitView.relevant`.
     """
     pos = view.relevant if positives is None else positives
-    s_t2i = anchored_scores(view.terms, g.t2i.view(-1, 1))  # (T, N)
+    s_t2i = anchored_scores(view.terms, g.t2i_grid())  # (T, N)
     s_i2t = anchored_scores(view.terms.t(), g.i2t.view(-1, 1))  # (N, T)
     return {"t2i": ranks_of_first_positive(s_t2i, pos), "i2t": ranks_of_first_positive(s_i2t, pos.T)}
 
@@ -110,6 +144,28 @@ def select_fixed_g(view: SplitView, config: EvalConfig) -> tuple[float, list[dic
     return choose_fixed_g(torch.tensor([c["score"] for c in curve]), gs), curve
 
 
+@torch.no_grad()
+def fit_relations(view: SplitView, config: EvalConfig) -> tuple[RelationConfig, dict]:
+    """The compositional scorer (:mod:`dsanchor.relations`) that maximises :func:`selection_score` at the best fixed
+    g on ``view`` (validation), with its grid: ``(config, {"grid": [{"mix", "weight", "score", "g"}], ...})``."""
+    from dsanchor.eval.views import with_relations
+    from dsanchor.relations import fit_relation_config
+
+    best_g: dict[tuple[float, float], float] = {}
+
+    def score(cfg: RelationConfig) -> float:
+        g, curve = select_fixed_g(with_relations(view, cfg), config)
+        best_g[(cfg.mix, cfg.weight)] = g
+        return max(c["score"] for c in curve)
+
+    chosen, grid = fit_relation_config(score, tau=view.relation.tau)
+    for row in grid:
+        row["g"] = best_g[(row["mix"], row["weight"])]
+    n_comp = len(view.compositions) if view.compositions is not None else 0
+    return chosen, {"mix": chosen.mix, "weight": chosen.weight, "tau": chosen.tau, "grid": grid,
+                    "compositional_captions": n_comp, "captions": len(view.texts)}
+
+
 def _by_granularity(view: SplitView, g: MethodG, ranks: dict[str, dict], ks: tuple[int, ...]) -> dict:
     out = {}
     for name, code in GRANULARITY_CODES.items():
@@ -120,7 +176,8 @@ def _by_granularity(view: SplitView, g: MethodG, ranks: dict[str, dict], ks: tup
         if "exact" in ranks:
             row.update({f"exact_t2i_R@{k}": float((ranks["exact"]["t2i"][sel] <= k).double().mean()) for k in ks})
             row["exact_t2i_MRR"] = float((1.0 / ranks["exact"]["t2i"][sel].double()).mean())
-        row.update(n=int(sel.sum()), mean_g=float(g.t2i[sel].mean()), std_g=float(g.t2i[sel].std(unbiased=False)))
+        chosen = g.t2i_chosen()[sel]
+        row.update(n=int(sel.sum()), mean_g=float(chosen.mean()), std_g=float(chosen.std(unbiased=False)))
         out[name] = row
     return out
 
@@ -137,7 +194,7 @@ def retrieval_metrics(view: SplitView, g: MethodG, ks: tuple[int, ...] = (1, 5, 
     if "exact" in ranks:
         out["exact"] = {d: rank_metrics(ranks["exact"][d], ks) for d in ("t2i", "i2t")}
     out["by_granularity"] = _by_granularity(view, g, ranks, ks)
-    out["mean_g"] = {"t2i": float(g.t2i.mean()), "i2t": float(g.i2t.mean())}
+    out["mean_g"] = {"t2i": float(g.t2i_chosen().mean()), "i2t": float(g.i2t.mean())}
     return out
 
 
@@ -158,7 +215,7 @@ def hallucination_rates(view: SplitView, g: MethodG, hall) -> dict[str, float]:
     """
     from dsanchor.hallucination.matrices import grounded_score
 
-    top_img = anchored_scores(view.terms, g.t2i.view(-1, 1)).argmax(1)  # (T,)
+    top_img = anchored_scores(view.terms, g.t2i_grid()).argmax(1)  # (T,)
     top_cap = anchored_scores(view.terms.t(), g.i2t.view(-1, 1)).argmax(1)  # (N,)
     cols = torch.arange(len(view.images))
     t2i = hall.gt[torch.arange(len(view.texts)), top_img][hall.names_object].double()

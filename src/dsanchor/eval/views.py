@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import dataclasses
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import torch
@@ -9,10 +11,11 @@ import torch
 from dsanchor.align.heads import AlignmentHeads, JointFeatures
 from dsanchor.align.train import embed_images
 from dsanchor.features.types import ImageFeatures, TextFeatures, exact_relevance
+from dsanchor.relations import Compositions, RelationConfig, compose_fine, compositions
 from dsanchor.retrieval import PairTerms, pair_terms, positives_matrix
 from dsanchor.state import StateConfig, image_to_text_states, query_states, text_to_image_states
 
-__all__ = ["SplitView", "prepare_view", "subset", "split_halves"]
+__all__ = ["SplitView", "prepare_view", "with_relations", "rerank_compose", "subset", "split_halves"]
 
 
 @dataclass
@@ -30,6 +33,10 @@ class SplitView:
     states_i2t: torch.Tensor  # (N, S) controller states of image queries
     logit_scale: float  # the heads' InfoNCE scale, for losses on anchored scores
     state: StateConfig  # how the states were built
+    pool_s: float = 10.0  # the heads' attention-pool scale
+    single_terms: PairTerms | None = None  # ``terms`` with every caption scored by the single pool
+    compositions: Compositions | None = None  # the multi-phrase captions, embedded (None: not parsed)
+    relation: RelationConfig = dataclasses.field(default_factory=RelationConfig)  # what ``terms`` used
 
     @property
     def text_dim(self) -> int:
@@ -52,13 +59,28 @@ class SplitView:
 
 
 @torch.no_grad()
-def prepare_view(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatures,
-                 state: StateConfig) -> SplitView:
+def prepare_view(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatures, state: StateConfig,
+                 encode_texts: Callable[[list[str]], torch.Tensor] | None = None,
+                 relation: RelationConfig | None = None) -> SplitView:
+    """Project a split and score every (caption, image) pair once.
+
+    Args:
+        encode_texts: the store's text encoder (:meth:`~dsanchor.features.store.FeatureStore.encode_texts`), to
+            embed the object phrases of multi-phrase captions (:mod:`dsanchor.relations`). Without it every
+            caption is scored by the single pool, whatever the heads' relation config. Captions are parsed only
+            when the scorer mixes the compositional term in, or when ``relation`` is given (to fit one).
+        relation: the compositional scorer; defaults to the heads' own (:attr:`AlignmentHeads.relation_config`).
+    """
     heads.eval()
     joint = embed_images(heads, images).precompute()  # the gallery is scored by every query
     text = heads.encode_text(texts.embeddings.float())
     s = heads.pool_s.item()
-    terms = pair_terms(text, joint, s)
+    single = pair_terms(text, joint, s)
+    comp = None
+    if encode_texts is not None and (relation is not None or heads.relation_config.mix > 0):
+        comp = compositions(texts.captions).embed(lambda ps: heads.encode_text(encode_texts(ps).float()))
+    relation = relation if relation is not None else heads.relation_config
+    terms = _composed(single, comp, joint, s, relation)
     if state.state_kind == "query":
         states_t2i, states_i2t = query_states(texts.embeddings, images.coarse)
     else:
@@ -68,8 +90,40 @@ def prepare_view(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatur
         images=images, texts=texts, joint=joint, text=text, terms=terms,
         positives=positives_matrix(texts.image_ids, images.image_ids), exact=exact_relevance(texts, images),
         states_t2i=states_t2i, states_i2t=states_i2t,
-        logit_scale=float(heads.logit_scale.exp().clamp(max=100.0)), state=state,
+        logit_scale=float(heads.logit_scale.exp().clamp(max=100.0)), state=state, pool_s=s, single_terms=single,
+        compositions=comp, relation=relation if comp is not None else RelationConfig(),
     )
+
+
+def _composed(single: PairTerms, comp: Compositions | None, joint: JointFeatures, pool_s: float,
+              relation: RelationConfig) -> PairTerms:
+    if comp is None or relation.mix == 0.0:
+        return single
+    fine = compose_fine(single.fine, comp, joint, joint.boxes, pool_s, relation)
+    return single._replace(fine=fine)
+
+
+def rerank_compose(view: SplitView):
+    """The :data:`~dsanchor.retrieval.Compose` of this view's captions (rows: the view's texts), or None."""
+    comp, relation = view.compositions, view.relation
+    if comp is None or relation.mix == 0.0:
+        return None
+    return lambda terms, cand: terms._replace(
+        fine=compose_fine(terms.fine, comp, view.joint, view.joint.boxes, view.pool_s, relation, cand=cand))
+
+
+@torch.no_grad()
+def with_relations(view: SplitView, relation: RelationConfig) -> SplitView:
+    """The same view scored with another compositional scorer (the query states are the text's own, unchanged
+    for the query state; a summary state is rebuilt)."""
+    if view.compositions is None:
+        raise ValueError("this view was prepared without a text encoder, so its captions were not parsed")
+    terms = _composed(view.single_terms, view.compositions, view.joint, view.pool_s, relation)
+    out = dataclasses.replace(view, terms=terms, relation=relation)
+    if view.state.state_kind != "query":
+        out.states_t2i = text_to_image_states(view.text, view.joint, terms, view.pool_s, view.state)
+        out.states_i2t = image_to_text_states(view.text, view.joint, terms.t(), view.pool_s, view.state)
+    return out
 
 
 def subset(images: ImageFeatures, texts: TextFeatures, keep: torch.Tensor) -> tuple[ImageFeatures, TextFeatures]:

@@ -239,6 +239,16 @@ class FeatureStore:
         """Widths ``{"coarse": Dc, "region": Dr, "text": Dt}``."""
         return dict(self.manifest["encoder"]["dims"])
 
+    def encode_texts(self, texts: list[str]) -> torch.Tensor:
+        """(T, Dt) vectors of new texts from the store's own text encoder (phrases of captions, hard negatives),
+        so they are comparable with the stored captions."""
+        from dsanchor.encoders import encoder_from_spec
+
+        if not texts:
+            return torch.zeros(0, self.dims["text"])
+        return encoder_from_spec(self.manifest["encoder"], where=str(self.path / MANIFEST)).encode_texts(
+            list(texts)).float()
+
     @property
     def num_shards(self) -> int:
         return len(self.manifest["shards"])

@@ -97,6 +97,13 @@ def reading(results: dict) -> list[str]:
     tests = [s for s in (_paired(results, "dsa_ppo", b) for b in ("coarse", "fine", "fixed_best", "gate_grad")) if s]
     if tests:
         lines.append(f"Image-level bootstrap (text→image R@1, {proto}): " + "; ".join(tests) + ".")
+    if "dsa_pair" in m:
+        lines.append("Per-pair controller (g per text query and candidate image): "
+                     + "; ".join(_compare(results, "dsa_pair", b, *k, "R@1") for b in ("fixed_best", "gate_pair",
+                                                                                      "dsa_ppo") if b in m) + ".")
+        tests = [s for s in (_paired(results, "dsa_pair", b) for b in ("fixed_best", "gate_pair", "dsa_ppo")) if s]
+        if tests:
+            lines.append(f"Image-level bootstrap (text→image R@1, {proto}): " + "; ".join(tests) + ".")
     oracle = _oracle_line(results)
     if oracle:
         lines.append(oracle)
@@ -266,6 +273,32 @@ def _chair_note(results: dict) -> str:
     return "CHAIR_i / CHAIR_s use the synth vocabulary (colour + shape names, CLEVR's synonyms)."
 
 
+def _hard_negative_lines(out: Path, results: dict) -> list[str]:
+    """The hard-negative section: the compositional scorer in force, the accuracy table and its plot."""
+    from dsanchor.eval.hardneg import accuracy_table
+    from dsanchor.report.plots import plot_hard_negatives
+
+    lines = []
+    rel = results.get("relations")
+    if rel:
+        lines += [f"Multi-phrase captions are scored with one region pool per object phrase and the stated relation "
+                  f"from box geometry (`dsanchor.relations`), mixed in with weight {rel['mix']:.2f} and relation "
+                  f"weight {rel['weight']:.2f}, both fit on val (0 and 0 would be the single pool).", ""]
+    hard = results.get("hard_negatives")
+    if not hard:
+        return lines
+    seeds = hard.get("seeds", 1)
+    plot = plot_hard_negatives(hard, out / "hard_negatives.png")
+    return lines + [
+        "## Compositional hard negatives", "",
+        f"{hard['n_items']} items on {hard['n_images']} test scenes (`dsanchor.data.hardneg`; each negative checked "
+        "false of its scene): for each item a method scores the image against its true text and the negative, "
+        "and is right when the true text scores higher (chance 0.5). A method uses the g it gives the image as a "
+        "query; the per-pair methods the g of each (text, image) pair. Accuracy [95% interval over test images"
+        + (f" and {seeds} training seeds" if seeds > 1 else "") + "].", "",
+        *accuracy_table(hard), "", f"![hard negatives]({plot.name})", ""]
+
+
 def write_report(out: Path, results: dict, config) -> Path:
     """Write report.md (and its plots) next to results.json."""
     plots = _plots(out, results)
@@ -302,6 +335,7 @@ def write_report(out: Path, results: dict, config) -> Path:
                   "Per-query scores of two methods on the same test queries, differenced and averaged over the "
                   "queries and the seeds. The interval resamples test images (each with all its captions) and "
                   "training seeds (`dsanchor.eval.compare`).", "", paired_table(results), ""]
+    lines += _hard_negative_lines(out, results)
     if "pope" in results:
         lines += ["## Hallucination detector (POPE, test images)", "", _pope_table(results["pope"]), ""]
     lines += ["## Reading", ""] + [f"- {s}" for s in reading(results)] + [""]

@@ -153,3 +153,32 @@ def plot_tuning(trials: list[dict], path: str | Path) -> Path:
     fig.savefig(path, dpi=110)
     plt.close(fig)
     return Path(path)
+
+
+def plot_hard_negatives(result: dict, path: str | Path) -> Path:
+    """Hard-negative accuracy per type (groups) and method (bars), with the bootstrap intervals; chance at 0.5."""
+    import numpy as np
+
+    from dsanchor.data.hardneg import HARD_NEGATIVE_TYPES
+
+    methods = list(result["methods"])
+    kinds = [k for k in HARD_NEGATIVE_TYPES if any(k in r for r in result["methods"].values())]
+    fig, ax = plt.subplots(figsize=(1.6 + 1.4 * len(kinds), 3.4))
+    width = 0.8 / max(len(methods), 1)
+    for i, name in enumerate(methods):
+        row = result["methods"][name]
+        acc = [row[k]["accuracy"] if k in row else np.nan for k in kinds]
+        err = [[row[k]["accuracy"] - row[k]["lo"] if k in row else 0 for k in kinds],
+               [row[k]["hi"] - row[k]["accuracy"] if k in row else 0 for k in kinds]]
+        ax.bar(np.arange(len(kinds)) + (i - (len(methods) - 1) / 2) * width, acc, width, yerr=err, capsize=2,
+               label=name)
+    ax.axhline(0.5, color="gray", linestyle="--", linewidth=1, label="chance")
+    ax.set_xticks(np.arange(len(kinds)), kinds)
+    ax.set_ylim(0, 1.05)
+    ax.set_ylabel("accuracy (true text scores higher)")
+    ax.legend(fontsize=7, ncol=2, loc="lower right")
+    ax.set_title("compositional hard negatives (test scenes)")
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return Path(path)

@@ -37,7 +37,8 @@ from dsanchor.files import write_json
 from dsanchor.progress import progress_bar
 from dsanchor.rl.env import GranularityEnv, RewardConfig, RewardModel
 
-__all__ = ["PPOConfig", "train_ppo", "controller_for", "export_controller", "run_fingerprint"]
+__all__ = ["PPOConfig", "train_ppo", "controller_for", "export_controller", "run_fingerprint", "CurveCallback",
+           "ProgressCallback"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +60,7 @@ class PPOConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
-class _CurveCallback(BaseCallback):
+class CurveCallback(BaseCallback):
     """Records the mean reward (and mean g) of each rollout."""
 
     def __init__(self, path: Path, curve: list[dict]):
@@ -80,7 +81,7 @@ class _CurveCallback(BaseCallback):
         write_json(self.path, self.curve, indent=None)
 
 
-class _ProgressCallback(BaseCallback):
+class ProgressCallback(BaseCallback):
     """A progress bar over PPO's timesteps (:func:`dsanchor.progress.progress_bar`); reads nothing else."""
 
     def __init__(self, total: int, done: int):
@@ -201,8 +202,8 @@ def train_ppo(states: torch.Tensor, reward_model: RewardModel, reward: RewardCon
     curve = json.loads(curve_path.read_text()) if (ckpt is not None and curve_path.exists()) else []
     callbacks = CallbackList([
         CheckpointCallback(max(config.checkpoint_every // config.n_envs, 1), str(out / "checkpoints"), "ppo"),
-        _CurveCallback(curve_path, curve),
-        *([_ProgressCallback(config.timesteps, done_steps)] if progress else []),
+        CurveCallback(curve_path, curve),
+        *([ProgressCallback(config.timesteps, done_steps)] if progress else []),
     ])
     t0 = time.perf_counter()
     remaining = max(config.timesteps - done_steps, 0)

@@ -14,11 +14,12 @@ from dsanchor.eval.methods import controller_g, hallucination_rates, selection_s
 from dsanchor.eval.views import SplitView, prepare_view
 from dsanchor.features.types import ImageFeatures, TextFeatures
 from dsanchor.hallucination.matrices import HallMatrices, guess_vocabulary, hallucination_matrices
+from dsanchor.pairs import PairPPOConfig
 from dsanchor.rl.env import RewardConfig
 from dsanchor.rl.ppo import PPOConfig, train_ppo
 from dsanchor.rl.reward import AccuracyConfig, RetrievalReward
 
-__all__ = ["rl_view", "train_retrieval_controller", "tune_objective", "objective_value"]
+__all__ = ["rl_view", "train_retrieval_controller", "train_pair_controller", "tune_objective", "objective_value"]
 
 
 def rl_view(store, heads, state, detector, images: ImageFeatures, texts: TextFeatures
@@ -29,7 +30,7 @@ def rl_view(store, heads, state, detector, images: ImageFeatures, texts: TextFea
         store: the feature store (for the object vocabulary). heads: alignment heads. state: StateConfig.
         detector: a hallucination detector, or None (then only the ground-truth matrices are filled).
     """
-    view = prepare_view(heads, images, texts, state)
+    view = prepare_view(heads, images, texts, state, encode_texts=store.encode_texts)
     vocab = store.object_vocabulary() if detector is not None else None
     return view, hallucination_matrices(texts, images, guess_vocabulary(images), detector, vocab)
 
@@ -43,6 +44,22 @@ def train_retrieval_controller(view: SplitView, hall: HallMatrices | None, rewar
     model = RetrievalReward(view.terms, view.relevant, est, accuracy, names)
     return train_ppo(states, model, reward, ppo, out_dir, progress=progress, codebook=view.state.codebook,
                      text_dim=view.text_dim)
+
+
+def train_pair_controller(view: SplitView, hall: HallMatrices | None, reward: RewardConfig, accuracy: AccuracyConfig,
+                          ppo: PairPPOConfig, out_dir, base_g: float, top_m: int = 20, progress: bool = True):
+    """PPO of the per-pair controller (:mod:`dsanchor.pairs`) on the split's caption queries, with the same reward
+    as the query-only controller; ``base_g``: the first stage's g (fixed_best on this split). Returns
+    (controller, info)."""
+    from dsanchor.eval.methods import pair_method_states
+    from dsanchor.pairs import PairControllerConfig, train_pair_ppo
+
+    est = None if hall is None else hall.est
+    names = None if hall is None else hall.names_object
+    model = RetrievalReward(view.terms, view.relevant, est, accuracy, names)
+    config = PairControllerConfig(top_m=top_m, text_dim=view.text_dim, base_g=base_g)
+    return train_pair_ppo(view.terms, pair_method_states(view, config), model, reward, config, ppo, out_dir,
+                          progress=progress)
 
 
 def objective_value(view: SplitView, g, hall: HallMatrices) -> float:
