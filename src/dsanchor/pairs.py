@@ -134,14 +134,14 @@ def _attended_boxes(text: torch.Tensor, joint, pool_s: float, cand: torch.Tensor
     """(T, M, 4) the attention-weighted centre x, y and size w, h of each candidate's regions for its query."""
     r, d = joint.regions.shape[1], joint.regions.shape[2]
     step = max(1, _REGION_ELEMENTS // max(cand.shape[1] * r * d, 1))
-    boxes = joint.boxes if joint.boxes is not None else torch.zeros(*joint.mask.shape, 4)
-    cxcy = torch.cat([boxes[..., :2] + boxes[..., 2:] / 2, boxes[..., 2:]], dim=-1)  # (N, R, 4)
     out = []
     for a in range(0, text.shape[0], step):
         c = cand[a:a + step]
         s_r = torch.einsum("qd,qmrd->qmr", text[a:a + step], joint.regions[c])
         w = torch.softmax((pool_s * s_r).masked_fill(~joint.mask[c], float("-inf")), -1).nan_to_num(0.0)
-        out.append(torch.einsum("qmr,qmrk->qmk", w, cxcy[c]))
+        b = joint.boxes[c] if joint.boxes is not None else torch.zeros(*c.shape, s_r.shape[-1], 4)  # (q, M, R, 4)
+        cxcy = torch.cat([b[..., :2] + b[..., 2:] / 2, b[..., 2:]], dim=-1)
+        out.append(torch.einsum("qmr,qmrk->qmk", w, cxcy))
     return torch.cat(out) if out else torch.zeros(0, cand.shape[1], 4)
 
 

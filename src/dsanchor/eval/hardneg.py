@@ -1,12 +1,17 @@
 """Binary accuracy on compositional hard negatives (:mod:`dsanchor.data.hardneg`), per type and per method.
 
 For each item, a method scores the image against its true caption and its negative; the item is right when the
-true caption scores higher (chance: 0.5), as SugarCrepe and ARO count it. Images go through the pipeline the way
-new files do (``DSAPipeline.encode_images``: the pipeline's region source, no annotations), once per image.
+true caption scores higher (chance: 0.5), as SugarCrepe and ARO count it. Two entry points share one scorer
+(:func:`gallery_wins`): :func:`score_hard_negatives` (``dsanchor hardneg score``) encodes the items' images through
+a saved pipeline the way new files go (its region source, no annotations); :func:`store_hard_negatives`
+(``dsanchor eval``) makes items from the test split's scenes and scores them on the stored features. Texts are
+scored with the heads' compositional scorer (:mod:`dsanchor.relations`).
 
-Methods are values of g: ``coarse`` (g = 0), ``fine`` (g = 1), ``fixed_best`` (the pipeline's g chosen on
-validation) and ``dsa`` (the controller's g for the image, when the pipeline has a controller). Intervals are a
-95% bootstrap over images (an image's items resampled together: :func:`dsanchor.eval.compare.cluster_bootstrap`).
+Methods are values of g: ``coarse`` (g = 0), ``fine`` (g = 1), ``fixed_best`` (the g chosen on validation), a
+query-only controller (``dsa``, ``dsa_ppo``, ``gate_grad``: the g it gives the image as a query) and a per-pair
+controller (``dsa_pair``, ``gate_pair``: the g it gives each text and image, the text ranking the gallery as a
+query). Intervals are a 95% bootstrap over images (an image's items resampled together, and with several training
+seeds their spread: :func:`dsanchor.eval.compare.cluster_bootstrap`).
 """
 
 from __future__ import annotations
@@ -22,37 +27,19 @@ from tqdm.auto import tqdm
 from dsanchor.data.hardneg import HARD_NEGATIVE_TYPES, HardNegative
 from dsanchor.eval.compare import cluster_bootstrap
 
-__all__ = ["pipeline_methods", "score_hard_negatives", "accuracy_by_type", "store_hard_negatives", "save_wins",
+__all__ = ["pipeline_methods", "score_hard_negatives", "gallery_wins", "accuracy_by_type", "store_hard_negatives",
+           "save_wins",
            "merge_wins", "WINS_FILE", "accuracy_table"]
 
 
 def pipeline_methods(pipe) -> dict[str, float | None]:
-    """Method name -> g (None: the controller's own choice per image)."""
+    """Method name -> g (None: the pipeline's controller chooses, per image; for ``dsa_pair`` per pair)."""
     methods: dict[str, float | None] = {"coarse": 0.0, "fine": 1.0, "fixed_best": float(pipe.fixed_g)}
     if pipe.controller is not None:
         methods["dsa"] = None
+    if pipe.pair_controller is not None:
+        methods["dsa_pair"] = None
     return methods
-
-
-@torch.no_grad()
-def _item_wins(pipe, items: Sequence[HardNegative], root: Path, methods: dict[str, float | None],
-               progress: bool) -> dict[str, np.ndarray]:
-    texts = sorted({t for i in items for t in (i.caption, i.negative)})
-    where = {t: k for k, t in enumerate(texts)}
-    emb = pipe.encode_texts(texts)  # (T, Dt)
-    wins = {m: np.zeros(len(items), dtype=bool) for m in methods}
-    by_image: dict[str, list[int]] = {}
-    for k, item in enumerate(items):
-        by_image.setdefault(item.image_path, []).append(k)
-    for path, ks in tqdm(by_image.items(), desc="hard negatives", unit="image", disable=not progress):
-        feats = pipe.encode_images([root / path])
-        rows = sorted({where[t] for k in ks for t in (items[k].caption, items[k].negative)})
-        for name, g in methods.items():
-            ranked, _ = pipe.rank_captions_embedded(feats, emb[rows], [texts[r] for r in rows], g, collapse=False)
-            score = dict(ranked)  # caption -> its DSA score for this image
-            for k in ks:
-                wins[name][k] = score[items[k].caption] > score[items[k].negative]
-    return wins
 
 
 def score_hard_negatives(pipe, items: Sequence[HardNegative], root: str | Path,
@@ -60,12 +47,78 @@ def score_hard_negatives(pipe, items: Sequence[HardNegative], root: str | Path,
                          progress: bool = True) -> dict[str, Any]:
     """Accuracy per method and type (with a bootstrap interval over images) on ``items`` whose image paths are
     relative to ``root``: ``{"n_items", "n_images", "methods": {m: {"g", type: {"accuracy", "lo", "hi", "n"}}}}``.
+
+    The items' images go through the pipeline the way new files do (its region source, no annotations) and form
+    the gallery; every method scores through :func:`gallery_wins`, as ``dsanchor eval`` does on stored features.
     """
+    from dsanchor.features.types import ImageFeatures
+
     if not items:
         raise ValueError("no hard-negative items to score")
     methods = methods if methods is not None else pipeline_methods(pipe)
-    wins = _item_wins(pipe, items, Path(root), methods, progress)
-    return accuracy_by_type(wins, items, methods, n_boot, seed)
+    paths = sorted({i.image_path for i in items})
+    parts = [pipe.encode_images([Path(root) / p for p in paths[a:a + 16]])
+             for a in tqdm(range(0, len(paths), 16), desc="hard negatives", unit="batch", disable=not progress)]
+    images = ImageFeatures(torch.arange(len(paths)), *(torch.cat([getattr(f, k) for f in parts])
+                                                        for k in ("coarse", "regions", "boxes", "mask")),
+                           [[] for _ in paths], [None] * len(paths))
+    col = {p: k for k, p in enumerate(paths)}
+    image_g = pipe._choices(coarse_raw=images.coarse) if pipe.controller is not None else None
+    g_i2t, pairs = {}, {}
+    for name, g in methods.items():
+        if name == "dsa_pair":
+            pairs[name] = pipe.pair_controller
+            g_i2t[name] = torch.full((len(paths),), float(pipe.pair_controller.config.base_g))
+        elif g is None:
+            g_i2t[name] = torch.tensor([c.g for c in image_g])
+        else:
+            g_i2t[name] = torch.full((len(paths),), float(g))
+    wins, labels = gallery_wins(pipe.heads, images, items, [col[i.image_path] for i in items], pipe.encode_texts,
+                                pipe.state, g_i2t, pairs)
+    return accuracy_by_type(wins, items, {m: methods[m] if m not in pairs else "per pair" for m in wins}, n_boot,
+                            seed)
+
+
+@torch.no_grad()
+def gallery_wins(heads, images, items: Sequence[HardNegative], columns: Sequence[int], encode_texts, state,
+                 g_i2t: dict[str, torch.Tensor], pair_controllers: dict,
+                 relation=None) -> tuple[dict[str, np.ndarray], dict[str, Any]]:
+    """For each method and item, whether the true text outscores the negative on the item's image.
+
+    Args:
+        heads: the alignment heads (their compositional scorer applies unless ``relation`` is given).
+        images: the gallery (:class:`~dsanchor.features.types.ImageFeatures`); ``columns``: each item's image in
+            it. encode_texts: texts -> encoder vectors. state: the query-state config of the views.
+        g_i2t: method -> (N,) the g each image gets as a query (a fixed g repeated, or a controller's).
+        pair_controllers: method -> per-pair controller; it scores each (text, image) with its own g, the text
+            ranking the gallery as a query (:mod:`dsanchor.pairs`).
+    Returns:
+        (method -> (I,) bool wins, method -> the g label of the table)
+    """
+    from dsanchor.eval.methods import pair_method
+    from dsanchor.eval.views import prepare_view
+    from dsanchor.features.types import TextFeatures
+    from dsanchor.retrieval import anchored_scores
+
+    texts = sorted({t for i in items for t in (i.caption, i.negative)})
+    where = {t: k for k, t in enumerate(texts)}
+    feats = TextFeatures(encode_texts(texts).float(), torch.full((len(texts),), -1), torch.full((len(texts),), -1),
+                         texts)
+    view = prepare_view(heads, images, feats, state, encode_texts, relation)
+    pos = torch.tensor([where[i.caption] for i in items])
+    neg = torch.tensor([where[i.negative] for i in items])
+    img = torch.as_tensor(list(columns))
+    wins, labels = {}, {}
+    for name, g in g_i2t.items():
+        if name in pair_controllers:
+            grid, _ = pair_method(view, pair_controllers[name], float(g[0]))
+            scores = anchored_scores(view.terms, grid.t2i_grid())  # (texts, N)
+            labels[name] = "per pair"
+        else:
+            scores = anchored_scores(view.terms, g.view(1, -1))  # each image's own g, per column
+            labels[name] = float(g[0]) if bool((g == g[0]).all()) else None
+        wins[name] = (scores[pos, img] > scores[neg, img]).numpy()
+    return wins, labels
 
 
 def accuracy_by_type(wins: dict[str, np.ndarray], items: Sequence[HardNegative], g: dict[str, Any],
@@ -134,10 +187,7 @@ def store_hard_negatives(store, heads, test, methods: dict, pair_controllers: di
         test: the :class:`~dsanchor.eval.views.SplitView` of the test split. methods: method -> MethodG.
     """
     from dsanchor.data.hardneg import HardNegConfig, scene_hard_negatives
-    from dsanchor.eval.methods import pair_method
-    from dsanchor.eval.views import prepare_view
-    from dsanchor.features.types import TextFeatures
-    from dsanchor.retrieval import anchored_scores
+    from dsanchor.relations import RelationConfig
 
     scenes = test.images.scenes
     if scenes is None or any(s is None for s in scenes):
@@ -147,28 +197,12 @@ def store_hard_negatives(store, heads, test, methods: dict, pair_controllers: di
              for it in scene_hard_negatives(sc, cfg, int(test.images.image_ids[n]))]
     if not items:
         return None
-    texts = sorted({t for i in items for t in (i.caption, i.negative)})
-    where = {t: k for k, t in enumerate(texts)}
     col = {int(i): k for k, i in enumerate(test.images.image_ids.tolist())}
-    feats = TextFeatures(store.encode_texts(texts), torch.full((len(texts),), -1), torch.full((len(texts),), -1),
-                         texts)
     parse = store.encode_texts if test.compositions is not None else None
-    view = prepare_view(heads, test.images, feats, test.state, parse, test.relation)
-    pos = torch.tensor([where[i.caption] for i in items])
-    neg = torch.tensor([where[i.negative] for i in items])
-    img = torch.tensor([col[i.image_id] for i in items])
-    wins, g_label = {}, {}
-    for name, g in methods.items():
-        if name == "oracle":
-            continue
-        if name in pair_controllers:
-            grid, _ = pair_method(view, pair_controllers[name], float(g.i2t[0]))
-            scores = anchored_scores(view.terms, grid.t2i_grid())  # (texts, N)
-            g_label[name] = "per pair"
-        else:
-            scores = anchored_scores(view.terms, g.i2t.view(1, -1))  # the image's own g, per column
-            g_label[name] = float(g.i2t[0]) if bool((g.i2t == g.i2t[0]).all()) else None
-        wins[name] = (scores[pos, img] > scores[neg, img]).numpy()
+    g_i2t = {name: g.i2t for name, g in methods.items() if name != "oracle"}
+    wins, g_label = gallery_wins(heads, test.images, items, [col[i.image_id] for i in items],
+                                 parse or store.encode_texts, test.state, g_i2t, pair_controllers,
+                                 relation=test.relation if parse is not None else RelationConfig())
     out = accuracy_by_type(wins, items, g_label, config.n_boot)
     out["config"] = {"types": list(cfg.types), "per_image": cfg.per_image, "seed": cfg.seed}
     out["_wins"] = {"types": [i.type for i in items], "images": [i.image_id for i in items], "g": g_label,

@@ -322,7 +322,8 @@ def write_report(out: Path, results: dict, config) -> Path:
         "caption names an object (coverage), where that caption names an absent object (ground truth). "
         "ms/query scores one text query against the whole test gallery; overhead % is the controller's extra "
         "time (state + MLP) over the time to encode the query text. The oracle chooses g on each test query "
-        "itself: an upper bound, not a method.", "",
+        "itself: an upper bound for one g per query, not a method; it does not bound gate_pair and dsa_pair, "
+        "which choose a g per text query and candidate image.", "",
         main_table(results), "",
     ]
     if granularity_table(results):

@@ -8,7 +8,9 @@ from typing import Any
 __all__ = ["METHOD_ORDER", "build_results", "merge_seeds", "main_table", "caption_table", "granularity_table",
            "paired_table"]
 
-METHOD_ORDER = ("coarse", "fine", "fixed_best", "gate_grad", "dsa_ppo", "oracle")
+# gate_grad / dsa_ppo: one g per query (the query-only controller); gate_pair / dsa_pair: one g per text query
+# and candidate image (dsanchor.pairs), trained by gradient descent / PPO
+METHOD_ORDER = ("coarse", "fine", "fixed_best", "gate_grad", "dsa_ppo", "gate_pair", "dsa_pair", "oracle")
 
 
 def build_results(dataset: str, split: str, n_images: int, n_captions: int, seeds: list[int],
@@ -90,7 +92,7 @@ def _exact(results: dict) -> bool:
 
 
 def _label(name: str, row: dict) -> str:
-    return name + (" (upper bound)" if name == "oracle" else "") + (
+    return name + (" (per-query upper bound)" if name == "oracle" else "") + (
         f" (g={row['g']:.2f})" if name == "fixed_best" and "g" in row else "")
 
 
