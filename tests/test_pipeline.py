@@ -225,7 +225,7 @@ def test_search_with_relations_and_a_per_pair_controller_agrees_with_exact_scori
     idx = both.index(parts / "synth" / "images", progress=False, workers=0)
     query = "a large green metal sphere to the left of a small red cube"
     hits, choice = both.search_with_choice(query, idx, k=3)
-    assert choice.source == "per-pair controller"
+    assert choice.source == "per-pair controller" and "per-pair controller chose" in choice.describe()
     raw = both.encode_texts([query])
     text = heads.encode_text(raw)
     s = heads.pool_s.item()

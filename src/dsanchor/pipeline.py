@@ -51,8 +51,9 @@ PIPELINE_FILE = "pipeline.json"
 @dataclass(frozen=True)
 class GChoice:
     """The g used for a query and why: ``source`` is "controller", "fixed" (the pipeline's val-chosen g, when
-    it has no controller) or "given" (the caller's); ``query_type`` is the controller's codebook entry
-    (text types 0..k-1, image types k..2k-1), None without a codebook."""
+    it has no controller), "given" (the caller's) or "per-pair controller" (a text search whose results each have
+    their own g, :mod:`dsanchor.pairs`; ``g`` is their mean over the re-ranked candidates); ``query_type`` is the
+    controller's codebook entry (text types 0..k-1, image types k..2k-1), None without a codebook."""
 
     g: float
     source: str
@@ -60,7 +61,8 @@ class GChoice:
 
     def describe(self) -> str:
         why = {"controller": "chosen by the controller", "fixed": "the pipeline's fixed g (chosen on val)",
-               "given": "given"}[self.source]
+               "given": "given", "per-pair controller": "mean over the top candidates; the per-pair controller "
+               "chose each result's own g"}[self.source]
         kind = f", query type {self.query_type}" if self.query_type is not None else ""
         return f"g = {self.g:.2f} ({why}{kind})"
 

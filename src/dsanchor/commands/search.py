@@ -57,6 +57,8 @@ def run(args) -> int:
     if note:
         print(f"dsanchor search: note: {note}", file=sys.stderr)
     print(head)
+    per_pair = choice.source == "per-pair controller"
     for r, row in enumerate(rows, 1):
-        print(f"{r:>3}. {row['score']:+.4f}  {row.get('path', row.get('caption'))}")
+        g = f"  g={row['g']:.2f}" if per_pair else ""
+        print(f"{r:>3}. {row['score']:+.4f}{g}  {row.get('path', row.get('caption'))}")
     return 0
