@@ -224,7 +224,7 @@ def test_search_with_relations_and_a_per_pair_controller_agrees_with_exact_scori
     both = _replace(pipe, heads=heads, pair_controller=ctrl)
     idx = both.index(parts / "synth" / "images", progress=False, workers=0)
     query = "a large green metal sphere to the left of a small red cube"
-    hits, choice = both.search_with_choice(query, idx, k=3)
+    hits, choice = both.search_with_choice(query, idx, k=3, per_pair=True)
     assert choice.source == "per-pair controller" and "per-pair controller chose" in choice.describe()
     raw = both.encode_texts([query])
     text = heads.encode_text(raw)
@@ -238,6 +238,9 @@ def test_search_with_relations_and_a_per_pair_controller_agrees_with_exact_scori
     exact = pair_scores(terms, ctrl, states)[0]
     assert [idx.paths[i] for i in exact.topk(3).indices.tolist()] == [h.path for h in hits]
     assert torch.allclose(torch.tensor([h.score for h in hits]), exact.topk(3).values, atol=1e-5)
+    assert both.search(query, idx, k=3)[0].g == both.choose_g(text=query).g  # by default the query's own g
+    with pytest.raises(ConfigError, match="no per-pair controller"):
+        pipe.search(query, idx, per_pair=True)
     # rank_captions uses the compositional scorer too: a reversed relation scores differently
     ranked, _ = both.rank_captions(_images(parts)[0], [query, "a small red cube to the left of a large green "
                                                        "metal sphere"], g=1.0, collapse=False)

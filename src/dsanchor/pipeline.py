@@ -342,16 +342,19 @@ class DSAPipeline:
         """Index a folder (or list) of images for :meth:`search`; see :func:`dsanchor.image_index.build_index`."""
         return build_index(self, images, out, **kwargs)
 
-    def search(self, query: str, index, k: int = 10, g: float | None = None, m: int = 100) -> list[Hit]:
+    def search(self, query: str, index, k: int = 10, g: float | None = None, m: int = 100,
+               per_pair: bool = False) -> list[Hit]:
         """The top ``k`` images of ``index`` for a text query, with their DSA scores and the g used.
 
-        ``g`` overrides the controller; ``m`` is the depth of the faiss first stage that DSA re-ranks.
+        ``g`` overrides the controller; ``m`` is the depth of the faiss first stage that DSA re-ranks;
+        ``per_pair`` re-ranks with the per-pair controller (a g per candidate, :mod:`dsanchor.pairs`) instead of
+        the query's own g (it has not measured better than the fixed g: docs/results.md).
         """
-        return self.search_with_choice(query, index, k, g, m)[0]
+        return self.search_with_choice(query, index, k, g, m, per_pair)[0]
 
     @torch.no_grad()
     def search_with_choice(self, query: str, index, k: int = 10, g: float | None = None,
-                           m: int = 100) -> tuple[list[Hit], GChoice]:
+                           m: int = 100, per_pair: bool = False) -> tuple[list[Hit], GChoice]:
         """:meth:`search`, also returning the :class:`GChoice` (g, its source and the query type)."""
         from dsanchor.retrieval import two_stage_search
 
@@ -359,7 +362,11 @@ class DSAPipeline:
             raise ConfigError("the query must be a non-empty string")
         raw = self.encode_texts([query])
         text = self.heads.encode_text(raw)
-        if g is None and self.pair_controller is not None:
+        if per_pair:
+            if self.pair_controller is None:
+                raise ConfigError("this pipeline has no per-pair controller (`dsanchor train` makes one in OUT/pair)")
+            if g is not None:
+                raise ConfigError("per_pair chooses a g per candidate; it cannot be combined with a given g")
             return self._search_per_pair(query, raw, text, index, k, m)
         choice = self._given(g) if g is not None else self._choices(text_raw=raw)[0]
         scores, idx = two_stage_search(text, index.joint, self.heads.pool_s.item(), choice.g, m=m, k=k,

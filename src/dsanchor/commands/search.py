@@ -16,6 +16,9 @@ def add_parser(sub) -> None:
     p.add_argument("--k", type=int, default=10, help="results to show")
     p.add_argument("--g", type=float, default=None, help="use this g instead of the controller's")
     p.add_argument("--m", type=int, default=100, help="faiss first-stage candidates re-ranked by DSA")
+    p.add_argument("--per-pair", action="store_true",
+                   help="with --query: re-rank with the per-pair controller, a g for each candidate image (when the "
+                        "pipeline has one; it has not measured better than the fixed g)")
     p.add_argument("--pipeline", default=None, help="the pipeline (default: the one the index records)")
     p.add_argument("--all-captions", action="store_true",
                    help="with --image: list near-duplicate captions too (by default a caption is dropped when a "
@@ -46,7 +49,7 @@ def run(args) -> int:
         head = f"captions for {args.image}, {choice.describe()}"
         note = pipe.image_notes(feats)[0]
     else:
-        hits, choice = pipe.search_with_choice(args.query, idx, k=args.k, g=args.g, m=args.m)
+        hits, choice = pipe.search_with_choice(args.query, idx, k=args.k, g=args.g, m=args.m, per_pair=args.per_pair)
         rows = [{"path": h.path, "score": h.score, "g": h.g} for h in hits]
         head = f"{args.query!r}: {choice.describe()}"
         note = pipe.text_note(args.query)
