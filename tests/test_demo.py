@@ -72,6 +72,9 @@ def test_merge_seeds_means_and_stds():
     m = merge_seeds([{**a, "chance": chance}, {**b, "chance": chance}])
     row = main_table(m).splitlines()[-1]
     assert row.startswith("| chance (random ranking) | 0.100 | 0.500 | 0.100 | 0.600 |") and "±" not in row
+    # a value that is a number on one seed and not on another (a controller's g label) keeps the first seed's
+    m = merge_seeds([{**a, "hard_negatives": {"g": 0.5}}, {**b, "hard_negatives": {"g": None}}])
+    assert m["hard_negatives"] == {"g": 0.5}
 
 
 def test_caption_g_does_not_overwrite_retrieval_g():

@@ -43,7 +43,13 @@ def _mean_std(values: list[float]) -> tuple[float, float]:
     return m, math.sqrt(sum((v - m) ** 2 for v in values) / len(values))
 
 
+def _number(v: Any) -> bool:
+    return isinstance(v, (int, float)) and not isinstance(v, bool)
+
+
 def _merge(items: list[Any]) -> Any:
+    """Numbers: their mean; dicts: merged key by key; anything else, or numbers mixed with other values (a
+    controller's g that is constant on one seed and per image on another): the first seed's."""
     first = items[0]
     if isinstance(first, dict):
         out = {}
@@ -53,10 +59,10 @@ def _merge(items: list[Any]) -> Any:
                 continue
             merged = _merge(vals)
             out[k] = merged
-            if isinstance(first[k], (int, float)) and not isinstance(first[k], bool) and len(items) > 1:
+            if all(_number(v) for v in vals) and len(items) > 1:
                 out[f"{k}_std"] = _mean_std([float(v) for v in vals])[1]
         return out
-    if isinstance(first, (int, float)) and not isinstance(first, bool):
+    if all(_number(v) for v in items):
         return _mean_std([float(v) for v in items])[0]
     return first
 
