@@ -207,10 +207,18 @@ def test_cli_data_check(data, capsys):
 
 
 def test_run_says_when_dev_is_the_test_split(data, tmp_path, capsys):
-    """`dsanchor run`'s extraction stage prints the loader's note (no test list: dev is the test split)."""
-    from dsanchor.run import RunConfig, _extract
+    """`dsanchor run`'s loading prints the loader's note (no test list: dev is the test split), and the caption-
+    derived objects are recorded in the store."""
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.run import RunConfig, _load_samples
+    from dsanchor.stages import extract_samples
 
-    _extract(data, "flickr8k", tmp_path / "features", RunConfig(workers=0), None)
+    config = RunConfig(workers=0)
+    samples, labels = _load_samples(data, "flickr8k", config, None)
     out = capsys.readouterr().out
     assert "no test list" in out and "dev images are the test split" in out
-    assert (tmp_path / "features" / "manifest.json").is_file()
+    assert labels == "captions" and "objects are the COCO categories the reference captions name" in out
+    extract_samples(samples, data, tmp_path / "features", config, "flickr8k", object_labels=labels)
+    store = FeatureStore(tmp_path / "features")
+    assert store.manifest["source"]["objects"].startswith("captions")
+    assert "dog" in store.object_vocabulary().names

@@ -36,19 +36,39 @@ def synth_stage(out: Path, config) -> None:
                    progress=sys.stderr.isatty())
 
 
-def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:
-    """Encode the samples (with their splits) into a feature store with the default encoder and regions, the
-    boxes of ``config.region_source`` (a :class:`~dsanchor.run.RunConfig`): "annotations" uses the dataset's
-    boxes where it has them, "proposals" the class-agnostic proposals new files get."""
-    from dsanchor.encoders import create_encoder
+def region_config(region_source: str):
+    """The :class:`~dsanchor.encoders.regions.RegionConfig` of a run's region source (RunConfig.region_source):
+
+    * "proposals": the class-agnostic fallback new files get (components, then grid cells; 10 regions);
+    * "annotations": the dataset's boxes where an image has them, else the proposals;
+    * "grid": every cell of the 1x1, 2x2 and 3x3 grids (14 regions), no components;
+    * "union": the components (up to 6), then every grid cell (20 regions).
+    """
     from dsanchor.encoders.regions import RegionConfig
+
+    base = RegionConfig()
+    cells = sum(s * s for s in base.grid_scales)
+    choices = {"proposals": RegionConfig(annotations=False), "annotations": RegionConfig(annotations=True),
+               "grid": RegionConfig(annotations=False, components=False, max_regions=cells),
+               "union": RegionConfig(annotations=False, max_components=6, max_regions=cells + 6)}
+    if region_source not in choices:
+        raise ConfigError(f"region source must be one of {', '.join(choices)}, got {region_source!r}")
+    return choices[region_source]
+
+
+def extract_samples(samples, data: Path, out: Path, config, fmt: str, object_labels: str = "annotations") -> None:
+    """Encode the samples (with their splits) into a feature store with the default encoder and the regions of
+    ``config.region_source`` (a :class:`~dsanchor.run.RunConfig`; :func:`region_config`). ``object_labels``
+    ("annotations" or "captions") is recorded in the manifest's source."""
+    from dsanchor.data.caption_objects import CAPTION_LABELS
+    from dsanchor.encoders import create_encoder
     from dsanchor.features.extract import ExtractConfig, extract_features
 
     encoder = create_encoder("effnet-minilm")
-    regions = RegionConfig(annotations=config.region_source == "annotations")
     progress = sys.stderr.isatty()  # a bar on a terminal, nothing in a log
-    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress), regions,
-                     source={"format": fmt, "split": None})
+    source = {"format": fmt, "split": None, **({"objects": CAPTION_LABELS} if object_labels == "captions" else {})}
+    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress),
+                     region_config(config.region_source), source=source)
 
 
 def align_stage(features, out, align=None, train=None, init=None) -> dict:
@@ -287,9 +307,9 @@ def caption_eval_stage(features, heads, decoder, out, rl=None, ppo=None, gate=No
     return metrics
 
 
-def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> dict:
+def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int, detector: bool = True) -> dict:
     """The captioning of one seed of ``dsanchor run``: :func:`caption_train_stage` into ``out/decoder``, then
-    :func:`caption_eval_stage` with the seed's heads and detector; ``config`` is a
+    :func:`caption_eval_stage` with the seed's heads and (with ``detector``) its detector; ``config`` is a
     :class:`~dsanchor.run.RunConfig` (its caption budget)."""
     from dsanchor.captioning import CaptionGateConfig, CaptionTrainConfig
     from dsanchor.rl.ppo import PPOConfig
@@ -300,7 +320,8 @@ def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) 
     steps = config.caption_ppo_timesteps
     ppo = PPOConfig(timesteps=steps, seed=seed, checkpoint_every=max(steps // 4, 1024))
     return caption_eval_stage(features, seed_dir / "heads", out / "decoder", out, ppo=ppo,
-                              gate=CaptionGateConfig(seed=seed), hall_detector=seed_dir / "detector",
+                              gate=CaptionGateConfig(seed=seed),
+                              hall_detector=seed_dir / "detector" if detector else None,
                               extra={"decoder": info})
 
 
