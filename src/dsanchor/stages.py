@@ -301,10 +301,23 @@ def caption_eval_stage(features, heads, decoder, out, rl=None, ppo=None, gate=No
         write_captions(out / "captions" / f"{name}.jsonl", test.image_ids.tolist(), caps, methods.g[name].tolist())
     results["fixed_best"]["g"] = methods.info["fixed_best_g"]
     metrics = {"split": "test", "n_images": len(test), "vocabulary": vocabulary, "cider_scale": "raw (not x100)",
-               "methods": results, "oracle": methods.info["oracle"], "info": methods.info, **(extra or {}),
+               "methods": results, "oracle": methods.info["oracle"], "info": methods.info,
+               "baselines": caption_baselines(store, test, test_images, vocabulary), **(extra or {}),
                "time_s": time.perf_counter() - t0}
     write_json(out / CAPTION_METRICS, metrics)
     return metrics
+
+
+def caption_baselines(store, test, test_images, vocabulary: str) -> dict:
+    """The captioning rows without a decoder (:mod:`dsanchor.captioning.baselines`): the nearest-neighbour caption
+    (Devlin et al. 2015) and the human leave-one-out references, scored as the methods are."""
+    from dsanchor.captioning.baselines import human_leave_one_out, nearest_neighbour_captions
+    from dsanchor.captioning.evaluate import caption_metrics
+
+    nn = nearest_neighbour_captions(store.images("train"), store.texts("train"), test_images)
+    keys = ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s", "CHAIR_images")
+    row = caption_metrics([{"nn": c} for c in nn], test, vocabulary)
+    return {"nearest_neighbour": {k: row[k] for k in keys}, "human_leave_one_out": human_leave_one_out(test, vocabulary)}
 
 
 def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int, detector: bool = True) -> dict:
@@ -365,6 +378,10 @@ def eval_stage(features, heads, out, controller=None, captioning=None, hall_dete
                             paired=compare_methods(res.records, res.clusters, n_boot=cfg.n_boot, seed=gate.seed))
     results["protocols"] = res.extra["protocols"]
     results["chance"] = res.extra["chance"]
+    labels = store.manifest.get("source", {}).get("objects")
+    results["object_labels"] = labels or ("annotations" if any(store.images(split).objects) else "none")
+    if store.timing.get("image_ms_per_item"):
+        results["extract_images_per_s"] = 1000.0 / store.timing["image_ms_per_item"]
     if caps:
         results["captioning"] = {k: v for k, v in caps.items() if k != "methods"}
     save_resolved(out, eval=cfg, state=state, gate=gate, features=str(features), heads=str(heads),
