@@ -74,6 +74,9 @@ class RunConfig:
                 "annotations (the dataset's boxes where it has them; the report then says its image numbers "
                 "overstate what new files get), grid (every cell of the 1x1, 2x2 and 3x3 grids) or union "
                 "(components, then every grid cell)"})
+    region_stage: str = field(default="", metadata={
+        "help": "feature map of the effnet-minilm encoder that regions are RoI-aligned from (e.g. head, the "
+                "1280-d ImageNet map, for photos); empty: the encoder's default (stage5)"})
     object_labels: str = field(default="auto", metadata={
         "help": "objects of the hallucination detector, CHAIR and the hallucination rates: auto (the dataset's "
                 "annotations; for a caption-only dataset, the COCO categories its reference captions name), "
@@ -90,6 +93,8 @@ class RunConfig:
 
 RUN_RECORD = ".run.json"  # in a run's folder: the inputs of the run (what --overwrite is needed to change)
 RUNTIME_FIELDS = ("workers", "tune_workers")  # RunConfig fields that do not change what a run computes
+LATER_FIELDS = {"region_stage": "", "object_labels": "auto"}  # fields added later: left out of the inputs at
+# these defaults, so a run recorded before them resumes
 
 
 class Stages:
@@ -144,7 +149,8 @@ def _key_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 def run_inputs(data_key: dict[str, Any], fmt: str, splits: str | None, config: Any, **extra: Any) -> dict[str, Any]:
     """What a run's outputs depend on: the data, its format and splits, the config (runtime fields left out) and
     ``extra`` entries, as JSON values."""
-    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
+    cfg = {k: v for k, v in dataclasses.asdict(config).items()
+           if k not in RUNTIME_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     return json.loads(json.dumps({"data": data_key, "format": fmt, "splits": splits, **cfg, **extra}, default=str))
 
 
@@ -314,9 +320,9 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     from dsanchor.config import config_to_dict
-    from dsanchor.encoders import encoder_config_class
+    from dsanchor.stages import encoder_config
 
-    encoder = config_to_dict(encoder_config_class("effnet-minilm")())  # a changed default is another store
+    encoder = config_to_dict(encoder_config(config))  # a changed default is another store
     feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": fmt, "splits": splits,
                 "split_seed": config.split_seed, "encoder_config": encoder}
     if config.region_source != "annotations":  # runs made before the field (annotation boxes) keep their keys

@@ -36,6 +36,16 @@ def synth_stage(out: Path, config) -> None:
                    progress=sys.stderr.isatty())
 
 
+def encoder_config(config):
+    """The effnet-minilm config of a run (``config``: a :class:`~dsanchor.run.RunConfig`): the encoder's defaults,
+    with ``config.region_stage`` where set."""
+    from dsanchor.encoders import encoder_config_class
+
+    base = encoder_config_class("effnet-minilm")()
+    stage = getattr(config, "region_stage", "")
+    return dataclasses.replace(base, region_stage=stage) if stage else base
+
+
 def region_config(region_source: str):
     """The :class:`~dsanchor.encoders.regions.RegionConfig` of a run's region source (RunConfig.region_source):
 
@@ -63,8 +73,7 @@ def extract_samples(samples, data: Path, out: Path, config, fmt: str, object_lab
     from dsanchor.data.caption_objects import CAPTION_LABELS
     from dsanchor.encoders import create_encoder
     from dsanchor.features.extract import ExtractConfig, extract_features
-
-    encoder = create_encoder("effnet-minilm")
+    encoder = create_encoder("effnet-minilm", encoder_config(config))
     progress = sys.stderr.isatty()  # a bar on a terminal, nothing in a log
     source = {"format": fmt, "split": None, **({"objects": CAPTION_LABELS} if object_labels == "captions" else {})}
     extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress),
