@@ -252,7 +252,8 @@ def _pipeline(out: Path, seed0: dict) -> None:
     from dsanchor.pipeline import save_pipeline
 
     sd = out / "seed0"
-    save_pipeline(out / "pipeline", out / "features", sd / "heads", sd / "ppo", sd / "detector",
+    det = sd / "detector" if (sd / "detector" / ".stage.json").is_file() else None
+    save_pipeline(out / "pipeline", out / "features", sd / "heads", sd / "ppo", det,
                   sd / "caption" / "decoder", fixed_g=seed0["methods"]["fixed_best"]["g"],
                   info={"seed": 0, "run": str(out)}, dataset=seed0.get("dataset"))
     print(f"pipeline: {out / 'pipeline'} (seed 0; `dsanchor index --pipeline {out / 'pipeline'} --images DIR`)",
@@ -330,16 +331,16 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     samples, labels = _load_samples(data, fmt, config, splits)
     if labels == "captions":  # runs with annotations keep their keys
         feat_key["object_labels"] = labels
-    from dsanchor.stages import extract_samples
-
-    stages.run("extract features", out / "features", feat_key,
-               lambda d: extract_samples(samples, data, d, config, fmt, object_labels=labels), "extract")
-    name = dataset or fmt
     detector = len({o.name for s in samples for o in s.objects}) >= 2  # the detector draws negatives among them
     if not detector:
         stages.total -= config.seeds
         print("    fewer than two object names in the dataset: no hallucination detector, and no hallucination "
               "numbers", flush=True)
+    from dsanchor.stages import extract_samples
+
+    stages.run("extract features", out / "features", feat_key,
+               lambda d: extract_samples(samples, data, d, config, fmt, object_labels=labels), "extract")
+    name = dataset or fmt
     per_seed = [_seed_stages(stages, out, config, seed, feat_key, name, detector) for seed in range(config.seeds)]
     times = {k: round(v, 2) for k, v in stages.times.items()}
     times["total"] = round(sum(times.values()), 2)  # every stage's own time, reused ones included

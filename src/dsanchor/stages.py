@@ -326,7 +326,7 @@ def caption_baselines(store, test, test_images, vocabulary: str) -> dict:
     nn = nearest_neighbour_captions(store.images("train"), store.texts("train"), test_images)
     keys = ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s", "CHAIR_images")
     row = caption_metrics([{"nn": c} for c in nn], test, vocabulary)
-    return {"nearest_neighbour": {k: row[k] for k in keys},
+    return {"nearest_neighbour": {k: row[k] for k in keys if k in row},
             "human_leave_one_out": human_leave_one_out(test, vocabulary)}
 
 

@@ -70,6 +70,6 @@ def human_leave_one_out(split: CaptionSplit, vocabulary: str = "coco") -> dict:
         held = dataclasses.replace(sub, references=others, objects=objects,
                                    granularity=[[-1] * len(r) for r in others])
         rows.append(caption_metrics([{"human": refs[i]} for refs in sub.references], held, vocabulary))
-    keys = ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s")
+    keys = [k for k in ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s") if all(k in r for r in rows)]
     return {k: float(sum(r[k] for r in rows) / len(rows)) for k in keys} | {
         "held_out_references": n_refs, "n_images": len(sub), "CHAIR_images": rows[0]["CHAIR_images"]}

@@ -274,14 +274,17 @@ def _baseline_lines(results: dict) -> list[str]:
     base = results.get("captioning", {}).get("baselines")
     if not base:
         return []
-    f = "{:.3f}".format
+    def f(v) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
     lines = ["| baseline | BLEU-4 | CIDEr (raw) | CHAIR_i | CHAIR_s |", "|---|---|---|---|---|"]
     labels = {"nearest_neighbour": "nearest neighbour (a training image's caption, coarse view; Devlin et al. "
                                    "2015)", "human_leave_one_out": "human (each reference vs the other references)"}
     for name, label in labels.items():
         if name in base:
             r = base[name]
-            lines.append(f"| {label} | {f(r['BLEU-4'])} | {f(r['CIDEr'])} | {f(r['CHAIR_i'])} | {f(r['CHAIR_s'])} |")
+            lines.append(f"| {label} | " + " | ".join(f(r.get(k)) for k in ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s"))
+                         + " |")
     return ["Baselines without a decoder, scored the same way. The human row scores each reference against the "
             "other references (one fewer than the methods get) and judges its CHAIR against the objects those "
             "name: the floor of CHAIR with these labels.", "", *lines, ""]
