@@ -58,6 +58,7 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--out", default=None, help="JSONL file to append rows to")
     p.add_argument("--table", default=None, help="print the table of a JSONL file and exit")
     p.add_argument("--list", action="store_true", help="list the variants and exit")
+    p.add_argument("--epochs", type=int, default=EPOCHS, help="maximum epochs where a variant sets none")
     p.add_argument("--threads", type=int, default=2)
     return p
 
@@ -69,7 +70,7 @@ def _scores(view, g: float) -> dict:
     return {f"{d}_R@{k}": float((ranks[d] <= k).double().mean()) for d in ("t2i", "i2t") for k in (1, 5, 10)}
 
 
-def run_one(features: str, name: str, seed: int) -> dict:
+def run_one(features: str, name: str, seed: int, epochs: int = EPOCHS) -> dict:
     from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig, train_heads
     from dsanchor.eval.methods import EvalConfig, select_fixed_g
@@ -82,15 +83,15 @@ def run_one(features: str, name: str, seed: int) -> dict:
     d = store.dims
     cfg = dataclasses.replace(AlignConfig(**heads_o), coarse_dim=d["coarse"], region_dim=d["region"],
                               text_dim=d["text"])
-    train = AlignTrainConfig(**{"epochs": EPOCHS, **train_o, "seed": seed})
+    train = AlignTrainConfig(**{"epochs": epochs, **train_o, "seed": seed})
     t0 = time.perf_counter()
     heads, info = train_heads(store.images("train"), store.texts("train"), store.images("val"), store.texts("val"),
                               cfg, train)
     seconds = time.perf_counter() - t0
     views = {s: prepare_view(heads, store.images(s), store.texts(s), StateConfig()) for s in ("val", "test")}
     g, _ = select_fixed_g(views["val"], EvalConfig())
-    row = {"features": features, "variant": name, "seed": seed, "g": g, "best_epoch": info["best_epoch"],
-           "epochs_run": len(info["history"]), "train_s": round(seconds, 1)}
+    row = {"features": features, "variant": name, "seed": seed, "max_epochs": train.epochs, "g": g,
+           "best_epoch": info["best_epoch"], "epochs_run": len(info["history"]), "train_s": round(seconds, 1)}
     for split, view in views.items():
         row.update({f"{split}_{k}": v for k, v in _scores(view, g).items()})
         row.update({f"{split}_coarse_{k}": v for k, v in _scores(view, 0.0).items() if k.endswith("R@10")})
@@ -136,7 +137,7 @@ def main(argv=None) -> int:
     for feats in args.features:
         for name in args.variants:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                row = run_one(feats, name, seed)
+                row = run_one(feats, name, seed, args.epochs)
                 rows.append(row)
                 print(json.dumps(row), flush=True)
                 if args.out:
