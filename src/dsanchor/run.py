@@ -3,7 +3,8 @@
 Stages and their folders under the output directory:
 
     features/             feature store (effnet-minilm), from the dataset with its train/val/test splits; its
-                          boxes are RunConfig.region_source's (proposals by default: what new files get)
+                          boxes are RunConfig.region_source's (auto: proposals, what new files get, or every
+                          grid cell for photos whose objects come from captions)
     seed<S>/heads/        alignment heads
     seed<S>/detector/     hallucination detector (+ POPE)
     seed<S>/tune/         Optuna study over the reward (SQLite) and its objective plot
@@ -47,7 +48,7 @@ __all__ = ["REGION_SOURCES", "RunConfig", "Stages", "run_inputs", "run_pipeline"
 # On photos the proposals are the grid's first cells (no uniform background to find components on), so "grid"
 # (every cell of the multi-scale grid) and "union" (components, then every grid cell) are the other choices there
 # (dsanchor.stages.region_config); docs/real-data.md compares them on Flickr8k.
-REGION_SOURCES = ("proposals", "annotations", "grid", "union")
+REGION_SOURCES = ("auto", "proposals", "annotations", "grid", "union")
 
 
 @dataclass
@@ -68,8 +69,9 @@ class RunConfig:
     init_heads: str = field(default="", metadata={
         "help": "saved heads to fine-tune instead of training from scratch, e.g. a synth run's "
                 "runs/demo/seed{seed}/heads ({seed} is each seed); empty: from scratch"})
-    region_source: str = field(default="proposals", metadata={
-        "help": "boxes the heads train on and the report measures on: proposals (class-agnostic proposals, what "
+    region_source: str = field(default="auto", metadata={
+        "help": "boxes the heads train on and the report measures on: auto (grid for photos without boxes, whose "
+                "objects come from their captions; proposals otherwise), proposals (class-agnostic proposals, what "
                 "a new file without annotations gets in `search --image`, `caption` and the page) or "
                 "annotations (the dataset's boxes where it has them; the report then says its image numbers "
                 "overstate what new files get), grid (every cell of the 1x1, 2x2 and 3x3 grids) or union "
@@ -93,8 +95,9 @@ class RunConfig:
 
 RUN_RECORD = ".run.json"  # in a run's folder: the inputs of the run (what --overwrite is needed to change)
 RUNTIME_FIELDS = ("workers", "tune_workers")  # RunConfig fields that do not change what a run computes
-LATER_FIELDS = {"region_stage": "", "object_labels": "auto"}  # fields added later: left out of the inputs at
-# these defaults, so a run recorded before them resumes
+# fields added (or given a new default) later: left out of the inputs at these defaults, so a run recorded before
+# them resumes
+LATER_FIELDS = {"region_stage": "", "object_labels": "auto", "region_source": "auto"}
 
 
 class Stages:
@@ -174,6 +177,9 @@ def start_run(out: Path, total: int, inputs: dict[str, Any], overwrite: bool = F
         stages = Stages(out, total)
     elif record.is_file():
         old = json.loads(record.read_text())
+        # a field left out at its default (LATER_FIELDS) matches what a record before it holds; the stage keys
+        # still decide what is reused
+        old = {k: v for k, v in old.items() if not (k in LATER_FIELDS and k not in inputs)}
         if old != inputs and not overwrite:
             raise ConfigError(f"{out} holds a run made with other inputs ({_key_diff(old, inputs)}); pass a new "
                               "--out, or --overwrite to replace it")
@@ -326,9 +332,14 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     encoder = config_to_dict(encoder_config(config))  # a changed default is another store
     feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": fmt, "splits": splits,
                 "split_seed": config.split_seed, "encoder_config": encoder}
+    samples, labels = _load_samples(data, fmt, config, splits)
+    if config.region_source == "auto":
+        from dsanchor.stages import auto_region_source
+
+        config = dataclasses.replace(config, region_source=auto_region_source(labels))
+        print(f"    regions: {config.region_source} (--region-source auto)", flush=True)
     if config.region_source != "annotations":  # runs made before the field (annotation boxes) keep their keys
         feat_key["region_source"] = config.region_source
-    samples, labels = _load_samples(data, fmt, config, splits)
     if labels == "captions":  # runs with annotations keep their keys
         feat_key["object_labels"] = labels
     detector = len({o.name for s in samples for o in s.objects}) >= 2  # the detector draws negatives among them

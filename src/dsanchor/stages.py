@@ -46,6 +46,13 @@ def encoder_config(config):
     return dataclasses.replace(base, region_stage=stage) if stage else base
 
 
+def auto_region_source(object_labels: str) -> str:
+    """``--region-source auto``: "grid" for photos without boxes (their objects come from captions), where the
+    proposals are only the grid's first cells and every grid cell did better on Flickr8k's val split
+    (docs/real-data.md); "proposals" otherwise (renders, annotated data)."""
+    return "grid" if object_labels == "captions" else "proposals"
+
+
 def region_config(region_source: str):
     """The :class:`~dsanchor.encoders.regions.RegionConfig` of a run's region source (RunConfig.region_source):
 
@@ -75,9 +82,12 @@ def extract_samples(samples, data: Path, out: Path, config, fmt: str, object_lab
     from dsanchor.features.extract import ExtractConfig, extract_features
     encoder = create_encoder("effnet-minilm", encoder_config(config))
     progress = sys.stderr.isatty()  # a bar on a terminal, nothing in a log
+    region_source = config.region_source
+    if region_source == "auto":
+        region_source = auto_region_source(object_labels)
     source = {"format": fmt, "split": None, **({"objects": CAPTION_LABELS} if object_labels == "captions" else {})}
     extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress),
-                     region_config(config.region_source), source=source)
+                     region_config(region_source), source=source)
 
 
 def align_stage(features, out, align=None, train=None, init=None) -> dict:

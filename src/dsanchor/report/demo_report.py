@@ -196,7 +196,8 @@ def regions_note(regions, test_images) -> str:
     from dsanchor.domain import region_source
 
     used = region_source(regions, test_images)
-    new = f"the boxes of the detector {regions.detector}" if regions.detector else "class-agnostic proposals"
+    new = (f"the boxes of the detector {regions.detector}" if regions.detector else
+           "the same grid cells" if not regions.components else "class-agnostic proposals")
     text = (f"Regions: the heads were trained and every number here measured on **{used}** (V_fine pools "
             f"them). A new image without annotations (`dsanchor search --image`, `dsanchor caption`, an upload "
             f"on the page, `dsanchor index` of a folder) gets {new}.")
@@ -204,7 +205,7 @@ def regions_note(regions, test_images) -> str:
         return text + (" So the image→text numbers below are measured on other boxes than new files get and "
                        "overstate what a new file gets; run with `--region-source proposals` to train and "
                        "measure on what new files get.")
-    if used == "proposals" or used.startswith("detector"):
+    if used in ("proposals", "grid cells") or used.startswith("detector"):
         return text + " These numbers are measured on the boxes new files get."
     return text
 
