@@ -222,6 +222,9 @@ def test_run_says_when_dev_is_the_test_split(data, tmp_path, capsys):
     store = FeatureStore(tmp_path / "features")
     assert store.manifest["source"]["objects"].startswith("captions")
     assert "dog" in store.object_vocabulary().names
+    # photos whose objects come from captions: every grid cell, pooled from the encoder's head map
+    assert store.manifest["encoder"]["config"]["region_stage"] == "head" and store.dims["region"] == 1280
+    assert store.manifest["regions"]["max_regions"] == 14 and not store.manifest["regions"]["components"]
 
 
 TINY = ["--align-epochs", "2", "--detector-epochs", "2", "--tune-trials", "2", "--tune-timesteps", "512",

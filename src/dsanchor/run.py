@@ -76,9 +76,10 @@ class RunConfig:
                 "annotations (the dataset's boxes where it has them; the report then says its image numbers "
                 "overstate what new files get), grid (every cell of the 1x1, 2x2 and 3x3 grids) or union "
                 "(components, then every grid cell)"})
-    region_stage: str = field(default="", metadata={
-        "help": "feature map of the effnet-minilm encoder that regions are RoI-aligned from (e.g. head, the "
-                "1280-d ImageNet map, for photos); empty: the encoder's default (stage5)"})
+    region_stage: str = field(default="auto", metadata={
+        "help": "feature map of the effnet-minilm encoder that regions are RoI-aligned from: auto (head, the "
+                "1280-d ImageNet map, for photos whose objects come from captions; the encoder's default, stage5, "
+                "otherwise), or a stage name (stage1..stage7, head)"})
     object_labels: str = field(default="auto", metadata={
         "help": "objects of the hallucination detector, CHAIR and the hallucination rates: auto (the dataset's "
                 "annotations; for a caption-only dataset, the COCO categories its reference captions name), "
@@ -97,7 +98,7 @@ RUN_RECORD = ".run.json"  # in a run's folder: the inputs of the run (what --ove
 RUNTIME_FIELDS = ("workers", "tune_workers")  # RunConfig fields that do not change what a run computes
 # fields added (or given a new default) later: left out of the inputs at these defaults, so a run recorded before
 # them resumes
-LATER_FIELDS = {"region_stage": "", "object_labels": "auto", "region_source": "auto"}
+LATER_FIELDS = {"region_stage": "auto", "object_labels": "auto", "region_source": "auto"}
 
 
 class Stages:
@@ -327,17 +328,15 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     from dsanchor.config import config_to_dict
-    from dsanchor.stages import encoder_config
+    from dsanchor.stages import auto_regions, encoder_config
 
+    samples, labels = _load_samples(data, fmt, config, splits)
+    config = auto_regions(config, labels)
+    print(f"    regions: {config.region_source}, pooled from the encoder's {encoder_config(config).region_stage} "
+          "map", flush=True)
     encoder = config_to_dict(encoder_config(config))  # a changed default is another store
     feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": fmt, "splits": splits,
                 "split_seed": config.split_seed, "encoder_config": encoder}
-    samples, labels = _load_samples(data, fmt, config, splits)
-    if config.region_source == "auto":
-        from dsanchor.stages import auto_region_source
-
-        config = dataclasses.replace(config, region_source=auto_region_source(labels))
-        print(f"    regions: {config.region_source} (--region-source auto)", flush=True)
     if config.region_source != "annotations":  # runs made before the field (annotation boxes) keep their keys
         feat_key["region_source"] = config.region_source
     if labels == "captions":  # runs with annotations keep their keys
