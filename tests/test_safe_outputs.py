@@ -142,16 +142,17 @@ def fake_stages(monkeypatch):
     import dsanchor.report.demo_report as report
     import dsanchor.run as run_module
 
-    def extract(data, fmt, out, config, splits):
+    def extract(samples, data, out, config, fmt, labels):
         (out / "store.bin").write_bytes(os.urandom(16))
 
-    def seed_stages(stages, out, config, seed, feat_key, dataset):
+    def seed_stages(stages, out, config, seed, feat_key, dataset, detector=True):
         stages.run(f"align heads (seed {seed})", out / f"seed{seed}" / "heads",
                    {"features": feat_key, "seed": seed, "epochs": config.align_epochs},
                    lambda d: (d / "heads.bin").write_bytes(os.urandom(16)), "align")
         return {"methods": {"fixed_best": {"g": 0.5}}}
 
     monkeypatch.setattr(run_module, "quiet_progress", lambda: None)
+    monkeypatch.setattr(run_module, "_load_samples", lambda data, fmt, config, splits: ([], "annotations"))
     monkeypatch.setattr(run_module, "_extract", extract)
     monkeypatch.setattr(run_module, "_seed_stages", seed_stages)
     monkeypatch.setattr(run_module, "_pipeline", lambda out, seed0: None)

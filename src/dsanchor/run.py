@@ -276,6 +276,12 @@ def _folder_digest(folder: Path) -> dict:
     return {"path": str(folder.resolve()), "sha256": h.hexdigest()[:16]}
 
 
+def _extract(samples: list, data: Path, out: Path, config: RunConfig, fmt: str, labels: str) -> None:
+    from dsanchor.stages import extract_samples
+
+    extract_samples(samples, data, out, config, fmt, object_labels=labels)
+
+
 def _load_samples(data: Path, fmt: str, config: RunConfig, splits: str | None) -> tuple[list, str]:
     """The dataset's samples with their splits, and where their object labels come from ("annotations" or
     "captions": :mod:`dsanchor.data.caption_objects`); the loader's notes and the split are printed."""
@@ -346,10 +352,8 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
         stages.total -= config.seeds
         print("    fewer than two object names in the dataset: no hallucination detector, and no hallucination "
               "numbers", flush=True)
-    from dsanchor.stages import extract_samples
-
     stages.run("extract features", out / "features", feat_key,
-               lambda d: extract_samples(samples, data, d, config, fmt, object_labels=labels), "extract")
+               lambda d: _extract(samples, data, d, config, fmt, labels), "extract")
     name = dataset or fmt
     per_seed = [_seed_stages(stages, out, config, seed, feat_key, name, detector) for seed in range(config.seeds)]
     times = {k: round(v, 2) for k, v in stages.times.items()}
