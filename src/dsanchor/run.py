@@ -99,6 +99,7 @@ RUNTIME_FIELDS = ("workers", "tune_workers")  # RunConfig fields that do not cha
 # fields added (or given a new default) later: left out of the inputs at these defaults, so a run recorded before
 # them resumes
 LATER_FIELDS = {"region_stage": "auto", "object_labels": "auto", "region_source": "auto"}
+PREVIOUS_DEFAULTS = {"region_source": "proposals"}  # what a record made before "auto" holds for the same choice
 
 
 class Stages:
@@ -180,7 +181,8 @@ def start_run(out: Path, total: int, inputs: dict[str, Any], overwrite: bool = F
         old = json.loads(record.read_text())
         # a field left out at its default (LATER_FIELDS) matches what a record before it holds; the stage keys
         # still decide what is reused
-        old = {k: v for k, v in old.items() if not (k in LATER_FIELDS and k not in inputs)}
+        old = {k: v for k, v in old.items()
+               if not (k in LATER_FIELDS and k not in inputs and v == PREVIOUS_DEFAULTS.get(k, v))}
         if old != inputs and not overwrite:
             raise ConfigError(f"{out} holds a run made with other inputs ({_key_diff(old, inputs)}); pass a new "
                               "--out, or --overwrite to replace it")
