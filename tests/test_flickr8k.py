@@ -207,10 +207,56 @@ def test_cli_data_check(data, capsys):
 
 
 def test_run_says_when_dev_is_the_test_split(data, tmp_path, capsys):
-    """`dsanchor run`'s extraction stage prints the loader's note (no test list: dev is the test split)."""
-    from dsanchor.run import RunConfig, _extract
+    """`dsanchor run`'s loading prints the loader's note (no test list: dev is the test split), and the caption-
+    derived objects are recorded in the store."""
+    from dsanchor.features.store import FeatureStore
+    from dsanchor.run import RunConfig, _load_samples
+    from dsanchor.stages import extract_samples
 
-    _extract(data, "flickr8k", tmp_path / "features", RunConfig(workers=0), None)
+    config = RunConfig(workers=0)
+    samples, labels = _load_samples(data, "flickr8k", config, None)
     out = capsys.readouterr().out
     assert "no test list" in out and "dev images are the test split" in out
-    assert (tmp_path / "features" / "manifest.json").is_file()
+    assert labels == "captions" and "objects are the COCO categories the reference captions name" in out
+    extract_samples(samples, data, tmp_path / "features", config, "flickr8k", object_labels=labels)
+    store = FeatureStore(tmp_path / "features")
+    assert store.manifest["source"]["objects"].startswith("captions")
+    assert "dog" in store.object_vocabulary().names
+    # photos whose objects come from captions: every grid cell, pooled from the encoder's head map
+    assert store.manifest["encoder"]["config"]["region_stage"] == "head" and store.dims["region"] == 1280
+    assert store.manifest["regions"]["max_regions"] == 14 and not store.manifest["regions"]["components"]
+
+
+TINY = ["--align-epochs", "2", "--detector-epochs", "2", "--tune-trials", "2", "--tune-timesteps", "512",
+        "--ppo-timesteps", "1024", "--caption-steps", "20", "--caption-ppo-timesteps", "512", "--workers", "0",
+        "--threads", "1"]
+
+
+@pytest.mark.slow
+def test_run_end_to_end_on_captions_only(data, tmp_path, capsys):
+    """`dsanchor run` on Flickr8k files: objects come from the reference captions (said in the output and the
+    report) and feed the detector and the hallucination numbers; with --object-labels annotations the dataset has
+    no object labels, so there is no detector and every hallucination cell is absent, never 1.000 or 0."""
+    out = tmp_path / "run"
+    assert main(["run", "--data", str(data), "--format", "flickr8k", "--out", str(out), *TINY]) == 0
+    printed = capsys.readouterr().out
+    assert "objects are the COCO categories the reference captions name (6 of 6 images" in printed
+    res = json.loads((out / "results.json").read_text())
+    assert res["object_labels"].startswith("captions") and "pope" in res
+    assert all("hall_t2i" in row and "exact" not in row for row in res["methods"].values())
+    report = (out / "report.md").read_text()
+    assert "objects are the COCO categories its reference captions name" in report
+    assert "nearest neighbour" in report and "human (each reference" in report
+    assert (out / "seed0" / "detector" / ".stage.json").is_file() and (out / "pipeline").is_dir()
+
+    bare = tmp_path / "bare"
+    argv = ["run", "--data", str(data), "--format", "flickr8k", "--out", str(bare), "--object-labels", "annotations"]
+    assert main([*argv, *TINY]) == 0
+    assert "no hallucination detector" in capsys.readouterr().out
+    res = json.loads((bare / "results.json").read_text())
+    assert res["object_labels"] == "none" and "pope" not in res
+    for row in res["methods"].values():
+        assert not {"hall_t2i", "hall_i2t", "coverage_t2i", "CHAIR_i", "CHAIR_s"} & set(row)
+    assert not (bare / "seed0" / "detector").exists()
+    report = (bare / "report.md").read_text()
+    assert "Object labels: **none**" in report and "| – (–) | – (–) |" in report

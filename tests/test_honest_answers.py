@@ -284,19 +284,22 @@ def test_report_says_which_boxes_its_numbers_use():
 
 
 def test_run_config_region_source(monkeypatch):
-    """A run extracts the boxes of ``RunConfig.region_source``: proposals by default (what new files get)."""
+    """A run extracts the boxes of ``RunConfig.region_source``: auto by default, which is proposals (what new files
+    get) except for photos whose objects come from captions, which get every grid cell."""
     import dsanchor.encoders
     import dsanchor.features.extract
     from dsanchor.run import REGION_SOURCES, RunConfig
-    from dsanchor.stages import extract_samples
+    from dsanchor.stages import auto_region_source, extract_samples
 
-    assert RunConfig().region_source == REGION_SOURCES[0] == "proposals"
-    with pytest.raises(ValueError, match="region_source must be one of proposals, annotations"):
+    assert RunConfig().region_source == REGION_SOURCES[0] == "auto"
+    assert auto_region_source("annotations") == "proposals" and auto_region_source("captions") == "grid"
+    with pytest.raises(ValueError, match="region_source must be one of auto, proposals, annotations, grid, union"):
         RunConfig(region_source="boxes")
     seen = []
-    monkeypatch.setattr(dsanchor.encoders, "create_encoder", lambda name: name)
+    monkeypatch.setattr(dsanchor.encoders, "create_encoder", lambda name, config=None: name)
     monkeypatch.setattr(dsanchor.features.extract, "extract_features",
                         lambda samples, data, out, encoder, config, regions, source: seen.append(regions))
-    for source in REGION_SOURCES:
+    for source in REGION_SOURCES[1:]:
         extract_samples([], Path("data"), Path("out"), RunConfig(region_source=source), "synth")
-    assert [r.annotations for r in seen] == [False, True]
+    assert [r.annotations for r in seen] == [False, True, False, False]
+    assert [(r.components, r.max_regions) for r in seen[2:]] == [(False, 14), (True, 20)]

@@ -142,16 +142,17 @@ def fake_stages(monkeypatch):
     import dsanchor.report.demo_report as report
     import dsanchor.run as run_module
 
-    def extract(data, fmt, out, config, splits):
+    def extract(samples, data, out, config, fmt, labels):
         (out / "store.bin").write_bytes(os.urandom(16))
 
-    def seed_stages(stages, out, config, seed, feat_key, dataset):
+    def seed_stages(stages, out, config, seed, feat_key, dataset, detector=True):
         stages.run(f"align heads (seed {seed})", out / f"seed{seed}" / "heads",
                    {"features": feat_key, "seed": seed, "epochs": config.align_epochs},
                    lambda d: (d / "heads.bin").write_bytes(os.urandom(16)), "align")
         return {"methods": {"fixed_best": {"g": 0.5}}}
 
     monkeypatch.setattr(run_module, "quiet_progress", lambda: None)
+    monkeypatch.setattr(run_module, "_load_samples", lambda data, fmt, config, splits: ([], "annotations"))
     monkeypatch.setattr(run_module, "_extract", extract)
     monkeypatch.setattr(run_module, "_seed_stages", seed_stages)
     monkeypatch.setattr(run_module, "_pipeline", lambda out, seed0: None)
@@ -337,3 +338,24 @@ def test_a_folder_left_by_a_run_that_failed_at_once_is_taken_as_empty(tmp_path):
         accept_out(out, {"command": "train", "args": {"epochs": 2}, "config": {}}, None)
     with pytest.raises(ConfigError, match="is a file"):
         accept_out(out / "heads.safetensors", {"command": "align", "args": {}, "config": {}}, None)
+
+
+def test_run_recorded_before_auto_regions_resumes_only_with_the_old_default(tmp_path):
+    """A run recorded when region_source defaulted to proposals resumes under the auto default (the same boxes for
+    renders and annotated data; stage keys decide the rest); one recorded with another source is refused."""
+    import json
+
+    from dsanchor.errors import ConfigError
+    from dsanchor.files import write_json
+    from dsanchor.run import RUN_RECORD, RunConfig, run_inputs, start_run
+
+    inputs = run_inputs({"data": "d"}, "synth", None, RunConfig())
+    assert "region_source" not in inputs and "region_stage" not in inputs and "object_labels" not in inputs
+    out = tmp_path / "run"
+    out.mkdir()
+    write_json(out / RUN_RECORD, {**inputs, "region_source": "proposals"})
+    start_run(out, 7, inputs)
+    assert json.loads((out / RUN_RECORD).read_text()) == inputs
+    write_json(out / RUN_RECORD, {**inputs, "region_source": "annotations"})
+    with pytest.raises(ConfigError, match="different region_source"):
+        start_run(out, 7, inputs)

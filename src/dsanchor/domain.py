@@ -76,7 +76,7 @@ def region_source(regions, images) -> str:
     if getattr(regions, "detector", ""):
         return f"detector {regions.detector}"
     if not getattr(regions, "annotations", True):
-        return "proposals"
+        return "proposals" if getattr(regions, "components", True) else "grid cells"
     n = len(images.objects)
     with_boxes = sum(1 for objs in images.objects if objs)
     if with_boxes == n:

@@ -3,7 +3,8 @@
 Stages and their folders under the output directory:
 
     features/             feature store (effnet-minilm), from the dataset with its train/val/test splits; its
-                          boxes are RunConfig.region_source's (proposals by default: what new files get)
+                          boxes are RunConfig.region_source's (auto: proposals, what new files get, or every
+                          grid cell for photos whose objects come from captions)
     seed<S>/heads/        alignment heads
     seed<S>/detector/     hallucination detector (+ POPE)
     seed<S>/tune/         Optuna study over the reward (SQLite) and its objective plot
@@ -44,7 +45,10 @@ __all__ = ["REGION_SOURCES", "RunConfig", "Stages", "run_inputs", "run_pipeline"
 # 0.935 and give 0.93 [0.88, 0.98], and 0.90 instead of 0.76 of the top 5 captions (near-duplicates collapsed)
 # are true (scripts/new_image_precision.py), with text→image R@1 within the run-to-run spread (0.733 vs 0.764
 # for dsa_ppo, 0.767 vs 0.744 for fixed_best).
-REGION_SOURCES = ("proposals", "annotations")
+# On photos the proposals are the grid's first cells (no uniform background to find components on), so "grid"
+# (every cell of the multi-scale grid) and "union" (components, then every grid cell) are the other choices there
+# (dsanchor.stages.region_config); docs/real-data.md compares them on Flickr8k.
+REGION_SOURCES = ("auto", "proposals", "annotations", "grid", "union")
 
 
 @dataclass
@@ -67,19 +71,37 @@ class RunConfig:
     init_heads: str = field(default="", metadata={
         "help": "saved heads to fine-tune instead of training from scratch, e.g. a synth run's "
                 "runs/demo/seed{seed}/heads ({seed} is each seed); empty: from scratch"})
-    region_source: str = field(default="proposals", metadata={
-        "help": "boxes the heads train on and the report measures on: proposals (class-agnostic proposals, what "
+    region_source: str = field(default="auto", metadata={
+        "help": "boxes the heads train on and the report measures on: auto (grid for photos without boxes, whose "
+                "objects come from their captions; proposals otherwise), proposals (class-agnostic proposals, what "
                 "a new file without annotations gets in `search --image`, `caption` and the page) or "
                 "annotations (the dataset's boxes where it has them; the report then says its image numbers "
-                "overstate what new files get)"})
+                "overstate what new files get), grid (every cell of the 1x1, 2x2 and 3x3 grids) or union "
+                "(components, then every grid cell)"})
+    region_stage: str = field(default="auto", metadata={
+        "help": "feature map of the effnet-minilm encoder that regions are RoI-aligned from: auto (head, the "
+                "1280-d ImageNet map, for photos whose objects come from captions; the encoder's default, stage5, "
+                "otherwise), or a stage name (stage1..stage7, head)"})
+    object_labels: str = field(default="auto", metadata={
+        "help": "objects of the hallucination detector, CHAIR and the hallucination rates: auto (the dataset's "
+                "annotations; for a caption-only dataset, the COCO categories its reference captions name), "
+                "annotations, or captions"})
 
     def __post_init__(self):
+        from dsanchor.data.caption_objects import OBJECT_LABELS
+
         if self.region_source not in REGION_SOURCES:
             raise ValueError(f"region_source must be one of {', '.join(REGION_SOURCES)}, got {self.region_source!r}")
+        if self.object_labels not in OBJECT_LABELS:
+            raise ValueError(f"object_labels must be one of {', '.join(OBJECT_LABELS)}, got {self.object_labels!r}")
 
 
 RUN_RECORD = ".run.json"  # in a run's folder: the inputs of the run (what --overwrite is needed to change)
 RUNTIME_FIELDS = ("workers", "tune_workers")  # RunConfig fields that do not change what a run computes
+# fields added (or given a new default) later: left out of the inputs at these defaults, so a run recorded before
+# them resumes
+LATER_FIELDS = {"region_stage": "auto", "object_labels": "auto", "region_source": "auto"}
+PREVIOUS_DEFAULTS = {"region_source": "proposals"}  # what a record made before "auto" holds for the same choice
 
 
 class Stages:
@@ -134,7 +156,8 @@ def _key_diff(old: dict[str, Any], new: dict[str, Any]) -> str:
 def run_inputs(data_key: dict[str, Any], fmt: str, splits: str | None, config: Any, **extra: Any) -> dict[str, Any]:
     """What a run's outputs depend on: the data, its format and splits, the config (runtime fields left out) and
     ``extra`` entries, as JSON values."""
-    cfg = {k: v for k, v in dataclasses.asdict(config).items() if k not in RUNTIME_FIELDS}
+    cfg = {k: v for k, v in dataclasses.asdict(config).items()
+           if k not in RUNTIME_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     return json.loads(json.dumps({"data": data_key, "format": fmt, "splits": splits, **cfg, **extra}, default=str))
 
 
@@ -158,6 +181,10 @@ def start_run(out: Path, total: int, inputs: dict[str, Any], overwrite: bool = F
         stages = Stages(out, total)
     elif record.is_file():
         old = json.loads(record.read_text())
+        # a field left out at its default (LATER_FIELDS) matches what a record before it holds; the stage keys
+        # still decide what is reused
+        old = {k: v for k, v in old.items()
+               if not (k in LATER_FIELDS and k not in inputs and v == PREVIOUS_DEFAULTS.get(k, v))}
         if old != inputs and not overwrite:
             raise ConfigError(f"{out} holds a run made with other inputs ({_key_diff(old, inputs)}); pass a new "
                               "--out, or --overwrite to replace it")
@@ -180,9 +207,12 @@ def quiet_progress() -> None:
     logging.getLogger().setLevel(logging.WARNING)
 
 
-def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_key: dict, dataset: str) -> dict:
+def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_key: dict, dataset: str,
+                 detector: bool = True) -> dict:
     """The trained stages of one seed; each is the library function its command calls (dsanchor.stages),
-    with the library's defaults except the budget fields of :class:`RunConfig`."""
+    with the library's defaults except the budget fields of :class:`RunConfig`. Without ``detector`` (a dataset
+    with fewer than two object names, labelled or caption-derived) there is no hallucination detector: the reward
+    has no hallucination term and the report no hallucination cells."""
     from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig
     from dsanchor.gate import GateConfig
@@ -207,23 +237,25 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
                  **({"init": _folder_digest(Path(init))} if init else {})}
     stages.run(f"align heads (seed {seed})", sd / "heads", heads_key,
                lambda d: align_stage(feats, d, heads, align, init=init), "align")
-    det_key = {**key, "detector": dataclasses.asdict(det)}
-    stages.run(f"hallucination det. (seed {seed})", sd / "detector", det_key,
-               lambda d: detector_stage(feats, d, train=det, pope=PopeConfig(seed=seed)), "detector")
+    det_key = {**key, "detector": dataclasses.asdict(det)} if detector else {**key, "detector": None}
+    hall = sd / "detector" if detector else None
+    if detector:
+        stages.run(f"hallucination det. (seed {seed})", sd / "detector", det_key,
+                   lambda d: detector_stage(feats, d, train=det, pope=PopeConfig(seed=seed)), "detector")
     tune_key = {**heads_key, **det_key, "tune": dataclasses.asdict(tune)}
     stages.run(f"tune reward (seed {seed})", sd / "tune", tune_key,
-               lambda d: tune_stage(feats, sd / "heads", sd / "detector", d, tune=tune, ppo=ppo), "tune")
+               lambda d: tune_stage(feats, sd / "heads", hall, d, tune=tune, ppo=ppo), "tune")
     pair = PairPPOConfig(timesteps=config.pair_timesteps, seed=seed)
     ppo_key = {**tune_key, "ppo": dataclasses.asdict(ppo), "pair": dataclasses.asdict(pair)}
     stages.run(f"PPO controllers (seed {seed})", sd / "ppo", ppo_key,
-               lambda d: train_stage(feats, sd / "heads", sd / "detector", d, read_best(sd / "tune"), ppo=ppo,
-                                     pair=pair), "ppo")
+               lambda d: train_stage(feats, sd / "heads", hall, d, read_best(sd / "tune"), ppo=ppo, pair=pair),
+               "ppo")
     cap_key = {**heads_key, **det_key, "steps": config.caption_steps, "ppo_steps": config.caption_ppo_timesteps}
     stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
-               lambda d: caption_stage(feats, sd, d, config, seed), "caption")
+               lambda d: caption_stage(feats, sd, d, config, seed, detector=detector), "caption")
     eval_key = {**ppo_key, **cap_key}
     stages.run(f"evaluate (seed {seed})", sd / "eval", eval_key,
-               lambda d: eval_stage(feats, sd / "heads", d, sd / "ppo", sd / "caption", sd / "detector",
+               lambda d: eval_stage(feats, sd / "heads", d, sd / "ppo", sd / "caption", hall,
                                     gate=GateConfig(seed=seed), dataset=dataset), "eval")
     return json.loads((sd / "eval" / "results.json").read_text())
 
@@ -234,7 +266,8 @@ def _pipeline(out: Path, seed0: dict) -> None:
     from dsanchor.pipeline import save_pipeline
 
     sd = out / "seed0"
-    save_pipeline(out / "pipeline", out / "features", sd / "heads", sd / "ppo", sd / "detector",
+    det = sd / "detector" if (sd / "detector" / ".stage.json").is_file() else None
+    save_pipeline(out / "pipeline", out / "features", sd / "heads", sd / "ppo", det,
                   sd / "caption" / "decoder", fixed_g=seed0["methods"]["fixed_best"]["g"],
                   info={"seed": 0, "run": str(out)}, dataset=seed0.get("dataset"))
     print(f"pipeline: {out / 'pipeline'} (seed 0; `dsanchor index --pipeline {out / 'pipeline'} --images DIR`)",
@@ -250,10 +283,18 @@ def _folder_digest(folder: Path) -> dict:
     return {"path": str(folder.resolve()), "sha256": h.hexdigest()[:16]}
 
 
-def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | None) -> None:
-    from dsanchor.data import create_loader
-    from dsanchor.data.splits import assign_splits
+def _extract(samples: list, data: Path, out: Path, config: RunConfig, fmt: str, labels: str) -> None:
     from dsanchor.stages import extract_samples
+
+    extract_samples(samples, data, out, config, fmt, object_labels=labels)
+
+
+def _load_samples(data: Path, fmt: str, config: RunConfig, splits: str | None) -> tuple[list, str]:
+    """The dataset's samples with their splits, and where their object labels come from ("annotations" or
+    "captions": :mod:`dsanchor.data.caption_objects`); the loader's notes and the split are printed."""
+    from dsanchor.data import create_loader
+    from dsanchor.data.caption_objects import label_objects_from_captions, object_labels_of
+    from dsanchor.data.splits import assign_splits
 
     loader = create_loader(fmt, data)
     samples = loader.load()
@@ -261,7 +302,13 @@ def _extract(data: Path, fmt: str, out: Path, config: RunConfig, splits: str | N
         print(f"    {note}", flush=True)
     samples, how = assign_splits(samples, splits, seed=config.split_seed)
     print(f"    {how}", flush=True)
-    extract_samples(samples, data, out, config, fmt)
+    labels = object_labels_of(samples, config.object_labels)
+    if labels == "captions":
+        samples = label_objects_from_captions(samples)
+        n = sum(1 for s in samples if s.objects)
+        print(f"    no object annotations: objects are the COCO categories the reference captions name "
+              f"({n} of {len(samples)} images name one)", flush=True)
+    return samples, labels
 
 
 def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunConfig, splits: str | None = None,
@@ -295,17 +342,28 @@ def run_pipeline(data: str | Path, fmt: str, out_dir: str | Path, config: RunCon
     out.mkdir(parents=True, exist_ok=True)
     t_start = time.perf_counter()
     from dsanchor.config import config_to_dict
-    from dsanchor.encoders import encoder_config_class
+    from dsanchor.stages import auto_regions, encoder_config
 
-    encoder = config_to_dict(encoder_config_class("effnet-minilm")())  # a changed default is another store
+    samples, labels = _load_samples(data, fmt, config, splits)
+    config = auto_regions(config, labels)
+    print(f"    regions: {config.region_source}, pooled from the encoder's {encoder_config(config).region_stage} "
+          "map", flush=True)
+    encoder = config_to_dict(encoder_config(config))  # a changed default is another store
     feat_key = {"data": data_key, "encoder": "effnet-minilm", "format": fmt, "splits": splits,
                 "split_seed": config.split_seed, "encoder_config": encoder}
     if config.region_source != "annotations":  # runs made before the field (annotation boxes) keep their keys
         feat_key["region_source"] = config.region_source
+    if labels == "captions":  # runs with annotations keep their keys
+        feat_key["object_labels"] = labels
+    detector = len({o.name for s in samples for o in s.objects}) >= 2  # the detector draws negatives among them
+    if not detector:
+        stages.total -= config.seeds
+        print("    fewer than two object names in the dataset: no hallucination detector, and no hallucination "
+              "numbers", flush=True)
     stages.run("extract features", out / "features", feat_key,
-               lambda d: _extract(data, fmt, d, config, splits), "extract")
+               lambda d: _extract(samples, data, d, config, fmt, labels), "extract")
     name = dataset or fmt
-    per_seed = [_seed_stages(stages, out, config, seed, feat_key, name) for seed in range(config.seeds)]
+    per_seed = [_seed_stages(stages, out, config, seed, feat_key, name, detector) for seed in range(config.seeds)]
     times = {k: round(v, 2) for k, v in stages.times.items()}
     times["total"] = round(sum(times.values()), 2)  # every stage's own time, reused ones included
     if len(per_seed) > 1:  # one bootstrap over images and seeds (intervals do not average)

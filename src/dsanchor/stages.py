@@ -40,19 +40,73 @@ def synth_stage(out: Path, config) -> None:
                    progress=sys.stderr.isatty())
 
 
-def extract_samples(samples, data: Path, out: Path, config, fmt: str) -> None:
-    """Encode the samples (with their splits) into a feature store with the default encoder and regions, the
-    boxes of ``config.region_source`` (a :class:`~dsanchor.run.RunConfig`): "annotations" uses the dataset's
-    boxes where it has them, "proposals" the class-agnostic proposals new files get."""
-    from dsanchor.encoders import create_encoder
+def encoder_config(config):
+    """The effnet-minilm config of a run (``config``: a :class:`~dsanchor.run.RunConfig`): the encoder's defaults,
+    with ``config.region_stage`` where set."""
+    from dsanchor.encoders import encoder_config_class
+
+    base = encoder_config_class("effnet-minilm")()
+    stage = getattr(config, "region_stage", "")
+    return dataclasses.replace(base, region_stage=stage) if stage and stage != "auto" else base
+
+
+def auto_regions(config, object_labels: str):
+    """``config`` (a :class:`~dsanchor.run.RunConfig`) with its "auto" region source and region stage resolved for
+    a dataset whose object labels are ``object_labels``: photos whose objects come from captions get every grid
+    cell, pooled from the encoder's head map (the 1280-d ImageNet features; text→image R@10 on Flickr8k val 0.648
+    against 0.513 from stage5, docs/real-data.md); everything else keeps proposals from the encoder's default map
+    (stage5, which keeps the colour and material that synth and CLEVR captions name)."""
+    photo = object_labels == "captions"
+    changes = {}
+    if config.region_source == "auto":
+        changes["region_source"] = auto_region_source(object_labels)
+    if getattr(config, "region_stage", "") == "auto":
+        changes["region_stage"] = "head" if photo else ""
+    return dataclasses.replace(config, **changes) if changes else config
+
+
+def auto_region_source(object_labels: str) -> str:
+    """``--region-source auto``: "grid" for photos without boxes (their objects come from captions), where the
+    proposals are only the grid's first cells and every grid cell did better on Flickr8k's val split
+    (docs/real-data.md); "proposals" otherwise (renders, annotated data)."""
+    return "grid" if object_labels == "captions" else "proposals"
+
+
+def region_config(region_source: str):
+    """The :class:`~dsanchor.encoders.regions.RegionConfig` of a run's region source (RunConfig.region_source):
+
+    * "proposals": the class-agnostic fallback new files get (components, then grid cells; 10 regions);
+    * "annotations": the dataset's boxes where an image has them, else the proposals;
+    * "grid": every cell of the 1x1, 2x2 and 3x3 grids (14 regions), no components;
+    * "union": the components (up to 6), then every grid cell (20 regions).
+    """
     from dsanchor.encoders.regions import RegionConfig
+
+    base = RegionConfig()
+    cells = sum(s * s for s in base.grid_scales)
+    choices = {"proposals": RegionConfig(annotations=False), "annotations": RegionConfig(annotations=True),
+               "grid": RegionConfig(annotations=False, components=False, max_regions=cells),
+               "union": RegionConfig(annotations=False, max_components=6, max_regions=cells + 6)}
+    if region_source not in choices:
+        raise ConfigError(f"region source must be one of {', '.join(choices)}, got {region_source!r}")
+    return choices[region_source]
+
+
+def extract_samples(samples, data: Path, out: Path, config, fmt: str, object_labels: str = "annotations") -> None:
+    """Encode the samples (with their splits) into a feature store with the default encoder and the regions of
+    ``config.region_source`` (a :class:`~dsanchor.run.RunConfig`; :func:`region_config`), pooled from the map of
+    ``config.region_stage``; "auto" values follow ``object_labels`` (:func:`auto_regions`), "annotations" or
+    "captions", which the manifest's source records."""
+    from dsanchor.data.caption_objects import CAPTION_LABELS
+    from dsanchor.encoders import create_encoder
     from dsanchor.features.extract import ExtractConfig, extract_features
 
-    encoder = create_encoder("effnet-minilm")
-    regions = RegionConfig(annotations=config.region_source == "annotations")
+    config = auto_regions(config, object_labels)  # "auto" region source and stage (dsanchor run resolves them first)
+    encoder = create_encoder("effnet-minilm", encoder_config(config))
     progress = sys.stderr.isatty()  # a bar on a terminal, nothing in a log
-    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress), regions,
-                     source={"format": fmt, "split": None})
+    source = {"format": fmt, "split": None, **({"objects": CAPTION_LABELS} if object_labels == "captions" else {})}
+    extract_features(samples, data, out, encoder, ExtractConfig(workers=config.workers, progress=progress),
+                     region_config(config.region_source), source=source)
 
 
 def align_stage(features, out, align=None, train=None, init=None, relations: bool = True) -> dict:
@@ -316,15 +370,29 @@ def caption_eval_stage(features, heads, decoder, out, rl=None, ppo=None, gate=No
         write_captions(out / "captions" / f"{name}.jsonl", test.image_ids.tolist(), caps, methods.g[name].tolist())
     results["fixed_best"]["g"] = methods.info["fixed_best_g"]
     metrics = {"split": "test", "n_images": len(test), "vocabulary": vocabulary, "cider_scale": "raw (not x100)",
-               "methods": results, "oracle": methods.info["oracle"], "info": methods.info, **(extra or {}),
+               "methods": results, "oracle": methods.info["oracle"], "info": methods.info,
+               "baselines": caption_baselines(store, test, test_images, vocabulary), **(extra or {}),
                "time_s": time.perf_counter() - t0}
     write_json(out / CAPTION_METRICS, metrics)
     return metrics
 
 
-def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) -> dict:
+def caption_baselines(store, test, test_images, vocabulary: str) -> dict:
+    """The captioning rows without a decoder (:mod:`dsanchor.captioning.baselines`): the nearest-neighbour caption
+    (Devlin et al. 2015) and the human leave-one-out references, scored as the methods are."""
+    from dsanchor.captioning.baselines import human_leave_one_out, nearest_neighbour_captions
+    from dsanchor.captioning.evaluate import caption_metrics
+
+    nn = nearest_neighbour_captions(store.images("train"), store.texts("train"), test_images)
+    keys = ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s", "CHAIR_images")
+    row = caption_metrics([{"nn": c} for c in nn], test, vocabulary)
+    return {"nearest_neighbour": {k: row[k] for k in keys if k in row},
+            "human_leave_one_out": human_leave_one_out(test, vocabulary)}
+
+
+def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int, detector: bool = True) -> dict:
     """The captioning of one seed of ``dsanchor run``: :func:`caption_train_stage` into ``out/decoder``, then
-    :func:`caption_eval_stage` with the seed's heads and detector; ``config`` is a
+    :func:`caption_eval_stage` with the seed's heads and (with ``detector``) its detector; ``config`` is a
     :class:`~dsanchor.run.RunConfig` (its caption budget)."""
     from dsanchor.captioning import CaptionGateConfig, CaptionTrainConfig
     from dsanchor.rl.ppo import PPOConfig
@@ -335,7 +403,8 @@ def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int) 
     steps = config.caption_ppo_timesteps
     ppo = PPOConfig(timesteps=steps, seed=seed, checkpoint_every=max(steps // 4, 1024))
     return caption_eval_stage(features, seed_dir / "heads", out / "decoder", out, ppo=ppo,
-                              gate=CaptionGateConfig(seed=seed), hall_detector=seed_dir / "detector",
+                              gate=CaptionGateConfig(seed=seed),
+                              hall_detector=seed_dir / "detector" if detector else None,
                               extra={"decoder": info})
 
 
@@ -392,6 +461,10 @@ def eval_stage(features, heads, out, controller=None, captioning=None, hall_dete
 
         save_wins(out / WINS_FILE, hard)
         results["hard_negatives"] = {k: v for k, v in hard.items() if k != "_wins"}
+    labels = store.manifest.get("source", {}).get("objects")
+    results["object_labels"] = labels or ("annotations" if any(store.images(split).objects) else "none")
+    if store.timing.get("image_ms_per_item"):
+        results["extract_images_per_s"] = 1000.0 / store.timing["image_ms_per_item"]
     if caps:
         results["captioning"] = {k: v for k, v in caps.items() if k != "methods"}
     save_resolved(out, eval=cfg, state=state, gate=gate, features=str(features), heads=str(heads),

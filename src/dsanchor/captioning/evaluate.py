@@ -206,7 +206,7 @@ def caption_metrics(captions: Sequence[Mapping[str, str]], split: CaptionSplit, 
     gt = chair_ground_truth(split.objects, split.references, vocabulary)
     judged_rows = [k for k, (n, _, _) in enumerate(flat) if gt[n] is not None]
     judged: list[CaptionChair | None] = [None] * len(flat)
-    rates = {"CHAIR_i": float("nan"), "CHAIR_s": float("nan")}
+    rates: dict[str, float] = {}  # no image judged (no object labels): no CHAIR, rather than a number
     if judged_rows:
         ch = chair({keys[k]: flat[k][2] for k in judged_rows}, {keys[k]: gt[flat[k][0]] for k in judged_rows},
                    vocabulary=vocabulary)

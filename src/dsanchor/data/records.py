@@ -15,7 +15,7 @@ class ObjectAnnotation:
     """One annotated object."""
 
     name: str  # canonical name, e.g. "red cube" (synth) or "dog" (COCO)
-    box: tuple[float, float, float, float]  # x, y, w, h in pixels
+    box: tuple[float, float, float, float] | None  # x, y, w, h in pixels; None: known from captions, not located
     attributes: tuple[str, ...] = ()  # e.g. ("large", "metal")
 
 

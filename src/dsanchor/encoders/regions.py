@@ -57,6 +57,8 @@ class RegionConfig:
         "help": "share of border pixels near their median colour for the background to count as uniform"})
     min_component_area: float = field(default=0.002, metadata={
         "help": "smallest component kept, as a fraction of the image area"})
+    max_components: int = field(default=0, metadata={
+        "help": "fallback: at most this many components (largest first) before the grid; 0: no limit"})
     proposal_size: int = field(default=128, metadata={
         "help": "longest side of the downsampled copy that components are found on"})
     annotations: bool = field(default=True, metadata={
@@ -80,6 +82,8 @@ class RegionConfig:
     def __post_init__(self) -> None:
         if self.max_regions < 1:
             raise ValueError(f"max_regions must be >= 1, got {self.max_regions}")
+        if self.max_components < 0:
+            raise ValueError(f"max_components must be >= 0, got {self.max_components}")
         if not self.grid_scales or min(self.grid_scales) < 1:
             raise ValueError(f"grid_scales must be positive integers, got {self.grid_scales}")
         for name in ("detector_threshold", "detector_iou"):
@@ -100,6 +104,8 @@ def region_record(config: RegionConfig) -> dict:
     d = config_to_dict(config)
     if d.get("annotations", True):
         d.pop("annotations", None)
+    if not d.get("max_components"):  # added later, like annotations: absent at its default
+        d.pop("max_components", None)
     if not d.get("detector"):
         for k in [k for k in d if k.startswith("detector")]:
             d.pop(k)
@@ -115,6 +121,8 @@ def annotation_boxes(objects: Sequence[ObjectAnnotation], width: float, height: 
     """
     kept: list[tuple[float, float, float, float]] = []
     for obj in objects:
+        if obj.box is None:  # a label without a place (dsanchor.data.caption_objects)
+            continue
         x, y, w, h = (float(v) for v in obj.box)
         x0, y0 = min(max(x, 0.0), width), min(max(y, 0.0), height)
         x1, y1 = min(max(x + w, 0.0), width), min(max(y + h, 0.0), height)
@@ -178,7 +186,7 @@ def propose_boxes(image: Image.Image, config: RegionConfig) -> torch.Tensor:
     """
     parts = []
     if config.components:
-        parts.append(component_boxes(image, config))
+        parts.append(component_boxes(image, config)[: config.max_components or None])
     parts.append(grid_boxes(*image.size, config.grid_scales))
     return torch.cat(parts)[: config.max_regions]
 

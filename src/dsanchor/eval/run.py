@@ -127,7 +127,8 @@ def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalC
     val = prepare_view(heads, store.images("val"), store.texts("val"), state, encode, single)
     test = prepare_view(heads, store.images(split), store.texts(split), state, encode, single)
     vocabulary = guess_vocabulary(test.images)
-    hall = hallucination_matrices(test.texts, test.images, vocabulary)
+    # without object labels every named object would count as hallucinated: the rates are left out
+    hall = hallucination_matrices(test.texts, test.images, vocabulary) if any(test.images.objects) else None
     g_best, val_curve = select_fixed_g(val, config)
     gate_cfg = ControllerConfig(state_dim=val.states_t2i.shape[1], codebook=state.codebook, text_dim=val.text_dim)
     gate_ctrl, gate_info = train_gate(val, gate_cfg, gate or GateConfig())
@@ -154,7 +155,8 @@ def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalC
     methods = {}
     for name, g in gs.items():
         row = retrieval_metrics(test, g, config.ks)
-        row.update(hallucination_rates(test, g, hall))
+        if hall is not None:
+            row.update(hallucination_rates(test, g, hall))
         if ms.get(name) is not None:
             row["ms_per_query"] = ms[name]
         methods[name] = row

@@ -203,7 +203,8 @@ def regions_note(regions, test_images) -> str:
     from dsanchor.domain import region_source
 
     used = region_source(regions, test_images)
-    new = f"the boxes of the detector {regions.detector}" if regions.detector else "class-agnostic proposals"
+    new = (f"the boxes of the detector {regions.detector}" if regions.detector else
+           "the same grid cells" if not regions.components else "class-agnostic proposals")
     text = (f"Regions: the heads were trained and every number here measured on **{used}** (V_fine pools "
             f"them). A new image without annotations (`dsanchor search --image`, `dsanchor caption`, an upload "
             f"on the page, `dsanchor index` of a folder) gets {new}.")
@@ -211,7 +212,7 @@ def regions_note(regions, test_images) -> str:
         return text + (" So the image→text numbers below are measured on other boxes than new files get and "
                        "overstate what a new file gets; run with `--region-source proposals` to train and "
                        "measure on what new files get.")
-    if used == "proposals" or used.startswith("detector"):
+    if used in ("proposals", "grid cells") or used.startswith("detector"):
         return text + " These numbers are measured on the boxes new files get."
     return text
 
@@ -262,9 +263,48 @@ def _caption_granularity_lines(results: dict) -> list[str]:
             "an object in a negated statement (\"there are no cubes\") as a mention.", "", *lines, ""]
 
 
+def _objects_note(results: dict) -> str:
+    """Where the objects of the hallucination numbers come from (``results["object_labels"]``)."""
+    labels = results.get("object_labels", "annotations")
+    if labels == "none":
+        return ("Object labels: **none** (the dataset has no object annotations and its captions name fewer than "
+                "two COCO objects), so there is no hallucination detector and no hallucination number ('–').")
+    if labels.startswith("captions"):
+        return ("Object labels: the dataset has no object annotations, so an image's objects are the COCO "
+                "categories its reference captions name (CHAIR's synonym table, Rohrbach et al. 2018). The "
+                "hallucination detector is trained on these labels, and the hallucination rates, CHAIR and POPE "
+                "are measured against them: an object that no reference caption names counts as absent.")
+    return ""
+
+
+def _baseline_lines(results: dict) -> list[str]:
+    """Captioning rows without a decoder (``results["captioning"]["baselines"]``), beside the methods."""
+    base = results.get("captioning", {}).get("baselines")
+    if not base:
+        return []
+    def f(v) -> str:
+        return "–" if v is None else f"{v:.3f}"
+
+    lines = ["| baseline | BLEU-4 | CIDEr (raw) | CHAIR_i | CHAIR_s |", "|---|---|---|---|---|"]
+    labels = {"nearest_neighbour": "nearest neighbour (a training image's caption, coarse view; Devlin et al. "
+                                   "2015)", "human_leave_one_out": "human (each reference vs the other references)"}
+    for name, label in labels.items():
+        if name in base:
+            r = base[name]
+            lines.append(f"| {label} | " + " | ".join(f(r.get(k)) for k in ("BLEU-4", "CIDEr", "CHAIR_i", "CHAIR_s"))
+                         + " |")
+    return ["Baselines without a decoder, scored the same way. The human row scores each reference against the "
+            "other references (one fewer than the methods get) and judges its CHAIR against the objects those "
+            "name: the floor of CHAIR with these labels.", "", *lines, ""]
+
+
 def _chair_note(results: dict) -> str:
     cap = results.get("captioning", {})
     vocabulary = cap.get("vocabulary", "synth")
+    if vocabulary == "coco" and results.get("object_labels", "").startswith("captions"):
+        return ("CHAIR_i / CHAIR_s use the COCO vocabulary and synonyms of Rohrbach et al. (2018); an image's "
+                "ground truth is the objects its reference captions name (no instance annotations), and images "
+                "whose captions name none are not judged.")
     if vocabulary == "coco":
         judged = next((r["CHAIR_images"] for r in results["methods"].values() if "CHAIR_images" in r), None)
         return ("CHAIR_i / CHAIR_s use the COCO vocabulary and synonyms of Rohrbach et al. (2018); an image's "
@@ -316,6 +356,7 @@ def write_report(out: Path, results: dict, config) -> Path:
         "## Retrieval (Table 1)", "",
         _protocol_note(results), "",
         _regions(out), "",
+        *([_objects_note(results), ""] if _objects_note(results) else []),
         "Recalls are fractions in [0, 1]; MeanR is the mean rank of the first true image. 'hall t2i' is the "
         "share of object-naming text queries whose top-1 image lacks a named object (coverage: the share of "
         "text queries that name an object); 'hall i2t' the share of image queries, among those whose top-1 "
@@ -330,6 +371,7 @@ def write_report(out: Path, results: dict, config) -> Path:
         lines += ["## Text→image retrieval per caption granularity", "", granularity_table(results), ""]
     lines += ["## Captioning", "", "The caption decoder over V'(g). CIDEr is CIDEr-D on its raw scale (papers "
               "often print ×100). " + _chair_note(results), "", caption_table(results), ""]
+    lines += _baseline_lines(results)
     lines += _caption_granularity_lines(results)
     if "paired" in results:
         lines += ["## Differences between methods", "",
@@ -341,6 +383,9 @@ def write_report(out: Path, results: dict, config) -> Path:
         lines += ["## Hallucination detector (POPE, test images)", "", _pope_table(results["pope"]), ""]
     lines += ["## Reading", ""] + [f"- {s}" for s in reading(results)] + [""]
     lines += ["## Training time per stage", "", _timing_table(results.get("timing_s", {})), ""]
+    if results.get("extract_images_per_s"):
+        lines += [f"Feature extraction: {results['extract_images_per_s']:.1f} images/s (encoder time per image, "
+                  f"{torch.get_num_threads()} torch threads).", ""]
     for title, name in plots:
         lines += [f"### {title}", "", f"![{title}]({name})", ""]
     path = out / "report.md"
