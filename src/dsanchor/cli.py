@@ -34,10 +34,11 @@ HELP: dict[str, str] = {
     "extract": "encode a dataset into a feature store",
     "align": "train the alignment heads (contrastive, coarse + fine scoring)",
     "hallucination": "train / evaluate the object-hallucination detector (POPE)",
-    "train": "train the granularity controller with PPO",
+    "train": "train the granularity controllers with PPO (query-only and per pair)",
     "tune": "tune the reward (beta/alpha, clip bounds) with Optuna (GPSampler)",
     "caption": "caption decoder over V': train, generate, evaluate methods",
-    "eval": "evaluate coarse, fine, fixed_best, gate_grad, dsa_ppo and the oracle",
+    "eval": "evaluate coarse, fine, fixed_best, gate_grad, dsa_ppo, gate_pair, dsa_pair and the oracle, and the "
+            "compositional hard negatives",
     "hardneg": "compositional hard negatives: make them, score a pipeline",
     "metrics": "score caption files: CHAIR, BLEU, CIDEr",
     "mllm": "run DSA inside a Hugging Face multimodal LLM",
