@@ -121,6 +121,28 @@ def test_sugarcrepe_layout_round_trips(synth, tmp_path):
                                                                            for i in items)
 
 
+def test_sugarcrepe_files_written_elsewhere(tmp_path):
+    """Files with SugarCrepe's keys only: one image id per image file across the types; a broken item is a
+    one-line error naming the file."""
+    from dsanchor.errors import DataError
+
+    (tmp_path / "swap_att.json").write_text(json.dumps({
+        "0": {"filename": "a.png", "caption": "A red cube and a blue ball.",
+              "negative_caption": "A blue cube and a red ball."},
+        "1": {"filename": "b.png", "caption": "A big cube and a small ball.",
+              "negative_caption": "A small cube and a big ball."}}))
+    (tmp_path / "swap_rel.json").write_text(json.dumps({
+        "0": {"filename": "b.png", "caption": "The ball is to the left of the cube.",
+              "negative_caption": "The cube is to the left of the ball."}}))
+    items = read_sugarcrepe(tmp_path)
+    ids = {(i.type, i.image_path): i.image_id for i in items}
+    assert ids[("swap-att", "b.png")] == ids[("swap-rel", "b.png")]
+    assert ids[("swap-att", "a.png")] != ids[("swap-att", "b.png")]
+    (tmp_path / "swap_rel.json").write_text(json.dumps({"0": {"filename": "b.png", "caption": "x"}}))
+    with pytest.raises(DataError, match="swap_rel.json.*negative_caption"):
+        read_sugarcrepe(tmp_path)
+
+
 def test_cli_make_and_score(synth, pipe, tmp_path, capsys):
     out = tmp_path / "items"
     assert main(["hardneg", "make", "--data", str(synth), "--format", "synth", "--out", str(out), "--seed", "1"]) == 0

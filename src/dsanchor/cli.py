@@ -42,7 +42,7 @@ HELP: dict[str, str] = {
     "hardneg": "compositional hard negatives: make them, score a pipeline",
     "metrics": "score caption files: CHAIR, BLEU, CIDEr",
     "mllm": "run DSA inside a Hugging Face multimodal LLM",
-    "demo": "run the whole pipeline on synthetic data (about 3 minutes on 2 idle cores)",
+    "demo": "run the whole pipeline on synthetic data (about 4 minutes on 2 idle cores)",
     "run": "extraction, heads, detector, tuning, PPO, captioning, eval and the report on a dataset on disk",
     "index": "index a folder of images (or a dataset) for `dsanchor search`",
     "search": "search an index by text (or rank its captions for an image)",

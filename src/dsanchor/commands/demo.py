@@ -10,7 +10,7 @@ def add_parser(sub) -> None:
     from dsanchor.commands._common import add_overwrite
     from dsanchor.demo import DemoConfig, MLLMDemoConfig
 
-    p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 3 minutes on 2 idle cores)")
+    p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 4 minutes on 2 idle cores)")
     p.add_argument("--out", default=None, help="output directory (rerun to reuse finished stages; default "
                                                "runs/demo, with --mllm runs/demo_mllm)")
     p.add_argument("--mllm", action="store_true", help="the MLLM part instead: build a small LLaVA, grid cache, "

@@ -273,14 +273,26 @@ def write_sugarcrepe(items: Sequence[HardNegative], out: str | Path) -> dict[str
 
 def read_sugarcrepe(folder: str | Path) -> list[HardNegative]:
     """Items from :func:`write_sugarcrepe`'s files (SugarCrepe's own files too: image ids then count from 0)."""
+    from dsanchor.errors import DataError
+
     folder = Path(folder)
-    items = []
+    items: list[HardNegative] = []
+    ids: dict[str, int] = {}  # files without image ids: one id per image file, across the types
     for kind in HARD_NEGATIVE_TYPES:
         path = folder / f"{kind.replace('-', '_')}.json"
         if not path.is_file():
             continue
-        for k, row in read_json(path).items():
-            items.append(HardNegative(kind, int(row.get("image_id", k)), row["filename"], row["caption"],
-                                      row["negative_caption"], row.get("facts", []), row.get("negative_facts", [])))
+        rows = read_json(path)
+        if not isinstance(rows, dict):
+            raise DataError(path, "expected SugarCrepe's layout: an object of items keyed by number")
+        for k, row in rows.items():
+            missing = [f for f in ("filename", "caption", "negative_caption") if not isinstance(row, dict)
+                       or not isinstance(row.get(f), str)]
+            if missing:
+                raise DataError(path, f"item {k!r} has no {missing[0]!r} (SugarCrepe's items have filename, "
+                                      "caption and negative_caption)")
+            image_id = row["image_id"] if "image_id" in row else ids.setdefault(row["filename"], len(ids))
+            items.append(HardNegative(kind, int(image_id), row["filename"], row["caption"], row["negative_caption"],
+                                      row.get("facts", []), row.get("negative_facts", [])))
     return items
 
