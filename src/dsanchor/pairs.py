@@ -42,11 +42,14 @@ import numpy as np
 import torch
 from torch import nn
 
+from dsanchor.align.loss import multi_positive_infonce
 from dsanchor.checkpoint import PretrainedMixin
 from dsanchor.controller import spherical_kmeans
 from dsanchor.errors import ConfigError
+from dsanchor.gate import GateConfig
 from dsanchor.relations import Compositions
 from dsanchor.retrieval import PairTerms, anchored_scores
+from dsanchor.rl.env import QueryPoolEnv, clipped_reward
 
 __all__ = ["PAIR_FEATURES", "PairControllerConfig", "PairController", "PairStates", "pair_states", "pair_g",
            "pair_scores", "PairGateConfig", "train_pair_gate", "PairPPOConfig", "train_pair_ppo", "PairEnv",
@@ -202,18 +205,11 @@ def pair_scores(terms: PairTerms, controller: PairController, states: PairStates
 # ---- gradient gate ------------------------------------------------------------------------------------------
 
 @dataclass
-class PairGateConfig:
+class PairGateConfig(GateConfig):
+    """The query-only gate's settings (:class:`dsanchor.gate.GateConfig`), on minibatches of text queries."""
+
     steps: int = field(default=300, metadata={"help": "gradient steps of the per-pair gate"})
     batch_queries: int = field(default=256, metadata={"help": "text queries per step"})
-    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
-    seed: int = field(default=0, metadata={"help": "random seed"})
-
-
-def _nce(logits: torch.Tensor, pos: torch.Tensor) -> torch.Tensor:
-    lse_pos = torch.logsumexp(logits.masked_fill(~pos, float("-inf")), dim=1)
-    keep = pos.any(1)
-    return (torch.logsumexp(logits, dim=1) - lse_pos)[keep].mean()
 
 
 def train_pair_gate(terms: PairTerms, relevant: torch.Tensor, states: PairStates, logit_scale: float,
@@ -232,7 +228,7 @@ def train_pair_gate(terms: PairTerms, relevant: torch.Tensor, states: PairStates
         rows = torch.randperm(x.shape[0], generator=gen)[:train.batch_queries]
         g_pair = (torch.tanh(ctrl.mean_action(x[rows])) + 1.0) / 2.0  # a smooth stand-in for the clip in training
         g = pair_g(g_pair, states.cand[rows], terms.coarse.shape[1], config.base_g)
-        loss = _nce(logit_scale * anchored_scores(terms.index(rows), g), relevant[rows])
+        loss = multi_positive_infonce(logit_scale * anchored_scores(terms.index(rows), g), relevant[rows], "lse")
         opt.zero_grad()
         loss.backward()
         opt.step()
@@ -254,30 +250,16 @@ class PairPPOConfig:
     seed: int = field(default=0, metadata={"help": "random seed"})
 
 
-class PairEnv(gym.Env):
+class PairEnv(QueryPoolEnv):
     """One-step episodes: a text query's top-M pair states in, one g per candidate out (Box(-1, 1), rescaled to
     [0, 1] here), reward ``clip(alpha * R_acc + beta * R_hall)`` of the re-ranked gallery."""
 
-    metadata = {"render_modes": []}
-
     def __init__(self, obs: np.ndarray, cand: np.ndarray, n_images: int, base_g: float, reward_model,
                  reward, seed: int = 0):
-        super().__init__()
-        from dsanchor.rl.env import clipped_reward
-
-        self._obs, self._cand, self._n, self._base = obs, cand, n_images, float(base_g)
-        self._reward_model, self._reward, self._clip = reward_model, reward, clipped_reward
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape[1:], dtype=np.float32)
+        super().__init__(obs, seed)
+        self._cand, self._n, self._base = cand, n_images, float(base_g)
+        self._reward_model, self._reward = reward_model, reward
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(cand.shape[1],), dtype=np.float32)
-        self._rng = np.random.default_rng(seed)
-        self._q = 0
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        self._q = int(self._rng.integers(len(self._obs)))
-        return self._obs[self._q], {"query": self._q}
 
     def step(self, action):
         g_pair = (np.clip(np.asarray(action, dtype=np.float64), -1.0, 1.0) + 1.0) / 2.0
@@ -285,7 +267,7 @@ class PairEnv(gym.Env):
         g[self._cand[self._q]] = g_pair
         r_acc, r_hall = self._reward_model(self._q, g)
         info = {"query": self._q, "g": float(g_pair.mean()), "r_acc": r_acc, "r_hall": r_hall}
-        return self._obs[self._q], self._clip(r_acc, r_hall, self._reward), True, False, info
+        return self._obs[self._q], clipped_reward(r_acc, r_hall, self._reward), True, False, info
 
 
 class _PairExtractor(nn.Module):

@@ -289,8 +289,8 @@ class DSAPipeline:
             return self._given(g)
         if image is not None:
             feats = self._features(image if not isinstance(image, (str, Path, Image.Image)) else [image])
-            return self._choices(coarse_raw=feats.coarse)[0]
-        return self._choices(text_raw=self.encode_texts([text]))[0]
+            return self.choices(coarse_raw=feats.coarse)[0]
+        return self.choices(text_raw=self.encode_texts([text]))[0]
 
     @staticmethod
     def _given(g: float) -> GChoice:
@@ -298,7 +298,9 @@ class DSAPipeline:
             raise ConfigError(f"g must lie in [0, 1], got {g}")
         return GChoice(float(g), "given")
 
-    def _choices(self, text_raw: torch.Tensor | None = None, coarse_raw: torch.Tensor | None = None) -> list[GChoice]:
+    def choices(self, text_raw: torch.Tensor | None = None, coarse_raw: torch.Tensor | None = None) -> list[GChoice]:
+        """The g of each of several text queries (their encoder vectors ``text_raw``) or image queries (their scene
+        vectors ``coarse_raw``): the controller's, else the fixed g."""
         from dsanchor.state import query_states
 
         d = self.encoder_spec["dims"]
@@ -368,7 +370,7 @@ class DSAPipeline:
             if g is not None:
                 raise ConfigError("per_pair chooses a g per candidate; it cannot be combined with a given g")
             return self._search_per_pair(query, raw, text, index, k, m)
-        choice = self._given(g) if g is not None else self._choices(text_raw=raw)[0]
+        choice = self._given(g) if g is not None else self.choices(text_raw=raw)[0]
         scores, idx = two_stage_search(text, index.joint, self.heads.pool_s.item(), choice.g, m=m, k=k,
                                        backend="faiss", index=index.faiss, compose=self._compose([query], index.joint))
         hits = [Hit(index.paths[int(i)], float(s), choice.g, r + 1)
@@ -447,7 +449,7 @@ class DSAPipeline:
         from dsanchor.retrieval import anchored_scores, pair_terms
 
         feats = self._features(image if not isinstance(image, (str, Path, Image.Image)) else [image])
-        choice = self._given(g) if g is not None else self._choices(coarse_raw=feats.coarse)[0]
+        choice = self._given(g) if g is not None else self.choices(coarse_raw=feats.coarse)[0]
         text = self.heads.encode_text(text_raw.float())
         joint = embed_images(self.heads, feats)
         terms = pair_terms(text, joint, self.heads.pool_s.item())  # (T, 1)
@@ -476,7 +478,7 @@ class DSAPipeline:
         if self.decoder is None:
             raise ConfigError("this pipeline has no caption decoder (train one with `dsanchor caption train`)")
         feats = self._features([images] if isinstance(images, (str, Path, Image.Image)) else images)
-        choices = [self._given(g)] * len(feats) if g is not None else self._choices(coarse_raw=feats.coarse)
+        choices = [self._given(g)] * len(feats) if g is not None else self.choices(coarse_raw=feats.coarse)
         joint = embed_images(self.heads, feats)
         pair = build_token_pair(joint.coarse, joint.regions, feats.boxes, joint.mask, self.decoder.positions)
         gs = torch.tensor([c.g for c in choices])

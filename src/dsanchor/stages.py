@@ -148,7 +148,7 @@ def fit_heads_relations(heads, store) -> dict:
     from dsanchor.state import StateConfig
 
     val = prepare_view(heads, store.images("val"), store.texts("val"), StateConfig(codebook=0),
-                       encode_texts=store.encode_texts, relation=RelationConfig())
+                       encode_texts=store.encode_texts, relation=RelationConfig(), parse=True)
     chosen, info = fit_relations(val, EvalConfig())
     heads.config.relation_mix, heads.config.relation_weight = chosen.mix, chosen.weight
     log.info("compositional scorer fit on val: mix %.2f, relation weight %.2f", chosen.mix, chosen.weight)

@@ -63,7 +63,7 @@ def score_hard_negatives(pipe, items: Sequence[HardNegative], root: str | Path,
                                                         for k in ("coarse", "regions", "boxes", "mask")),
                            [[] for _ in paths], [None] * len(paths))
     col = {p: k for k, p in enumerate(paths)}
-    image_g = pipe._choices(coarse_raw=images.coarse) if pipe.controller is not None else None
+    image_g = pipe.choices(coarse_raw=images.coarse) if pipe.controller is not None else None
     g_i2t, pairs = {}, {}
     for name, g in methods.items():
         if name == "dsa_pair":
@@ -187,7 +187,6 @@ def store_hard_negatives(store, heads, test, methods: dict, pair_controllers: di
         test: the :class:`~dsanchor.eval.views.SplitView` of the test split. methods: method -> MethodG.
     """
     from dsanchor.data.hardneg import HardNegConfig, scene_hard_negatives
-    from dsanchor.relations import RelationConfig
 
     scenes = test.images.scenes
     if scenes is None or any(s is None for s in scenes):
@@ -198,11 +197,9 @@ def store_hard_negatives(store, heads, test, methods: dict, pair_controllers: di
     if not items:
         return None
     col = {int(i): k for k, i in enumerate(test.images.image_ids.tolist())}
-    parse = store.encode_texts if test.compositions is not None else None
     g_i2t = {name: g.i2t for name, g in methods.items() if name != "oracle"}
-    wins, g_label = gallery_wins(heads, test.images, items, [col[i.image_id] for i in items],
-                                 parse or store.encode_texts, test.state, g_i2t, pair_controllers,
-                                 relation=test.relation if parse is not None else RelationConfig())
+    wins, g_label = gallery_wins(heads, test.images, items, [col[i.image_id] for i in items], store.encode_texts,
+                                 test.state, g_i2t, pair_controllers, relation=test.relation)
     out = accuracy_by_type(wins, items, g_label, config.n_boot)
     out["config"] = {"types": list(cfg.types), "per_image": cfg.per_image, "seed": cfg.seed}
     out["_wins"] = {"types": [i.type for i in items], "images": [i.image_id for i in items], "g": g_label,

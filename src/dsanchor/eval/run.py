@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from dataclasses import dataclass, field
@@ -54,20 +55,22 @@ class RetrievalEval:
     extra: dict = field(default_factory=dict)  # gate training info, vocabulary, ...
 
 
+def _ms_per_query(fn, repeats: int, queries: int) -> float:
+    """The best of ``repeats`` runs of ``fn`` (which scores ``queries`` text queries), in ms per query."""
+    times = []
+    for _ in range(repeats):
+        t0 = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - t0)
+    return 1000.0 * min(times) / max(queries, 1)
+
+
 @torch.no_grad()
 def timing_per_query(view: SplitView, heads: AlignmentHeads, controller: GranularityController | None,
                      state: StateConfig, repeats: int = 3) -> dict[str, float]:
     """Milliseconds per text query to score the whole test gallery, for each kind of method."""
     s = heads.pool_s.item()
-    q = len(view.texts)
-
-    def best_of(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1000.0 * min(times) / max(q, 1)
+    best_of = functools.partial(_ms_per_query, repeats=repeats, queries=len(view.texts))
 
     coarse = best_of(lambda: view.text @ view.joint.coarse.T)
     terms = best_of(lambda: anchored_scores(pair_terms(view.text, view.joint, s), 0.5))
@@ -87,15 +90,7 @@ def timing_per_query(view: SplitView, heads: AlignmentHeads, controller: Granula
 def pair_timing(view: SplitView, controller: PairController, repeats: int = 3) -> dict[str, float]:
     """Milliseconds per text query of the per-pair controller: its state (top-M of the first stage and the pair
     features) and its network, and the whole query scored with it (``pair_dsa``)."""
-    q = max(len(view.texts), 1)
-
-    def best_of(fn) -> float:
-        times = []
-        for _ in range(repeats):
-            t0 = time.perf_counter()
-            fn()
-            times.append(time.perf_counter() - t0)
-        return 1000.0 * min(times) / q
+    best_of = functools.partial(_ms_per_query, repeats=repeats, queries=len(view.texts))
 
     states = pair_method_states(view, controller.config)
     st = best_of(lambda: pair_method_states(view, controller.config))
@@ -122,10 +117,9 @@ def evaluate_retrieval(store: FeatureStore, heads: AlignmentHeads, config: EvalC
 
     ``pair_controller`` (PPO, :mod:`dsanchor.pairs`) adds ``dsa_pair``; ``gate_pair``, the same network trained by
     gradient descent on val, is always added (with ``pair_gate``'s settings)."""
-    encode = store.encode_texts if config.relations else None
     single = None if config.relations else RelationConfig()  # the ablation: every caption by the single pool
-    val = prepare_view(heads, store.images("val"), store.texts("val"), state, encode, single)
-    test = prepare_view(heads, store.images(split), store.texts(split), state, encode, single)
+    val = prepare_view(heads, store.images("val"), store.texts("val"), state, store.encode_texts, single)
+    test = prepare_view(heads, store.images(split), store.texts(split), state, store.encode_texts, single)
     vocabulary = guess_vocabulary(test.images)
     # without object labels every named object would count as hallucinated: the rates are left out
     hall = hallucination_matrices(test.texts, test.images, vocabulary) if any(test.images.objects) else None

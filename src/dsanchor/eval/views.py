@@ -61,25 +61,26 @@ class SplitView:
 @torch.no_grad()
 def prepare_view(heads: AlignmentHeads, images: ImageFeatures, texts: TextFeatures, state: StateConfig,
                  encode_texts: Callable[[list[str]], torch.Tensor] | None = None,
-                 relation: RelationConfig | None = None) -> SplitView:
+                 relation: RelationConfig | None = None, parse: bool = False) -> SplitView:
     """Project a split and score every (caption, image) pair once.
 
     Args:
         encode_texts: the store's text encoder (:meth:`~dsanchor.features.store.FeatureStore.encode_texts`), to
             embed the object phrases of multi-phrase captions (:mod:`dsanchor.relations`). Without it every
-            caption is scored by the single pool, whatever the heads' relation config. Captions are parsed only
-            when the scorer mixes the compositional term in, or when ``relation`` is given (to fit one).
+            caption is scored by the single pool, whatever the heads' relation config.
         relation: the compositional scorer; defaults to the heads' own (:attr:`AlignmentHeads.relation_config`).
+        parse: parse the captions even when the scorer leaves them out (mix 0), so that :func:`with_relations`
+            can try other scorers on this view (fitting one); otherwise they are parsed only when it mixes them in.
     """
     heads.eval()
     joint = embed_images(heads, images).precompute()  # the gallery is scored by every query
     text = heads.encode_text(texts.embeddings.float())
     s = heads.pool_s.item()
     single = pair_terms(text, joint, s)
-    comp = None
-    if encode_texts is not None and (relation is not None or heads.relation_config.mix > 0):
-        comp = compositions(texts.captions).embed(lambda ps: heads.encode_text(encode_texts(ps).float()))
     relation = relation if relation is not None else heads.relation_config
+    comp = None
+    if encode_texts is not None and (parse or relation.mix > 0):
+        comp = compositions(texts.captions).embed(lambda ps: heads.encode_text(encode_texts(ps).float()))
     terms = _composed(single, comp, joint, s, relation)
     if state.state_kind == "query":
         states_t2i, states_i2t = query_states(texts.embeddings, images.coarse)
@@ -117,7 +118,7 @@ def with_relations(view: SplitView, relation: RelationConfig) -> SplitView:
     """The same view scored with another compositional scorer (the query states are the text's own, unchanged
     for the query state; a summary state is rebuilt)."""
     if view.compositions is None:
-        raise ValueError("this view was prepared without a text encoder, so its captions were not parsed")
+        raise ValueError("this view's captions were not parsed (prepare it with a text encoder and parse=True)")
     terms = _composed(view.single_terms, view.compositions, view.joint, view.pool_s, relation)
     out = dataclasses.replace(view, terms=terms, relation=relation)
     if view.state.state_kind != "query":

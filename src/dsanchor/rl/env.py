@@ -18,7 +18,7 @@ import gymnasium as gym
 import numpy as np
 import torch
 
-__all__ = ["RewardConfig", "RewardModel", "GranularityEnv", "action_to_g", "clipped_reward"]
+__all__ = ["RewardConfig", "RewardModel", "QueryPoolEnv", "GranularityEnv", "action_to_g", "clipped_reward"]
 
 
 @dataclass
@@ -46,7 +46,28 @@ def clipped_reward(r_acc: float, r_hall: float, config: RewardConfig) -> float:
     return float(np.clip(config.alpha * r_acc + config.beta * r_hall, config.clip_low, config.clip_high))
 
 
-class GranularityEnv(gym.Env):
+class QueryPoolEnv(gym.Env):
+    """One-step episodes over a fixed pool of queries: each reset draws one query and shows its observation
+    (``obs[q]``); subclasses define the action and :meth:`step`."""
+
+    metadata = {"render_modes": []}
+
+    def __init__(self, obs: np.ndarray, seed: int = 0):
+        super().__init__()
+        self._obs = obs  # (Q, ...) float32
+        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=obs.shape[1:], dtype=np.float32)
+        self._rng = np.random.default_rng(seed)
+        self._q = 0
+
+    def reset(self, *, seed: int | None = None, options: dict | None = None):
+        super().reset(seed=seed)
+        if seed is not None:
+            self._rng = np.random.default_rng(seed)
+        self._q = int(self._rng.integers(len(self._obs)))
+        return self._obs[self._q], {"query": self._q}
+
+
+class GranularityEnv(QueryPoolEnv):
     """One-step episodes over a fixed pool of queries.
 
     Args:
@@ -57,28 +78,15 @@ class GranularityEnv(gym.Env):
         seed: seeds the query draws (``reset(seed=...)`` reseeds).
     """
 
-    metadata = {"render_modes": []}
-
     def __init__(self, states: torch.Tensor, reward_model: RewardModel, reward: RewardConfig,
                  mean: torch.Tensor | None = None, std: torch.Tensor | None = None, seed: int = 0):
-        super().__init__()
         s = states.float()
         mean = s.mean(0) if mean is None else mean
         std = s.std(0) if std is None else std
-        self._obs = ((s - mean) / std.clamp_min(1e-6)).numpy().astype(np.float32)  # (Q, S)
+        super().__init__(((s - mean) / std.clamp_min(1e-6)).numpy().astype(np.float32), seed)  # (Q, S)
         self.reward_model = reward_model
         self.reward_config = reward
-        self.observation_space = gym.spaces.Box(-np.inf, np.inf, shape=(s.shape[1],), dtype=np.float32)
         self.action_space = gym.spaces.Box(-1.0, 1.0, shape=(1,), dtype=np.float32)
-        self._rng = np.random.default_rng(seed)
-        self._q = 0
-
-    def reset(self, *, seed: int | None = None, options: dict | None = None):
-        super().reset(seed=seed)
-        if seed is not None:
-            self._rng = np.random.default_rng(seed)
-        self._q = int(self._rng.integers(len(self._obs)))
-        return self._obs[self._q], {"query": self._q}
 
     def step(self, action):
         g = action_to_g(action)
