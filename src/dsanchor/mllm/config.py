@@ -70,6 +70,9 @@ class MLLMConfig:
     split_seed: int = field(default=0, metadata={"help": "seed of the 60/20/20 split when the data has none"})
     limit: int | None = field(default=None, metadata={"help": "use at most this many images of each split"})
     prompt: str | None = field(default=None, metadata={"help": "caption prompt; unset: a default per model type"})
+    questions: str | None = field(default=None, metadata={
+        "help": "questions file (`dsanchor data questions`): learn and measure on its questions and caption prompts "
+                "about each split's images instead of one caption per image"})
     coarse_layer: int = field(default=1, metadata={"help": "vision hidden-state index that gives V_coarse"})
     adapter: str | None = field(default=None, metadata={"help": "seam adapter from `dsanchor mllm adapt`"})
     hall_detector: str | None = field(default=None, metadata={
@@ -113,7 +116,8 @@ class MLLMConfig:
         return Path(self.data) if Path(self.data).is_dir() else Path(self.data).parent
 
     def cache_dir(self, split: str) -> Path:
-        return Path(self.cache or Path(self.out) / "grid") / split
+        """The grid cache of ``split``: ``CACHE/split``, or ``CACHE/split-items`` with ``--questions``."""
+        return Path(self.cache or Path(self.out) / "grid") / (f"{split}-items" if self.questions else split)
 
 
 @dataclass
@@ -124,12 +128,13 @@ class GridConfig:
     chunk_size: int = field(default=16, metadata={"help": "images per cache file (the unit of resume and sharding)"})
     batch_size: int = field(default=8, metadata={"help": "images per generate call"})
     max_new_tokens: int = field(default=30, metadata={"help": "tokens generated per caption"})
+    answer_tokens: int = field(default=5, metadata={"help": "tokens generated per short answer (--questions)"})
 
     def __post_init__(self) -> None:
         if self.grid < 2:
             raise ConfigError(f"--grid must be >= 2 (g = 0 and g = 1 at least); got {self.grid}")
-        if min(self.chunk_size, self.batch_size, self.max_new_tokens) < 1:
-            raise ConfigError("--chunk-size, --batch-size and --max-new-tokens must be >= 1")
+        if min(self.chunk_size, self.batch_size, self.max_new_tokens, self.answer_tokens) < 1:
+            raise ConfigError("--chunk-size, --batch-size, --max-new-tokens and --answer-tokens must be >= 1")
 
 
 @dataclass
@@ -279,6 +284,8 @@ class AnswerConfig:
     adapter: str | None = field(default=None, metadata={"help": "seam adapter from `dsanchor mllm adapt`"})
     batch_size: int = field(default=8, metadata={"help": "questions per generate call"})
     max_new_tokens: int = field(default=5, metadata={"help": "tokens generated per answer"})
+    caption_tokens: int = field(default=30, metadata={"help": "tokens generated per caption prompt (rows with "
+                                                              "references)"})
     limit: int | None = field(default=None, metadata={"help": "answer at most this many questions"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's), float32, float16 or bfloat16"})

@@ -47,6 +47,12 @@ class GridRewards:
     judged: np.ndarray  # (N,) bool: CHAIR's ground truth judged the image
     n_unjudged: int  # images without annotated objects
     n_detector: int  # of those, how many the hallucination detector scored
+    accuracy_name: str = "cider"  # what R_acc is (items: "accuracy", :class:`dsanchor.mllm.items.ItemRewards`)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """R_acc of every cached caption: its CIDEr-D."""
+        return self.cider
 
 
 class DetectorShares:
@@ -200,6 +206,7 @@ def split_cache(cfg: MLLMConfig, data: MLLMData, split: str, grid: GridConfig, r
     return load_grid_cache(out)
 
 
-def reward_model(cache: GridCache, rewards: GridRewards) -> GridRewardModel:
-    """The PPO reward of a cache: its rewards interpolated between its grid points."""
-    return GridRewardModel(cache.grid, rewards.cider, rewards.hallucination)
+def reward_model(cache: GridCache, rewards) -> GridRewardModel:
+    """The PPO reward of a cache: its reward terms (:class:`GridRewards` or
+    :class:`~dsanchor.mllm.items.ItemRewards`) interpolated between its grid points."""
+    return GridRewardModel(cache.grid, rewards.accuracy, rewards.hallucination)
