@@ -30,7 +30,7 @@ from dsanchor.rl.ppo import PPOConfig
 from dsanchor.rl.tune import TuneConfig, read_best
 
 __all__ = ["MLLMConfig", "GridConfig", "CaptionConfig", "MLLMTrainConfig", "MLLMEvalConfig", "AdaptConfig",
-           "BuildConfig", "AnswerConfig", "MLLM_REWARD_DEFAULTS", "MLLM_PPO_DEFAULTS", "MLLM_TUNE_DEFAULTS",
+           "BuildConfig", "AnswerConfig", "RouterConfig", "MLLM_REWARD_DEFAULTS", "MLLM_PPO_DEFAULTS", "MLLM_TUNE_DEFAULTS",
            "CHAIR_VOCABULARY",
            "mllm_reward", "mllm_ppo", "mllm_tune"]
 
@@ -174,11 +174,31 @@ class MLLMTrainConfig:
 
 
 @dataclass
+class RouterConfig:
+    """``router_loss`` (``mllm train --questions``): AVG-LLaVA's supervised router on the answer losses."""
+
+    steps: int = field(default=300, metadata={"help": "full-batch Adam steps"})
+    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate"})
+    weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
+    margin: float = field(default=0.1, metadata={"help": "margin of the ranking loss (on probabilities)"})
+    rank_weight: float = field(default=1.0, metadata={"help": "weight of the ranking loss beside the cross-entropy"})
+    hidden: int = field(default=64, metadata={"help": "width of each hidden layer"})
+    layers: int = field(default=2, metadata={"help": "hidden layers"})
+    seed: int = field(default=0, metadata={"help": "seed of the init"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.hidden < 1 or self.layers < 1:
+            raise ConfigError("--router-steps, --router-hidden and --router-layers must be >= 1")
+
+
+@dataclass
 class MLLMEvalConfig:
     """``mllm eval``: the controller to measure, POPE, retrieval and the bootstrap."""
 
     controller: str | None = field(default=None, metadata={"help": "controller from `mllm train --out` (the "
                                                                    "directory or its controller/ folder)"})
+    router: str | None = field(default=None, metadata={"help": "router_loss controller (--questions; default: the "
+                                                               "router/ folder of --controller's `mllm train --out`)"})
     pope_positives: int = field(default=3, metadata={"help": "POPE: at most this many present objects per image "
                                                              "(as many absent ones per sampling); 0 skips POPE"})
     retrieval: bool = field(default=True, metadata={"help": "R@1 / R@10 with the MLLM's own embeddings"})

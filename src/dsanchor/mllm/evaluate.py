@@ -275,6 +275,8 @@ def _measure_methods(setup: EvalSetup, ctrls: list[GranularityController],
 def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, progress: bool = True,
                   data: MLLMData | None = None) -> dict[str, Any] | None:
     """Every method and column of the module docstring; writes results.json and report.md to ``cfg.out``.
+    With ``--questions`` the evaluation is per item and question family instead
+    (:func:`dsanchor.mllm.evaluate_items.run_item_eval`).
 
     With several training seeds (``mllm train --seeds N``) ``dsa_ppo`` is measured once per seed: its numbers
     are the means with ``_std`` beside them, and its intervals resample seeds as well as images.
@@ -284,6 +286,10 @@ def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, progres
     ctrls = [GranularityController.from_pretrained(p).to(data.device) for p in resolve_controllers(ev.controller)]
     for c in ctrls:
         data.attach(c, cfg.coarse_layer).detach()  # the layout check, before any work
+    if cfg.questions:  # per item and question family (imported here: it builds on this module)
+        from dsanchor.mllm.evaluate_items import run_item_eval
+
+        return run_item_eval(cfg, grid, ev, data, progress, ctrls)
     setup, info = _setup(cfg, grid, ev, data, progress)
     if setup is None:
         return None
