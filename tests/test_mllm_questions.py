@@ -14,7 +14,7 @@ import torch
 pytest.importorskip("transformers")
 
 from dsanchor.cli import main  # noqa: E402
-from dsanchor.integrations.small_models import save_tiny_mllm, tiny_mllm  # noqa: E402
+from dsanchor.integrations.small_models import save_tiny_mllm  # noqa: E402
 
 TYPES = ("llava", "blip2", "idefics")
 TINY_PPO = ["--ppo-n-envs", "2", "--ppo-n-steps", "32", "--ppo-batch-size", "32", "--ppo-n-epochs", "1"]
@@ -149,8 +149,14 @@ def test_family_best_fixed_best_and_oracle_choose_their_g():
 @pytest.mark.parametrize("model_type", TYPES)
 def test_train_and_eval_per_family_end_to_end(world, tmp_path, model_type):
     args = _args(world, model_type, tmp_path / "cache")
+    tuned = []
+    if model_type == "llava":  # the reward search on the val items (2-fold PPO score), then train with it
+        assert main(["mllm", "tune", *args, "--out", str(tmp_path / "tune"), "--tune-trials", "2",
+                     "--tune-startup-trials", "1", "--tune-timesteps", "64", *TINY_PPO]) == 0
+        assert "accuracy" in json.loads((tmp_path / "tune" / "tune_info.json").read_text())["objective"]
+        tuned = ["--tuned", str(tmp_path / "tune")]
     assert main(["mllm", "train", *args, "--out", str(tmp_path / "ctrl"), "--ppo-timesteps", "64", *TINY_PPO,
-                 "--router-steps", "20"]) == 0
+                 "--router-steps", "20", *tuned]) == 0
     info = json.loads((tmp_path / "ctrl" / "train_info.json").read_text())
     assert info["n_train_items"] > info["n_train_images"] == 3 and len(info["train_answer_loss_by_g"]) == 3
     assert (tmp_path / "ctrl" / "router" / "controller" / "controller_config.json").is_file()

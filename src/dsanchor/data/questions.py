@@ -45,7 +45,8 @@ from dsanchor.data.records import Sample
 from dsanchor.data.scene import RELATIONS, attribute_values, clevr_vocabulary, matches
 from dsanchor.files import write_json
 
-__all__ = ["QUESTION_FAMILIES", "CAPTION_PROMPTS", "CAPTION_FAMILIES", "Question", "caption_items", "QuestionConfig", "scene_questions", "generate_questions",
+__all__ = ["QUESTION_FAMILIES", "CAPTION_PROMPTS", "CAPTION_FAMILIES", "Question", "caption_items",
+           "QuestionConfig", "scene_questions", "generate_questions",
            "write_clevr_questions", "normalize_answer"]
 
 QUESTION_FAMILIES: tuple[str, ...] = ("exist", "count", "query_color", "query_size", "query_material",

@@ -24,8 +24,8 @@ from torch import nn
 
 from dsanchor.integrations.taps import CoarseTap, SeamHandle, find_encoder_layers, replace_last_hidden_state
 
-__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "INSTRUCTION_PROMPT", "EMBED_PROMPTS",
-           "feature_dim", "attach", "prepare"]
+__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "INSTRUCTION_PROMPT",
+           "EMBED_PROMPTS", "feature_dim", "attach", "prepare"]
 
 CLASS_NAMES = ("IdeficsForVisionText2Text", "IdeficsModel")
 MODEL_CLASS = "IdeficsForVisionText2Text"

@@ -26,8 +26,8 @@ from torch import nn
 
 from dsanchor.integrations.taps import CoarseTap, SeamHandle, find_encoder_layers
 
-__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "INSTRUCTION_PROMPT", "EMBED_PROMPTS",
-           "feature_dim", "shape_like_fine", "attach", "prepare"]
+__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "INSTRUCTION_PROMPT",
+           "EMBED_PROMPTS", "feature_dim", "shape_like_fine", "attach", "prepare"]
 
 CLASS_NAMES = ("LlavaForConditionalGeneration", "LlavaModel")  # the transformers classes attach_dsa accepts
 MODEL_CLASS = "LlavaForConditionalGeneration"  # the class load_mllm reads a checkpoint with

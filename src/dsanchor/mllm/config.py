@@ -24,13 +24,15 @@ from pathlib import Path
 
 from dsanchor.data import list_formats
 from dsanchor.errors import ConfigError
+from dsanchor.gate import GateConfig
 from dsanchor.integrations.families import get_family
 from dsanchor.rl.env import RewardConfig
 from dsanchor.rl.ppo import PPOConfig
 from dsanchor.rl.tune import TuneConfig, read_best
 
 __all__ = ["MLLMConfig", "GridConfig", "CaptionConfig", "MLLMTrainConfig", "MLLMEvalConfig", "AdaptConfig",
-           "BuildConfig", "AnswerConfig", "RouterConfig", "MLLM_REWARD_DEFAULTS", "MLLM_PPO_DEFAULTS", "MLLM_TUNE_DEFAULTS",
+           "BuildConfig", "AnswerConfig", "RouterConfig",
+           "MLLM_REWARD_DEFAULTS", "MLLM_PPO_DEFAULTS", "MLLM_TUNE_DEFAULTS",
            "CHAIR_VOCABULARY",
            "mllm_reward", "mllm_ppo", "mllm_tune"]
 
@@ -174,17 +176,14 @@ class MLLMTrainConfig:
 
 
 @dataclass
-class RouterConfig:
-    """``router_loss`` (``mllm train --questions``): AVG-LLaVA's supervised router on the answer losses."""
+class RouterConfig(GateConfig):
+    """``router_loss`` (``mllm train --questions``): AVG-LLaVA's supervised router on the answer losses; the
+    gradient steps, learning rate, weight decay and seed are :class:`~dsanchor.gate.GateConfig`'s."""
 
-    steps: int = field(default=300, metadata={"help": "full-batch Adam steps"})
-    lr: float = field(default=3e-3, metadata={"help": "Adam learning rate"})
-    weight_decay: float = field(default=1e-4, metadata={"help": "Adam weight decay"})
     margin: float = field(default=0.1, metadata={"help": "margin of the ranking loss (on probabilities)"})
     rank_weight: float = field(default=1.0, metadata={"help": "weight of the ranking loss beside the cross-entropy"})
     hidden: int = field(default=64, metadata={"help": "width of each hidden layer"})
     layers: int = field(default=2, metadata={"help": "hidden layers"})
-    seed: int = field(default=0, metadata={"help": "seed of the init"})
 
     def __post_init__(self) -> None:
         if self.steps < 1 or self.hidden < 1 or self.layers < 1:

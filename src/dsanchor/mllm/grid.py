@@ -6,8 +6,8 @@ fixed g, and its controller state (:mod:`dsanchor.integrations.state`, which doe
 recorded on the way. A row (:class:`GridRow`) is an image with the caption prompt, or an item: a question or
 a caption prompt about an image (:mod:`dsanchor.mllm.items`), whose state then holds its own prompt; for
 an item with a known answer the model's answer loss (mean NLL per answer token, teacher-forced) is recorded at
-every g as well, for the router baseline (:mod:`dsanchor.mllm.router`). PPO then learns on the cached rewards, linearly interpolated between grid points
-(:class:`~dsanchor.mllm.rewards.GridRewardModel`).
+every g as well, for the router baseline (:mod:`dsanchor.mllm.router`). PPO then learns on the cached
+rewards, linearly interpolated between grid points (:class:`~dsanchor.mllm.rewards.GridRewardModel`).
 
 **Cache layout** (``DIR``): ``grid.json`` (what the cache was made with: model, prompt, grid, generation
 settings, the image ids and, for items, the item ids) and, per chunk of ``chunk_size`` rows in key order,
@@ -33,8 +33,8 @@ from typing import Any
 
 import numpy as np
 import torch
-from safetensors.torch import load_file, save_file
 from PIL import Image
+from safetensors.torch import load_file, save_file
 from torch import nn
 from tqdm.auto import tqdm
 

@@ -199,10 +199,9 @@ def split_cache(cfg: MLLMConfig, data: MLLMData, split: str, grid: GridConfig, r
     """Build (or resume) the grid cache of ``split`` over ``rows`` under ``cfg.cache_dir(split)`` and load it."""
     prepare = functools.partial(get_family(cfg.model_type).prepare, data.processor)
     _, decode = processor_fns(cfg.model_type, data.processor)
-    out = cfg.cache_dir(split)
-    build_grid_cache(data.model, prepare, decode, rows, data.root, out, grid, state_layout(data.model, cfg.coarse_layer),
-                     meta, coarse_layer=cfg.coarse_layer, progress=progress, adapter=data.adapter, loss=loss,
-                     items=items)
+    out, layout = cfg.cache_dir(split), state_layout(data.model, cfg.coarse_layer)
+    build_grid_cache(data.model, prepare, decode, rows, data.root, out, grid, layout, meta,
+                     coarse_layer=cfg.coarse_layer, progress=progress, adapter=data.adapter, loss=loss, items=items)
     return load_grid_cache(out)
 
 

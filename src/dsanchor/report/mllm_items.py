@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Any
 
 from dsanchor.files import atomic_write_text
-from dsanchor.report.mllm import _c, _f
+from dsanchor.report.mllm import cell, pope_table
 
 __all__ = ["write_items_report", "family_table", "caption_table"]
 
@@ -34,11 +34,11 @@ def family_table(results: dict[str, Any]) -> list[str]:
     lines = ["| family | n | " + " | ".join(methods) + " |", "|---|---|" + "---|" * len(methods)]
     for f in families:
         n = results["n_items_by_family"].get(f, 0)
-        lines.append(f"| {f} | {n} | " + " | ".join(_c(r.get("by_family", {}).get(f, {}), "accuracy")
+        lines.append(f"| {f} | {n} | " + " | ".join(cell(r.get("by_family", {}).get(f, {}), "accuracy")
                                                      for r in methods.values()) + " |")
-    lines.append("| **all questions** | | " + " | ".join(_c(r, "accuracy") for r in methods.values()) + " |")
-    lines.append("| false yes (absent object) | | " + " | ".join(_c(r, "false_yes") for r in methods.values()) + " |")
-    lines.append("| ms / item | | " + " | ".join(_c(r, "ms_per_item", 1) for r in methods.values()) + " |")
+    lines.append("| **all questions** | | " + " | ".join(cell(r, "accuracy") for r in methods.values()) + " |")
+    lines.append("| false yes (absent object) | | " + " | ".join(cell(r, "false_yes") for r in methods.values()) + " |")
+    lines.append("| ms / item | | " + " | ".join(cell(r, "ms_per_item", 1) for r in methods.values()) + " |")
     return lines
 
 
@@ -48,7 +48,7 @@ def g_table(results: dict[str, Any]) -> list[str]:
     families = sorted(results["n_items_by_family"])
     lines = ["| family | " + " | ".join(methods) + " |", "|---|" + "---|" * len(methods)]
     for f in families:
-        cells = [_c({**r.get("by_family", {}), **r.get("captions", {})}.get(f, {}), "g_mean", 2)
+        cells = [cell({**r.get("by_family", {}), **r.get("captions", {})}.get(f, {}), "g_mean", 2)
                  for r in methods.values()]
         lines.append(f"| {f} | " + " | ".join(cells) + " |")
     return lines
@@ -61,11 +61,11 @@ def caption_table(results: dict[str, Any]) -> list[str]:
                                                                     if ref else "")
     lines = [head, "|---|---|---|---|---|---|" + ("---|---|" if ref else "")]
     for name, r in results["methods"].items():
-        for prompt, cell in sorted(r.get("captions", {}).items()):
-            row = (f"| {prompt} | {name} | {cell.get('n', '—')} | {_c(cell, 'CIDEr')} | {_c(cell, 'CHAIR_i')} | "
-                   f"{_c(cell, 'CHAIR_s')} |")
+        for prompt, c in sorted(r.get("captions", {}).items()):
+            row = (f"| {prompt} | {name} | {c.get('n', '—')} | {cell(c, 'CIDEr')} | {cell(c, 'CHAIR_i')} | "
+                   f"{cell(c, 'CHAIR_s')} |")
             if ref:
-                row += f" {_c(cell, 'CHAIR_i_reference')} | {_c(cell, 'CHAIR_s_reference')} |"
+                row += f" {cell(c, 'CHAIR_i_reference')} | {cell(c, 'CHAIR_s_reference')} |"
             lines.append(row)
     return lines if len(lines) > 2 else []
 
@@ -135,12 +135,7 @@ def write_items_report(results: dict[str, Any], out: str | Path) -> Path:
                 "are empty." if not results["chair_vocabulary_matches"] else
                 f"CHAIR ({results['chair_vocabulary']} vocabulary): {results['chair_negation']}.")
         lines += ["", "## Caption prompts", "", f"CIDEr-D on its {results['cider_scale']} scale. {note}", ""] + caps
-    pope = [(n, r["pope"]) for n, r in results["methods"].items() if "pope" in r]
-    if pope:
-        lines += ["", "## POPE by sampling", "", "| method | sampling | accuracy | precision | recall | F1 | yes-ratio |",
-                  "|---|---|---|---|---|---|---|"]
-        lines += [f"| {n} | {s} | {_f(m['accuracy'])} | {_f(m['precision'])} | {_f(m['recall'])} | {_f(m['f1'])} | "
-                  f"{_f(m['yes_ratio'])} |" for n, p in pope for s, m in p.items()]
+    lines += pope_table(results)
     lines += ["", "## Differences (95% bootstrap interval over test images and PPO seeds)", ""] + _differences(results)
     if results.get("overhead"):
         o = results["overhead"]
