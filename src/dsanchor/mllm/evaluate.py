@@ -57,28 +57,18 @@ from dsanchor.integrations.handle import DSAHandle
 from dsanchor.mllm.config import GridConfig, MLLMConfig, MLLMEvalConfig
 from dsanchor.mllm.data import MLLMData, load_mllm_data
 from dsanchor.mllm.embed import image_embeddings, recalls, relevance, text_embeddings
+from dsanchor.mllm.evaluate_items import run_item_eval
 from dsanchor.mllm.generate import CaptionRun, caption_samples, write_captions
 from dsanchor.mllm.grid import GridCache
 from dsanchor.mllm.pope import Question, answer_questions, f1_of_counts, pope_counts, pope_questions, pope_scores
 from dsanchor.mllm.rewards import GridRewards, objective_scores, split_rewards
 from dsanchor.mllm.scores import per_image_scores, score_captions
+from dsanchor.mllm.seeds import mean_over_seeds, resolve_controllers
 from dsanchor.report.mllm import write_mllm_report
 
 __all__ = ["METHODS", "resolve_controllers", "mean_over_seeds", "run_mllm_eval"]
 
 METHODS = ("base", "fixed_best", "dsa_ppo", "oracle")
-
-
-def resolve_controllers(path: str | None) -> list[Path]:
-    """The controller folders of ``--controller``: a controller, a ``mllm train --out`` folder, or one with
-    a ``seed*/controller`` per training seed (``mllm train --seeds N``)."""
-    if path is None:
-        return []
-    p = Path(path)
-    if (p / "controller").is_dir():
-        return [p / "controller"]
-    seeds = sorted(q / "controller" for q in p.glob("seed*") if (q / "controller").is_dir())
-    return seeds or [p]
 
 
 @dataclass
@@ -171,23 +161,6 @@ def measure(setup: EvalSetup, method: str, ctrl: GranularityController | None = 
                                    setup.grid.batch_size, set_images, setup.progress)
         entry["retrieval"] = {"protocol": setup.protocol, **recalls(img, setup.txt_emb, setup.rel)}
     return MethodRun(entry, per_image, run)
-
-
-def mean_over_seeds(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over training seeds of every number (nested dicts too), with ``<key>_std`` beside it."""
-    if len(entries) == 1:
-        return entries[0]
-    out: dict[str, Any] = {}
-    for key, v in entries[0].items():
-        vals = [e.get(key) for e in entries]
-        if isinstance(v, dict):
-            out[key] = mean_over_seeds(vals)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = float(np.mean(vals))
-            out[f"{key}_std"] = float(np.std(vals))
-        else:
-            out[key] = v
-    return out
 
 
 def _mean(x: np.ndarray) -> float:
@@ -286,9 +259,7 @@ def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, progres
     ctrls = [GranularityController.from_pretrained(p).to(data.device) for p in resolve_controllers(ev.controller)]
     for c in ctrls:
         data.attach(c, cfg.coarse_layer).detach()  # the layout check, before any work
-    if cfg.questions:  # per item and question family (imported here: it builds on this module)
-        from dsanchor.mllm.evaluate_items import run_item_eval
-
+    if cfg.questions:  # per item and question family
         return run_item_eval(cfg, grid, ev, data, progress, ctrls)
     setup, info = _setup(cfg, grid, ev, data, progress)
     if setup is None:

@@ -44,12 +44,12 @@ from dsanchor.files import write_json, write_jsonl
 from dsanchor.mllm.answer import answer_questions_file
 from dsanchor.mllm.config import GridConfig, MLLMConfig, MLLMEvalConfig
 from dsanchor.mllm.data import MLLMData
-from dsanchor.mllm.evaluate import mean_over_seeds
 from dsanchor.mllm.grid import GridCache
 from dsanchor.mllm.items import Item, ItemRewards, item_scores, item_split
 from dsanchor.mllm.pope import answer_questions, f1_of_counts, pope_counts, pope_questions, pope_scores
 from dsanchor.mllm.rewards import objective_scores
 from dsanchor.mllm.scores import vocabulary_matches
+from dsanchor.mllm.seeds import mean_over_seeds, resolve_controllers
 from dsanchor.report.mllm_items import write_items_report
 
 __all__ = ["ITEM_METHODS", "choose_item_g", "run_item_eval"]
@@ -355,7 +355,8 @@ def run_item_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, data: M
                        "optimistic upper bound, not a method",
         "n_pope_questions": {k: len(v) for k, v in setup.questions.items()},
         "model_type": cfg.model_type, "model_path": str(cfg.model_path), "data": str(cfg.data),
-        "split_note": data.split_note, "controllers": [str(ev.controller)] if ev.controller else [],
+        "split_note": data.split_note, "controller": ev.controller,
+        "controllers": [str(p) for p in resolve_controllers(ev.controller)],
         "timing_s": {"grid_caches": info["grid_caches"], "total": time.perf_counter() - t0},
         "val_grid_seconds": info["val_grid_seconds"], "test_grid_seconds": info["test_grid_seconds"]}
     if "dsa_ppo" in methods and "ms_per_item" in methods["base"]:
