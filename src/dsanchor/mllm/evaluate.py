@@ -62,7 +62,7 @@ from dsanchor.mllm.generate import CaptionRun, caption_samples, write_captions
 from dsanchor.mllm.grid import GridCache
 from dsanchor.mllm.pope import Question, answer_questions, f1_of_counts, pope_counts, pope_questions, pope_scores
 from dsanchor.mllm.rewards import GridRewards, objective_scores, split_rewards
-from dsanchor.mllm.scores import per_image_scores, score_captions
+from dsanchor.mllm.scores import per_image_scores, score_captions, vocabulary_matches
 from dsanchor.mllm.seeds import mean_over_seeds, resolve_controllers
 from dsanchor.report.mllm import write_mllm_report
 
@@ -280,6 +280,8 @@ def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, progres
     results.update({"model_type": cfg.model_type, "model_path": str(cfg.model_path), "data": str(cfg.data),
                     "split_note": data.split_note, "n_test_images": len(setup.test),
                     "n_judged_chair": int(per_image["base"]["judged"][0].sum()),
+                    "chair_vocabulary": data.vocabulary,
+                    "chair_vocabulary_matches": vocabulary_matches(setup.test, data.vocabulary),
                     "n_pope_questions": {s: len(q) for s, q in setup.questions.items()},
                     "retrieval_protocol": setup.protocol, "n_captions": len(setup.texts), "controller": ev.controller,
                     "controllers": [str(p) for p in resolve_controllers(ev.controller)],

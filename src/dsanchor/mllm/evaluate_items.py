@@ -17,8 +17,8 @@ hallucination term. The grid methods read their answers from the test grid cache
 generate them (timed: ms per item, and the controller's share of it).
 
 Columns, per question family: accuracy (exact match of the normalised answer) and overall (question items); per
-caption prompt CIDEr-D (raw scale), CHAIR_i and CHAIR_s, on synth with negated mentions left out beside the
-reference-compatible count (``_reference``), left out where CHAIR judges no image; the false-yes rate (a "yes"
+caption prompt CIDEr-D (raw scale), CHAIR_i and CHAIR_s as published and, on synth, with negated mentions left out
+(``_no_negated``), left out where CHAIR judges no image; the false-yes rate (a "yes"
 about an absent object); POPE per sampling; the mean g per family. Differences to ``fixed_best`` and to
 ``router_loss`` carry a 95% interval from a bootstrap over test images (each with all its items) and PPO seeds
 (:func:`dsanchor.eval.compare.bootstrap_diff`).
@@ -140,17 +140,16 @@ def _answers(setup: ItemSetup, method: str, ctrl, entry: dict[str, Any]) -> tupl
     return [a["raw"] for a in out], g
 
 
-def _caption_cell(rows: list[int], s: dict[str, np.ndarray], ref: dict[str, np.ndarray] | None,
-                  g: np.ndarray) -> dict[str, Any]:
+def _caption_cell(rows: list[int], s: dict[str, np.ndarray], g: np.ndarray) -> dict[str, Any]:
     """CIDEr-D, CHAIR (left out where no image is judged) and mean g of one caption prompt's items."""
     cell: dict[str, Any] = {"n": len(rows), "CIDEr": float(s["accuracy"][rows].mean())}
     judged = [k for k in rows if s["judged"][k]]
     cell["n_judged"] = len(judged)
     if judged:
-        for suffix, src in (("", s), ("_reference", ref)):
-            if src is None:
+        for suffix in ("", "_no_negated"):
+            if f"mentions{suffix}" not in s:
                 continue
-            m, h = src["mentions"][judged], src["hall_mentions"][judged]
+            m, h = s[f"mentions{suffix}"][judged], s[f"hall_mentions{suffix}"][judged]
             cell[f"CHAIR_i{suffix}"] = float(h.sum() / m.sum()) if m.sum() else 0.0
             cell[f"CHAIR_s{suffix}"] = float((h > 0).mean())
     if np.isfinite(g[rows]).all():
@@ -163,13 +162,6 @@ def _table(setup: ItemSetup, texts: list[str], g: np.ndarray) -> tuple[dict[str,
     family ``family/<name>`` (n_images, 2): correct answers and questions."""
     items, vocab = setup.items, setup.data.vocabulary
     s = item_scores(items, texts, vocab)
-    caps = [k for k, it in enumerate(items) if it.is_caption]
-    ref = None
-    if caps and vocab == "synth":  # the published count as well: negated mentions included
-        r = item_scores([items[k] for k in caps], [texts[k] for k in caps], vocab, skip_negated=False)
-        ref = {key: np.zeros(len(items)) for key in ("mentions", "hall_mentions")}
-        for key in ref:
-            ref[key][caps] = r[key]
     by_family: dict[str, list[int]] = defaultdict(list)
     for k, it in enumerate(items):
         by_family[it.family].append(k)
@@ -179,7 +171,7 @@ def _table(setup: ItemSetup, texts: list[str], g: np.ndarray) -> tuple[dict[str,
         entry["accuracy"] = float(s["accuracy"][questions].mean())
     for family, rows in sorted(by_family.items()):
         if items[rows[0]].is_caption:
-            entry["captions"][family] = _caption_cell(rows, s, ref, g)
+            entry["captions"][family] = _caption_cell(rows, s, g)
             continue
         cell = {"accuracy": float(s["accuracy"][rows].mean()), "n": len(rows)}
         if np.isfinite(g[rows]).all():
@@ -349,8 +341,8 @@ def run_item_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, data: M
         "differences": item_differences(per_image, ev),
         "cider_scale": "raw (not x100)", "chair_scale": "fraction", "chair_vocabulary": data.vocabulary,
         "chair_vocabulary_matches": vocabulary_matches(setup.test, data.vocabulary),
-        "chair_negation": "negated mentions left out (CHAIR_*); published count in CHAIR_*_reference"
-                          if data.vocabulary == "synth" else "published count (every mention)",
+        "chair_negation": "CHAIR_*: the published count (every mention); CHAIR_*_no_negated: negated mentions left "
+                          "out" if data.vocabulary == "synth" else "the published count (every mention)",
         "oracle_note": f"best of {len(setup.cache.grid)} grid answers per test item on its own answer: an "
                        "optimistic upper bound, not a method",
         "n_pope_questions": {k: len(v) for k, v in setup.questions.items()},

@@ -160,21 +160,23 @@ def false_yes(question: Question, answer: str) -> float:
     return 0.0
 
 
-def item_scores(items: Sequence[Item], texts: Sequence[str], vocabulary: str,
-                skip_negated: bool | None = None) -> dict[str, np.ndarray]:
+def item_scores(items: Sequence[Item], texts: Sequence[str], vocabulary: str) -> dict[str, np.ndarray]:
     """Per item, what one set of answers scores (the reward terms and the per-family table read these).
 
     Args:
         texts: one generated text per item.
-        skip_negated: leave negated mentions out of CHAIR (default: on the synth vocabulary only).
 
     Returns:
         ``accuracy`` (N,), ``hallucination`` (N,), ``judged`` (N,) bool, and for caption prompts CHAIR's counts
-        ``hall_mentions`` / ``mentions`` (N,) (0 for questions).
+        ``hall_mentions`` / ``mentions`` (N,) as published (0 for questions) and, on the synth vocabulary,
+        ``hall_mentions_no_negated`` / ``mentions_no_negated`` with negated mentions left out (what the
+        hallucination term of a caption prompt is on synth).
     """
     n = len(items)
     acc, hall, judged = np.zeros(n), np.zeros(n), np.ones(n, dtype=bool)
-    h_m, m = np.zeros(n), np.zeros(n)
+    counts_of = {"": (False, np.zeros(n), np.zeros(n))}
+    if vocabulary == "synth":
+        counts_of["_no_negated"] = (True, np.zeros(n), np.zeros(n))
     caps = [k for k, it in enumerate(items) if it.is_caption]
     for k, it in enumerate(items):
         if not it.is_caption:
@@ -186,14 +188,17 @@ def item_scores(items: Sequence[Item], texts: Sequence[str], vocabulary: str,
         truth_by_image = chair_truth(list({items[k].sample.image_id: items[k].sample for k in caps}.values()),
                                      vocabulary)
         truth = {k: truth_by_image[items[k].sample.image_id] for k in caps}
-        skip = vocabulary == "synth" if skip_negated is None else skip_negated
-        counts = caption_mentions({k: texts[k] for k in caps}, truth, vocabulary, skip)
-        for k in caps:
-            c = counts[k]
-            judged[k] = c is not None
-            h_m[k], m[k] = c or (0, 0)
-            hall[k] = c[0] / c[1] if c and c[1] else 0.0
-    return {"accuracy": acc, "hallucination": hall, "judged": judged, "hall_mentions": h_m, "mentions": m}
+        for skip, h_m, m in counts_of.values():  # the last one is the hallucination term (no_negated on synth)
+            counts = caption_mentions({k: texts[k] for k in caps}, truth, vocabulary, skip)
+            for k in caps:
+                c = counts[k]
+                judged[k] = c is not None
+                h_m[k], m[k] = c or (0, 0)
+                hall[k] = c[0] / c[1] if c and c[1] else 0.0
+    out = {"accuracy": acc, "hallucination": hall, "judged": judged}
+    for suffix, (_, h_m, m) in counts_of.items():
+        out[f"hall_mentions{suffix}"], out[f"mentions{suffix}"] = h_m, m
+    return out
 
 
 def item_rewards(cache: GridCache, items: Sequence[Item], vocabulary: str) -> ItemRewards:

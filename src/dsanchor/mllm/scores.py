@@ -53,7 +53,9 @@ def score_captions(captions: dict[int, str], samples: Sequence[Sample], vocabula
     """BLEU-1..4, CIDEr-D (raw scale, not x100) and CHAIR_s / CHAIR_i (fractions) of ``captions``.
 
     BLEU and CIDEr are left out when no sample has reference captions (never filled with zeros); CHAIR is
-    over the images with annotated objects (``CHAIR_images`` of them) and left out when there is none.
+    over the images with annotated objects (``CHAIR_images`` of them) and left out when there is none. On the synth
+    vocabulary ``CHAIR_s_no_negated`` / ``CHAIR_i_no_negated`` leave negated mentions out ("there are no cubes";
+    :func:`dsanchor.metrics.chair.negated`) beside the published count.
     """
     refs = {s.image_id: [c.text for c in s.captions] for s in samples if s.captions}
     cands = {i: c for i, c in captions.items() if i in refs}
@@ -63,8 +65,12 @@ def score_captions(captions: dict[int, str], samples: Sequence[Sample], vocabula
     truth = chair_truth(samples, vocabulary)
     judged = {i: c for i, c in captions.items() if truth.get(i) is not None}
     if judged:
-        result = chair(judged, {i: sorted(truth[i]) for i in judged}, vocabulary=vocabulary)
+        gt = {i: sorted(truth[i]) for i in judged}
+        result = chair(judged, gt, vocabulary=vocabulary)
         scores.update({"CHAIR_s": result.chair_s, "CHAIR_i": result.chair_i, "CHAIR_images": len(judged)})
+        if vocabulary == "synth":
+            kept = chair(judged, gt, vocabulary, skip_negated=True)
+            scores.update({"CHAIR_s_no_negated": kept.chair_s, "CHAIR_i_no_negated": kept.chair_i})
     return scores
 
 

@@ -11,7 +11,7 @@ from typing import Any
 
 from dsanchor.files import atomic_write_text
 
-__all__ = ["write_mllm_report", "mllm_table", "pope_table", "fmt", "cell"]
+__all__ = ["write_mllm_report", "mllm_table", "chair_notes", "pope_table", "fmt", "cell"]
 
 LABELS = {"base": "base (unmodified model)", "fixed_best": "fixed_best (g chosen on val)", "dsa_ppo": "dsa_ppo",
           "oracle": "oracle (upper bound of CIDEr-D − hallucinated share: g per test image on its own references)"}
@@ -43,6 +43,20 @@ def mllm_table(results: dict[str, Any]) -> list[str]:
             f"{cell(ret.get('t2i', {}), 'R@1')} | {cell(ret.get('t2i', {}), 'R@10')} | "
             f"{cell(ret.get('i2t', {}), 'R@1')} | {cell(ret.get('i2t', {}), 'R@10')} | {cell(r, 'ms_per_image', 1)} |")
     return lines
+
+
+def chair_notes(results: dict[str, Any]) -> list[str]:
+    """Why CHAIR cells are empty (a vocabulary that names none of the objects), and on synth CHAIR with negated
+    mentions left out beside the published count of the table."""
+    if results.get("chair_vocabulary_matches") is False:
+        return ["", f"CHAIR judges no image: the {results['chair_vocabulary']} vocabulary names none of the dataset's "
+                    "objects, so its cells are empty (not 0)."]
+    kept = [(n, r) for n, r in results["methods"].items() if "CHAIR_i_no_negated" in r]
+    if not kept:
+        return []
+    return ["", "CHAIR with negated mentions left out (\"there are no cubes\" claims no cube; the table has the "
+                "published count): " + "; ".join(f"{n} CHAIR_i {cell(r, 'CHAIR_i_no_negated')}, CHAIR_s "
+                                                  f"{cell(r, 'CHAIR_s_no_negated')}" for n, r in kept) + "."]
 
 
 def pope_table(results: dict[str, Any]) -> list[str]:
@@ -123,6 +137,7 @@ def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
              f"({sum(results['n_pope_questions'].values())} questions); retrieval with the MLLM's own E5-V embeddings, "
              f"{results['retrieval_protocol'] or 'not run'} relevance over {results['n_captions']} captions.", ""]
     lines += mllm_table(results)
+    lines += chair_notes(results)
     if results.get("n_controller_seeds", 1) > 1:
         lines += ["", f"dsa_ppo: mean ± std over {results['n_controller_seeds']} PPO training seeds (one model, "
                       "one grid cache)."]
