@@ -22,12 +22,12 @@ TINY_PPO = ["--ppo-n-envs", "2", "--ppo-n-steps", "32", "--ppo-batch-size", "32"
 
 @pytest.fixture(scope="module")
 def world(tmp_path_factory):
-    """A synth dataset (its own 16 / 2 / 2 split; the tests use 3 images per split), its questions file (one
+    """A synth dataset (its own 32 / 4 / 4 split; the tests use 4 images per split), its questions file (one
     question per family and the three caption prompts per image) and a tiny model of each type."""
     from dsanchor.data import SynthConfig, generate_synth
 
     root = tmp_path_factory.mktemp("mllm-questions")
-    generate_synth(root / "synth", SynthConfig(scenes=20, image_size=64, max_objects=3, supersample=1))
+    generate_synth(root / "synth", SynthConfig(scenes=40, image_size=64, max_objects=3, supersample=1))
     assert main(["data", "questions", "--data", str(root / "synth"), "--format", "synth", "--out",
                  str(root / "q.json"), "--per-family", "1"]) == 0
     for t in TYPES:
@@ -39,7 +39,7 @@ def _args(world, model_type: str, cache) -> list[str]:
     return ["--model-type", model_type, "--model-path", str(world / model_type), "--data", str(world / "synth"),
             "--format", "synth", "--questions", str(world / "q.json"), "--cache", str(cache), "--grid", "3",
             "--max-new-tokens", "4", "--answer-tokens", "2", "--chunk-size", "16", "--batch-size", "8", "--limit",
-            "3", "--threads", "1", "--quiet"]
+            "4", "--threads", "1", "--quiet"]
 
 
 def test_questions_file_has_caption_prompts_per_granularity(world):
@@ -158,7 +158,7 @@ def test_train_and_eval_per_family_end_to_end(world, tmp_path, model_type):
     assert main(["mllm", "train", *args, "--out", str(tmp_path / "ctrl"), "--ppo-timesteps", "64", *TINY_PPO,
                  "--router-steps", "20", *tuned]) == 0
     info = json.loads((tmp_path / "ctrl" / "train_info.json").read_text())
-    assert info["n_train_items"] > info["n_train_images"] == 3 and len(info["train_answer_loss_by_g"]) == 3
+    assert info["n_train_items"] > info["n_train_images"] == 4 and len(info["train_answer_loss_by_g"]) == 3
     assert (tmp_path / "ctrl" / "router" / "controller" / "controller_config.json").is_file()
     assert main(["mllm", "eval", *args, "--out", str(tmp_path / "eval"), "--controller", str(tmp_path / "ctrl"),
                  "--n-boot", "20", "--pope-positives", "1"]) == 0

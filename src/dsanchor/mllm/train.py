@@ -115,11 +115,17 @@ def train_mllm_controller(cfg: MLLMConfig, grid: GridConfig, reward: RewardConfi
 
 
 def _trial(states: torch.Tensor, model: GridRewardModel, layout: dict, ppo: PPOConfig, work_dir: str,
-           reward: RewardConfig) -> float:
-    """2-fold value of one reward: PPO on each half of the val images, scored on the other half."""
-    n = len(model)
-    perm = np.random.default_rng(ppo.seed).permutation(n)
-    halves = [np.sort(perm[: n // 2]), np.sort(perm[n // 2:])]
+           reward: RewardConfig, groups: np.ndarray | None = None) -> float:
+    """2-fold value of one reward: PPO on each half of the val images, scored on the other half.
+
+    Args:
+        groups: (N,) the image of each row; rows of one image stay in one half (items: its questions). None: one
+            row per image.
+    """
+    uniq, inverse = np.unique(np.arange(len(model)) if groups is None else groups, return_inverse=True)
+    perm = np.random.default_rng(ppo.seed).permutation(len(uniq))
+    halves = [np.flatnonzero(np.isin(inverse, perm[: len(uniq) // 2])),
+              np.flatnonzero(np.isin(inverse, perm[len(uniq) // 2:]))]
     values = []
     for k in range(2):
         fit, score = halves[k], halves[1 - k]
@@ -140,16 +146,16 @@ def tune_mllm_reward(cfg: MLLMConfig, grid: GridConfig, tune: TuneConfig, ppo: P
     t_grid = time.perf_counter() - tic
     if data.rank != 0:
         return None
-    if len(cache.row_keys) < 4:
-        raise ConfigError(f"mllm tune needs at least 4 val rows (images or items) for its 2-fold score; got "
-                          f"{len(cache.row_keys)}")
+    n_images = len(set(cache.image_ids))
+    if n_images < 4:
+        raise ConfigError(f"mllm tune needs at least 4 val images for its 2-fold score; got {n_images}")
     out = Path(cfg.out)
     out.mkdir(parents=True, exist_ok=True)
     if not tune.storage:
         tune = dataclasses.replace(tune, storage=f"sqlite:///{(out / 'study.db').resolve()}")
     trial_ppo = dataclasses.replace(ppo, timesteps=tune.timesteps, checkpoint_every=10 ** 9)
     objective = functools.partial(functools.partial, _trial, cache.states, reward_model(cache, rewards),
-                                  cache.layout, trial_ppo, str(out))
+                                  cache.layout, trial_ppo, str(out), groups=np.array(cache.image_ids))
     tic = time.perf_counter()
     study = run_parallel(objective, tune)
     t_tune = time.perf_counter() - tic
