@@ -236,3 +236,16 @@ def test_caption_eval_with_a_vocabulary_that_names_no_object_has_empty_chair_cel
     assert res["n_judged_chair"] == 0
     assert all("CHAIR_i" not in r and "CHAIR_s" not in r and "CIDEr" in r for r in res["methods"].values())
     assert "judges no image" in (tmp_path / "e" / "report.md").read_text()
+
+
+def test_bad_questions_are_one_line_errors(world, tmp_path, capsys):
+    args = _args(world, "llava", tmp_path / "c")
+    args[args.index("--questions") + 1] = str(tmp_path / "missing.json")
+    assert main(["mllm", "train", *args, "--out", str(tmp_path / "t")]) == 2
+    assert "questions file not found" in capsys.readouterr().err
+    (tmp_path / "other.json").write_text(json.dumps({"questions": [{"image_filename": "elsewhere.png",
+                                                                   "question": "Is there a cube?", "answer": "yes"}]}))
+    args[args.index("--questions") + 1] = str(tmp_path / "other.json")
+    assert main(["mllm", "train", *args, "--out", str(tmp_path / "t2")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "no item of" in err and "train split" in err

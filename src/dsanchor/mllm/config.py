@@ -23,7 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsanchor.data import list_formats
-from dsanchor.errors import ConfigError
+from dsanchor.errors import ConfigError, DataError
 from dsanchor.gate import GateConfig
 from dsanchor.integrations.families import get_family
 from dsanchor.rl.env import RewardConfig
@@ -99,6 +99,8 @@ class MLLMConfig:
             raise ConfigError(f"unknown --format {self.format!r}; valid: {', '.join(list_formats())}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"--limit must be positive; got {self.limit}")
+        if self.questions is not None and not Path(self.questions).is_file():
+            raise DataError(self.questions, "questions file not found (write one with `dsanchor data questions`)")
         if (self.hall_detector is None) != (self.features is None):
             raise ConfigError("--hall-detector and --features go together (the detector reads the store's features)")
 

@@ -21,7 +21,8 @@ caption prompt CIDEr-D (raw scale), CHAIR_i and CHAIR_s as published and, on syn
 (``_no_negated``), left out where CHAIR judges no image; the false-yes rate (a "yes"
 about an absent object); POPE per sampling; the mean g per family. Differences to ``fixed_best`` and to
 ``router_loss`` carry a 95% interval from a bootstrap over test images (each with all its items) and PPO seeds
-(:func:`dsanchor.eval.compare.bootstrap_diff`).
+(:func:`dsanchor.eval.compare.bootstrap_diff`). Retrieval with the MLLM's embeddings is a column of the caption
+evaluation only (``mllm eval`` without ``--questions``).
 """
 
 from __future__ import annotations
@@ -100,13 +101,13 @@ def _rows(items: list[Item]) -> list[dict[str, Any]]:
             for it in items]
 
 
-def _source(setup: ItemSetup, method: str, ctrl: GranularityController | None, family: str = "exist"):
-    """The g source of a method outside the grid: None (base), a controller, or a fixed g (POPE's yes/no
-    questions: fixed_best's g, or family_best's g of the ``exist`` family)."""
+def _source(setup: ItemSetup, method: str, ctrl: GranularityController | None):
+    """The g source of a method when it runs the model: None (base), a controller, or a fixed g (POPE's yes/no
+    questions: fixed_best's g, or family_best's g of the ``exist`` family, the one POPE's questions belong to)."""
     if method in ("router_loss", "dsa_ppo"):
         return ctrl
     return {"base": None, "fixed_best": setup.fixed_g,
-            "family_best": setup.family_g.get(family, setup.fixed_g)}.get(method)
+            "family_best": setup.family_g.get("exist", setup.fixed_g)}.get(method)
 
 
 def _answers(setup: ItemSetup, method: str, ctrl, entry: dict[str, Any]) -> tuple[list[str], np.ndarray]:
