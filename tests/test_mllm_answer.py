@@ -51,7 +51,9 @@ def test_answer_with_and_without_dsa(world, tmp_path, capsys, model_type):
     assert f"{len(questions)} questions answered" in out and "accuracy" in out
     base = json.loads((tmp_path / "base.json").read_text())
     assert len(base["answers"]) == len(questions) and all(a["g"] is None for a in base["answers"])
-    assert all(a["answer"] == a["answer"].lower() and " " not in a["answer"] for a in base["answers"])
+    short = [a for a, q in zip(base["answers"], questions, strict=True) if "answer" in q]  # not caption prompts
+    assert short and all(a["answer"] == a["answer"].lower() and " " not in a["answer"] for a in short)
+    assert any("references" in q for q in questions)  # caption prompts per granularity, kept whole
     assert set(base["accuracy"]) >= {"all", "exist", "count"}
     assert main(_args(world, model_type, "--g", "0.3", "--out", str(tmp_path / "g.json"))) == 0
     fixed = json.loads((tmp_path / "g.json").read_text())["answers"]

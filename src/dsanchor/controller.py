@@ -11,6 +11,8 @@ Two output heads:
 * ``"gaussian"``: the action a ~ N(mu, sigma) on [-1, 1] (clipped), g = (a + 1) / 2. The mean is
   (clip(mu, -1, 1) + 1) / 2. This is exactly what an SB3 PPO policy with a Box(-1, 1) action space
   and an environment that rescales the action computes, so a PPO policy exports to it without loss.
+* ``"grid"``: a categorical distribution over the g values of ``ControllerConfig.grid`` (one logit each);
+  g is the most probable one. A router trained by classification (:mod:`dsanchor.mllm.router`) uses it.
 
 With ``codebook = k > 0`` the controller first maps a query state ``[text | image | direction]``
 (:func:`dsanchor.state.query_states`) to the one-hot of its nearest text or image centroid (cosine),
@@ -41,10 +43,13 @@ class ControllerConfig:
     state_dim: int = field(default=0, metadata={"help": "size of the state vector (set from the state builder)"})
     hidden: int = field(default=64, metadata={"help": "width of each hidden layer"})
     layers: int = field(default=2, metadata={"help": "number of hidden layers"})
-    distribution: str = field(default="gaussian", metadata={"help": "output head: gaussian (PPO-exact) or beta"})
+    distribution: str = field(default="gaussian", metadata={
+        "help": "output head: gaussian (PPO-exact), beta, or grid (a categorical over the g values of grid)"})
     init_log_std: float = field(default=-0.5, metadata={"help": "initial log std of the gaussian head"})
     codebook: int = field(default=0, metadata={"help": "query-type codebook size k (0: the MLP reads the state)"})
     text_dim: int = field(default=0, metadata={"help": "size of the text part of a query state (with a codebook)"})
+    grid: list = field(default_factory=list, metadata={
+        "help": "the g values of the grid head (distribution grid), ascending in [0, 1]; empty otherwise"})
     state_layout: dict = field(default_factory=dict, metadata={
         "help": "what the state holds, for states built elsewhere (MLLM controllers: "
                 "dsanchor.integrations.state.StateLayout); empty for retrieval and captioning states"})
@@ -92,8 +97,11 @@ class GranularityController(PretrainedMixin, nn.Module):
         super().__init__()
         if config.state_dim <= 0:
             raise ConfigError("ControllerConfig.state_dim must be positive (the size of the state vector)")
-        if config.distribution not in ("gaussian", "beta"):
-            raise ConfigError(f"unknown controller distribution {config.distribution!r}; use 'gaussian' or 'beta'")
+        if config.distribution not in ("gaussian", "beta", "grid"):
+            raise ConfigError(f"unknown controller distribution {config.distribution!r}; use 'gaussian', 'beta' "
+                              f"or 'grid'")
+        if (config.distribution == "grid") != bool(config.grid) or any(not 0 <= g <= 1 for g in config.grid):
+            raise ConfigError("a grid controller needs grid = its g values in [0, 1] (and only it has a grid)")
         self.config = config
         in_dim = config.state_dim
         if config.codebook:
@@ -111,8 +119,9 @@ class GranularityController(PretrainedMixin, nn.Module):
         for d_in, d_out in zip(dims[:-1], dims[1:], strict=False):
             blocks += [nn.Linear(d_in, d_out), nn.Tanh()]
         self.body = nn.Sequential(*blocks)
-        n_out = 1 if config.distribution == "gaussian" else 2
+        n_out = {"gaussian": 1, "beta": 2, "grid": len(config.grid)}[config.distribution]
         self.head = nn.Linear(dims[-1], n_out)
+        self.register_buffer("grid_values", torch.tensor([float(g) for g in config.grid]), persistent=False)
         self.log_std = nn.Parameter(torch.full((1,), float(config.init_log_std)))
         self.register_buffer("state_mean", torch.zeros(in_dim))
         self.register_buffer("state_std", torch.ones(in_dim))
@@ -213,8 +222,11 @@ class GranularityController(PretrainedMixin, nn.Module):
         return self.head(self.body(self.normalize(self.encode(state))))  # (B, 1) or (B, 2)
 
     def distribution(self, state: torch.Tensor) -> torch.distributions.Distribution:
-        """The distribution over the action: g itself for beta, the [-1, 1] action for gaussian."""
+        """The distribution over the action: g itself for beta, the [-1, 1] action for gaussian, the index of
+        the grid g for grid."""
         out = self._raw(state)
+        if self.config.distribution == "grid":
+            return torch.distributions.Categorical(logits=out)
         if self.config.distribution == "beta":
             conc = 1.0 + nn.functional.softplus(out)  # (B, 2)
             return torch.distributions.Beta(conc[:, 0], conc[:, 1])
@@ -230,7 +242,9 @@ class GranularityController(PretrainedMixin, nn.Module):
         return self._mean_g(self._raw(state))
 
     def _mean_g(self, out: torch.Tensor) -> torch.Tensor:
-        """Mean g from the head's output (B, 1) or (B, 2)."""
+        """Mean g from the head's output (B, 1), (B, 2), or for grid (B, G): its most probable g."""
+        if self.config.distribution == "grid":
+            return self.grid_values.to(out.device)[out.argmax(1)]
         if self.config.distribution == "beta":
             conc = 1.0 + nn.functional.softplus(out)
             return conc[:, 0] / conc.sum(dim=1)

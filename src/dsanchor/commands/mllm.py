@@ -51,6 +51,7 @@ from dsanchor.mllm.config import (
     MLLMConfig,
     MLLMEvalConfig,
     MLLMTrainConfig,
+    RouterConfig,
 )
 from dsanchor.rl.env import RewardConfig
 from dsanchor.rl.ppo import PPOConfig
@@ -124,6 +125,10 @@ def _print_train(info: dict[str, Any], c: dict[str, Any]) -> None:
     print(f"controller saved to {info['controller']} ({info['n_train_images']} train images, grid "
           f"{len(info['grid'])} g; grid cache {s['grid_cache']:.0f}s, PPO {s['ppo']:.0f}s; mean train g "
           f"{info['train_mean_g']:.2f})")
+    if "router" in info:
+        r = info["router"]
+        print(f"router_loss saved to {r['controller']} ({info['n_train_items']} train items; the lowest-loss g "
+              f"picked on {100 * r['train_lowest_loss_hit']:.0f}% of them)")
     if info["n_unjudged"]:
         how = ("from the hallucination detector" if info["n_hallucination_by_detector"] else
                "0 (pass --hall-detector and --features to estimate it)")
@@ -138,6 +143,12 @@ def _print_tune(info: dict[str, Any], c: dict[str, Any]) -> None:
 
 
 def _print_eval(results: dict[str, Any], c: dict[str, Any]) -> None:
+    if results.get("mode") == "questions":
+        for name, r in results["methods"].items():
+            g = f", mean g {r['g_mean']:.2f}" if "g_mean" in r else ""
+            print(f"{name}: accuracy {r.get('accuracy', NAN):.3f}, false yes {r.get('false_yes', NAN):.3f}{g}")
+        print(f"wrote {c['mllm'].out}/results.json and {c['mllm'].out}/report.md (per question family)")
+        return
     for name, r in results["methods"].items():
         pope = r.get("pope", {}).get("all", {})
         print(f"{name}: CIDEr {r.get('CIDEr', NAN):.3f}, CHAIR_i {r.get('CHAIR_i', NAN):.3f}, "
@@ -185,14 +196,18 @@ ACTIONS: tuple[Action, ...] = (
            lambda c, progress: tune_mllm_reward(c["mllm"], c["grid"], c["tune"], c["ppo"], progress), _print_tune),
     Action("train", "PPO controller for an attached MLLM, on cached grid captions",
            "Caption the train split at a grid of g (cached, resumable, torchrun-sharded), score CIDEr-D and "
-           "hallucination, train SB3 PPO on the interpolated rewards; the controller goes to OUT/controller.",
+           "hallucination, train SB3 PPO on the interpolated rewards; the controller goes to OUT/controller. With "
+           "--questions: per question and caption prompt (exact match or CIDEr-D, false yes or CHAIR), and the "
+           "router_loss baseline (AVG-LLaVA's supervised router on the answer losses) goes to OUT/router.",
            (MLLM, GRID, Part(RewardConfig, "reward", defaults=MLLM_REWARD_DEFAULTS), Part(MLLMTrainConfig, "train"),
-            PPO),
+            PPO, Part(RouterConfig, "router", prefix="router_")),
            lambda c, progress: train_mllm_controller(c["mllm"], c["grid"], c["reward"], c["train"], c["ppo"],
-                                                     progress), _print_train),
+                                                     progress, router=c["router"]), _print_train),
     Action("eval", "base / fixed_best / dsa_ppo / oracle: BLEU, CIDEr, CHAIR, POPE, R@K, time",
            "Evaluate the unmodified model, the best fixed g (on val), the PPO controller and the per-image oracle "
-           "on the test split; writes results.json and report.md.",
+           "on the test split; writes results.json and report.md. With --questions: base, fixed_best, family_best, "
+           "router_loss, dsa_ppo and the per-item oracle, per question family (accuracy, CIDEr-D and CHAIR per "
+           "caption prompt, POPE, mean g), with the two plots.",
            (MLLM, GRID, Part(MLLMEvalConfig, "eval")),
            lambda c, progress: run_mllm_eval(c["mllm"], c["grid"], c["eval"], progress), _print_eval),
     Action("adapt", "fine-tune a small seam adapter with g ~ U[0, 1] (saved alone)",

@@ -11,6 +11,11 @@ Families (``question_family``):
 * ``majority``: "Are most of the things cubes?" (yes / no; the captioner's majority facts);
 * ``absent``: "Are there no yellow things?" (yes / no; the captioner's absence facts).
 
+Caption prompts (``caption_scene``, ``caption_object``, ``caption_relation``: :data:`CAPTION_PROMPTS`), one per
+granularity and image, ask for a description instead of an answer: the whole scene, one object, or two objects and
+where they are. Their references are the image's captions of that granularity (``references``; no ``answer``), so
+they are scored by CIDEr-D and CHAIR where questions are scored by exact match.
+
 Answers come from the scene exactly, through :func:`dsanchor.data.holds` where a caption fact says the same
 thing. As CLEVR requires, a question refers to one object only by words that pick it out uniquely
 (:func:`dsanchor.data.hardneg.unique_description`), so "What color is the cube?" is asked only where there is one
@@ -20,7 +25,8 @@ near tie. Yes/no families are balanced: each image gets as many "yes" as "no" qu
 image that cannot have both gets neither).
 
 :func:`write_clevr_questions` writes CLEVR's questions format: ``{"info": ..., "questions": [{"image_index",
-"image_filename", "question", "answer", "question_family", "split"}]}``.
+"image_filename", "question", "answer", "question_family", "split"}]}``; caption prompts come after every question,
+with ``references`` in place of ``answer``.
 """
 
 from __future__ import annotations
@@ -39,12 +45,20 @@ from dsanchor.data.records import Sample
 from dsanchor.data.scene import RELATIONS, attribute_values, clevr_vocabulary, matches
 from dsanchor.files import write_json
 
-__all__ = ["QUESTION_FAMILIES", "Question", "QuestionConfig", "scene_questions", "generate_questions",
+__all__ = ["QUESTION_FAMILIES", "CAPTION_PROMPTS", "CAPTION_FAMILIES", "Question", "caption_items",
+           "QuestionConfig", "scene_questions", "generate_questions",
            "write_clevr_questions", "normalize_answer"]
 
 QUESTION_FAMILIES: tuple[str, ...] = ("exist", "count", "query_color", "query_size", "query_material",
                                       "query_shape", "compare_integer", "relate", "majority", "absent")
 YES_NO_FAMILIES: tuple[str, ...] = ("exist", "compare_integer", "relate", "majority", "absent")
+# caption prompt family -> (the granularity of the references, the instruction)
+CAPTION_PROMPTS: dict[str, tuple[str, str]] = {
+    "caption_scene": ("scene", "Describe the whole scene in one sentence."),
+    "caption_object": ("object", "Describe one object in the image."),
+    "caption_relation": ("relation", "Describe two objects in the image and where they are."),
+}
+CAPTION_FAMILIES: tuple[str, ...] = tuple(CAPTION_PROMPTS)
 _ORDER = ("size", "color", "material", "shape")
 _REL_WORDS = {"left": "left of", "right": "right of", "front": "in front of", "behind": "behind"}
 _OPPOSITE = {"left": "right", "right": "left", "front": "behind", "behind": "front"}
@@ -59,9 +73,10 @@ class Question:
     image_id: int
     image_path: str
     question: str
-    answer: str  # normalised: "yes", "no", a number ("3") or an attribute value ("red")
-    family: str  # one of QUESTION_FAMILIES
+    answer: str | None  # normalised: "yes", "no", a number ("3") or an attribute value ("red"); None: a caption prompt
+    family: str  # one of QUESTION_FAMILIES or CAPTION_FAMILIES
     split: str | None = None
+    references: tuple[str, ...] = ()  # a caption prompt's reference captions (of its granularity)
 
 
 @dataclass
@@ -74,11 +89,17 @@ class QuestionConfig:
     seed: int = field(default=0, metadata={"help": "seed of the choices (with the image id)"})
     relation_margin: float = field(default=0.6, metadata={
         "help": "separation (scene units) along a direction that a relation answer needs, either way"})
+    captions: tuple[str, ...] = field(default=CAPTION_FAMILIES, metadata={
+        "help": "caption prompts to add per image (caption_scene, caption_object, caption_relation; each needs "
+                "reference captions of its granularity)"})
 
     def __post_init__(self) -> None:
         unknown = sorted(set(self.families) - set(QUESTION_FAMILIES))
         if unknown:
             raise ValueError(f"unknown question families {unknown}; valid families are {list(QUESTION_FAMILIES)}")
+        unknown = sorted(set(self.captions) - set(CAPTION_FAMILIES))
+        if unknown:
+            raise ValueError(f"unknown caption prompts {unknown}; valid prompts are {list(CAPTION_FAMILIES)}")
         if self.per_family < 1:
             raise ValueError("per_family must be at least 1")
 
@@ -261,8 +282,19 @@ def scene_questions(scene: dict[str, Any], config: QuestionConfig | None = None,
     return out
 
 
+def caption_items(sample: Sample, families: Sequence[str] = CAPTION_FAMILIES) -> list[Question]:
+    """The caption prompts of one sample: one per family whose granularity the sample has reference captions of."""
+    out = []
+    for family in families:
+        granularity, prompt = CAPTION_PROMPTS[family]
+        refs = tuple(c.text for c in sample.captions if c.granularity == granularity)
+        if refs:
+            out.append(Question(sample.image_id, sample.image_path, prompt, None, family, sample.split, refs))
+    return out
+
+
 def generate_questions(samples: Sequence[Sample], config: QuestionConfig | None = None) -> list[Question]:
-    """Questions for every sample with a scene graph, in sample order.
+    """Questions for every sample with a scene graph, in sample order, then its caption prompts (``captions``).
 
     Raises:
         ValueError: when no sample has a scene graph (COCO, VG and Flickr have none to answer from).
@@ -270,13 +302,16 @@ def generate_questions(samples: Sequence[Sample], config: QuestionConfig | None 
     with_scene = [s for s in samples if s.scene is not None]
     if not with_scene:
         raise ValueError("questions need scene graphs (formats synth and clevr); these samples have none")
-    return [q for s in with_scene for q in scene_questions(s.scene, config, s.image_id, s.image_path, s.split)]
+    cfg = config or QuestionConfig()
+    questions = [q for s in with_scene for q in scene_questions(s.scene, cfg, s.image_id, s.image_path, s.split)]
+    return questions + [q for s in with_scene for q in caption_items(s, cfg.captions)]
 
 
 def write_clevr_questions(questions: Sequence[Question], out: str | Path, info: dict[str, Any] | None = None) -> Path:
     """CLEVR's questions JSON (``image_index`` is the sample's image id)."""
     counts = Counter(q.family for q in questions)
-    rows = [{"image_index": q.image_id, "image_filename": q.image_path, "question": q.question, "answer": q.answer,
+    rows = [{"image_index": q.image_id, "image_filename": q.image_path, "question": q.question,
+             **({"answer": q.answer} if q.answer is not None else {"references": list(q.references)}),
              "question_family": q.family, "split": q.split} for q in questions]
     meta = {"generator": "dsanchor", "families": dict(counts), **(info or {})}
     return write_json(out, {"info": meta, "questions": rows})

@@ -21,8 +21,8 @@ from torch import nn
 
 from dsanchor.integrations.taps import CoarseTap, SeamHandle, find_encoder_layers, replace_last_hidden_state
 
-__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "EMBED_PROMPTS",
-           "feature_dim", "attach", "prepare"]
+__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "INSTRUCTION_PROMPT",
+           "EMBED_PROMPTS", "feature_dim", "attach", "prepare"]
 
 CLASS_NAMES = ("Blip2ForConditionalGeneration", "Blip2Model")
 MODEL_CLASS = "Blip2ForConditionalGeneration"
@@ -30,6 +30,8 @@ CAPTION_PROMPT = "a photo of"
 QUESTION_PROMPT = "Question: {question} Answer:"
 # short-answer questions (dsanchor mllm answer): one word or a number
 ANSWER_PROMPT = "Question: {question} Short answer:"
+# an instruction whose answer is free text (caption prompts of dsanchor data questions)
+INSTRUCTION_PROMPT = "{question}"
 EMBED_PROMPTS = {"image": "Summary above image in one word:", "text": "{x} Summary above sentence in one word:"}
 
 

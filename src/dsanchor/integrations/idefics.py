@@ -24,8 +24,8 @@ from torch import nn
 
 from dsanchor.integrations.taps import CoarseTap, SeamHandle, find_encoder_layers, replace_last_hidden_state
 
-__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "EMBED_PROMPTS",
-           "feature_dim", "attach", "prepare"]
+__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "INSTRUCTION_PROMPT",
+           "EMBED_PROMPTS", "feature_dim", "attach", "prepare"]
 
 CLASS_NAMES = ("IdeficsForVisionText2Text", "IdeficsModel")
 MODEL_CLASS = "IdeficsForVisionText2Text"
@@ -33,6 +33,8 @@ CAPTION_PROMPT = "Describe the image in one sentence."
 QUESTION_PROMPT = "{question} Answer yes or no."
 # short-answer questions (dsanchor mllm answer): one word or a number
 ANSWER_PROMPT = "{question} Answer with a single word or number."
+# an instruction whose answer is free text (caption prompts of dsanchor data questions)
+INSTRUCTION_PROMPT = "{question}"
 EMBED_PROMPTS = {"image": "Summary above image in one word:", "text": "{x}\nSummary above sentence in one word:"}
 
 

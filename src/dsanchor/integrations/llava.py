@@ -26,8 +26,8 @@ from torch import nn
 
 from dsanchor.integrations.taps import CoarseTap, SeamHandle, find_encoder_layers
 
-__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "EMBED_PROMPTS",
-           "feature_dim", "shape_like_fine", "attach", "prepare"]
+__all__ = ["CLASS_NAMES", "MODEL_CLASS", "CAPTION_PROMPT", "QUESTION_PROMPT", "ANSWER_PROMPT", "INSTRUCTION_PROMPT",
+           "EMBED_PROMPTS", "feature_dim", "shape_like_fine", "attach", "prepare"]
 
 CLASS_NAMES = ("LlavaForConditionalGeneration", "LlavaModel")  # the transformers classes attach_dsa accepts
 MODEL_CLASS = "LlavaForConditionalGeneration"  # the class load_mllm reads a checkpoint with
@@ -36,6 +36,8 @@ QUESTION_PROMPT = "USER: <image>\n{question} Answer yes or no. ASSISTANT:"  # {q
 # short-answer questions (dsanchor mllm answer): one word or a number
 ANSWER_PROMPT = ("USER: <image>\n{question} Answer the question using a single word or number. "
                  "ASSISTANT:")
+# an instruction whose answer is free text (caption prompts of dsanchor data questions)
+INSTRUCTION_PROMPT = "USER: <image>\n{question} ASSISTANT:"
 # E5-V prompts (Jiang et al. 2024): {x} is the sentence for captions
 EMBED_PROMPTS = {"image": "USER: <image>\nSummary above image in one word: ASSISTANT:",
                  "text": "USER: {x}\nSummary above sentence in one word: ASSISTANT:"}

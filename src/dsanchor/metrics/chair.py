@@ -31,6 +31,11 @@ CLEVR's synonyms ("block" -> cube, "ball" -> sphere) and its size/material words
 ("small red metal block" -> "red cube"). A shape without a colour ("a cube") is a mention of the bare
 shape, hallucinated only when the image has no object of that shape. Colour words alone ("a red
 object") are not mentions.
+
+Negation: the published CHAIR counts every mention, so "there are no cubes" claims a cube. Synth captions negate
+often, so :func:`chair` can leave negated mentions out (``skip_negated=True``): a mention with a negation word
+("no", "not", "n't", "without", "nor", "none", "never") among the :data:`NEGATION_WINDOW` words before it, in the
+same clause (a comma, full stop, semicolon, "and" or "but" ends the look-back). Reports give both counts.
 """
 
 from __future__ import annotations
@@ -49,7 +54,7 @@ from dsanchor.metrics.tokenize import ptb_tokenize, singularize
 
 __all__ = ["Mention", "CaptionChair", "ChairResult", "Vocabulary", "CocoVocabulary", "SynthVocabulary",
            "chair", "chair_ground_truth", "caption_objects", "caption_words", "gt_objects_from_coco",
-           "get_vocabulary", "list_vocabularies"]
+           "get_vocabulary", "list_vocabularies", "negated", "NEGATIONS"]
 
 _RESOURCES = "dsanchor.data.resources"
 
@@ -63,6 +68,9 @@ _COCO_DOUBLE_WORDS = ("motor bike", "motor cycle", "air plane", "traffic light",
 _ANIMAL_WORDS = ("bird", "cat", "dog", "horse", "sheep", "cow", "elephant", "bear", "zebra", "giraffe", "animal",
                  "cub")
 _VEHICLE_WORDS = ("jet", "train")
+NEGATIONS = frozenset(("no", "not", "n't", "without", "nor", "none", "never"))
+NEGATION_WINDOW = 4  # words looked back from a mention for a negation
+_CLAUSE_ENDS = frozenset((",", ".", ";", "and", "but"))
 
 
 class Mention(NamedTuple):
@@ -261,14 +269,26 @@ def caption_objects(caption: str, vocabulary: str | Vocabulary = "coco") -> list
     return [f[2] for f in _vocab(vocabulary).find(caption_words(caption))]
 
 
-def _score_caption(image_id: Hashable, caption: str, gt: frozenset[str], vocab: Vocabulary) -> CaptionChair:
-    mentions = tuple(Mention(word, name, i, not vocab.grounded(name, gt))
-                     for i, word, name in vocab.find(caption_words(caption)))
+def negated(words: Sequence[str], index: int) -> bool:
+    """Whether the mention starting at ``words[index]`` is negated (module docstring: same clause, a few words)."""
+    for w in reversed(words[max(0, index - NEGATION_WINDOW):index]):
+        if w in _CLAUSE_ENDS:
+            return False
+        if w in NEGATIONS:
+            return True
+    return False
+
+
+def _score_caption(image_id: Hashable, caption: str, gt: frozenset[str], vocab: Vocabulary,
+                   skip_negated: bool = False) -> CaptionChair:
+    words = caption_words(caption)
+    mentions = tuple(Mention(word, name, i, not vocab.grounded(name, gt)) for i, word, name in vocab.find(words)
+                     if not (skip_negated and negated(words, i)))
     return CaptionChair(image_id, caption, mentions)
 
 
 def chair(captions: Mapping[Hashable, str], gt_objects: Mapping[Hashable, Iterable[str]],
-          vocabulary: str | Vocabulary = "coco") -> ChairResult:
+          vocabulary: str | Vocabulary = "coco", skip_negated: bool = False) -> ChairResult:
     """CHAIR_s and CHAIR_i of ``captions`` against the objects in their images.
 
     Args:
@@ -277,6 +297,8 @@ def chair(captions: Mapping[Hashable, str], gt_objects: Mapping[Hashable, Iterab
             synonyms (``"bike"``), others are ignored. Ids match by their string form, so ``42`` and
             ``"42"`` are the same image (JSON keys are strings).
         vocabulary: ``"coco"`` or ``"synth"`` (see the module docstring), or a :class:`Vocabulary`.
+        skip_negated: leave negated mentions out ("there are no cubes"; module docstring); the published
+            CHAIR counts them.
 
     Returns:
         The two rates, the counts behind them and every caption's mentions.
@@ -295,7 +317,8 @@ def chair(captions: Mapping[Hashable, str], gt_objects: Mapping[Hashable, Iterab
     bad = [i for i, c in captions.items() if not isinstance(c, str)]
     if bad:
         raise MetricInputError(f"captions must be strings; image {bad[0]} has a {type(captions[bad[0]]).__name__}")
-    per = tuple(_score_caption(i, c, vocab.canonical_objects(gt[str(i)]), vocab) for i, c in captions.items())
+    per = tuple(_score_caption(i, c, vocab.canonical_objects(gt[str(i)]), vocab, skip_negated)
+                for i, c in captions.items())
     n_mentions = sum(len(c.mentions) for c in per)
     n_hall = sum(m.hallucinated for c in per for m in c.mentions)
     n_hall_caps = sum(c.has_hallucination for c in per)

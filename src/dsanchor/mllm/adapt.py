@@ -42,25 +42,32 @@ from dsanchor.mllm.scores import score_captions
 __all__ = ["training_batch", "train_adapter", "cider_at_fixed_g", "run_adapt"]
 
 
-def training_batch(model_type: str, processor, images: list, prompt: str, captions: list[str]) -> dict:
-    """Inputs with labels: the caption tokens (prompt and padding are -100); right padding."""
+def training_batch(model_type: str, processor, images: list, prompt: str | list[str], captions: list[str]) -> dict:
+    """Inputs with labels: the caption tokens (prompt and padding are -100); right padding.
+
+    Args:
+        prompt: one prompt for every image, or one per image.
+    """
     family = get_family(model_type)
     tok = getattr(processor, "tokenizer", processor)
+    prompts = [prompt] * len(images) if isinstance(prompt, str) else list(prompt)
     side = tok.padding_side
     tok.padding_side = "right"
     try:
-        head = family.prepare(processor, images[:1], [prompt])["input_ids"].shape[1]
-        full = [f"{prompt} {c}{tok.eos_token or ''}" for c in captions]
+        heads = {p: family.prepare(processor, images[:1], [p])["input_ids"].shape[1] for p in prompts}
+        eos = tok.eos_token or ""
         if model_type == "idefics":  # the caption goes after "Assistant:"
-            turns = [["User:", im, f"{prompt}\nAssistant: {c}{tok.eos_token or ''}"]
-                     for im, c in zip(images, captions, strict=True)]
+            turns = [["User:", im, f"{p}\nAssistant: {c}{eos}"] for im, p, c in zip(images, prompts, captions,
+                                                                                    strict=True)]
             inputs = processor(text=turns, return_tensors="pt", padding="longest")
         else:
-            inputs = family.prepare(processor, images, full)
+            inputs = family.prepare(processor, images, [f"{p} {c}{eos}" for p, c in zip(prompts, captions,
+                                                                                         strict=True)])
     finally:
         tok.padding_side = side
     labels = inputs["input_ids"].clone()
-    labels[:, :head] = -100
+    for r, p in enumerate(prompts):
+        labels[r, :heads[p]] = -100
     if "attention_mask" in inputs:
         labels[inputs["attention_mask"] == 0] = -100
     inputs["labels"] = labels

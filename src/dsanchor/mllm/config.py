@@ -23,14 +23,16 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsanchor.data import list_formats
-from dsanchor.errors import ConfigError
+from dsanchor.errors import ConfigError, DataError
+from dsanchor.gate import GateConfig
 from dsanchor.integrations.families import get_family
 from dsanchor.rl.env import RewardConfig
 from dsanchor.rl.ppo import PPOConfig
 from dsanchor.rl.tune import TuneConfig, read_best
 
 __all__ = ["MLLMConfig", "GridConfig", "CaptionConfig", "MLLMTrainConfig", "MLLMEvalConfig", "AdaptConfig",
-           "BuildConfig", "AnswerConfig", "MLLM_REWARD_DEFAULTS", "MLLM_PPO_DEFAULTS", "MLLM_TUNE_DEFAULTS",
+           "BuildConfig", "AnswerConfig", "RouterConfig",
+           "MLLM_REWARD_DEFAULTS", "MLLM_PPO_DEFAULTS", "MLLM_TUNE_DEFAULTS",
            "CHAIR_VOCABULARY",
            "mllm_reward", "mllm_ppo", "mllm_tune"]
 
@@ -70,6 +72,9 @@ class MLLMConfig:
     split_seed: int = field(default=0, metadata={"help": "seed of the 60/20/20 split when the data has none"})
     limit: int | None = field(default=None, metadata={"help": "use at most this many images of each split"})
     prompt: str | None = field(default=None, metadata={"help": "caption prompt; unset: a default per model type"})
+    questions: str | None = field(default=None, metadata={
+        "help": "questions file (`dsanchor data questions`): learn and measure on its questions and caption prompts "
+                "about each split's images instead of one caption per image"})
     coarse_layer: int = field(default=1, metadata={"help": "vision hidden-state index that gives V_coarse"})
     adapter: str | None = field(default=None, metadata={"help": "seam adapter from `dsanchor mllm adapt`"})
     hall_detector: str | None = field(default=None, metadata={
@@ -94,6 +99,8 @@ class MLLMConfig:
             raise ConfigError(f"unknown --format {self.format!r}; valid: {', '.join(list_formats())}")
         if self.limit is not None and self.limit <= 0:
             raise ConfigError(f"--limit must be positive; got {self.limit}")
+        if self.questions is not None and not Path(self.questions).is_file():
+            raise DataError(self.questions, "questions file not found (write one with `dsanchor data questions`)")
         if (self.hall_detector is None) != (self.features is None):
             raise ConfigError("--hall-detector and --features go together (the detector reads the store's features)")
 
@@ -113,7 +120,8 @@ class MLLMConfig:
         return Path(self.data) if Path(self.data).is_dir() else Path(self.data).parent
 
     def cache_dir(self, split: str) -> Path:
-        return Path(self.cache or Path(self.out) / "grid") / split
+        """The grid cache of ``split``: ``CACHE/split``, or ``CACHE/split-items`` with ``--questions``."""
+        return Path(self.cache or Path(self.out) / "grid") / (f"{split}-items" if self.questions else split)
 
 
 @dataclass
@@ -124,12 +132,13 @@ class GridConfig:
     chunk_size: int = field(default=16, metadata={"help": "images per cache file (the unit of resume and sharding)"})
     batch_size: int = field(default=8, metadata={"help": "images per generate call"})
     max_new_tokens: int = field(default=30, metadata={"help": "tokens generated per caption"})
+    answer_tokens: int = field(default=5, metadata={"help": "tokens generated per short answer (--questions)"})
 
     def __post_init__(self) -> None:
         if self.grid < 2:
             raise ConfigError(f"--grid must be >= 2 (g = 0 and g = 1 at least); got {self.grid}")
-        if min(self.chunk_size, self.batch_size, self.max_new_tokens) < 1:
-            raise ConfigError("--chunk-size, --batch-size and --max-new-tokens must be >= 1")
+        if min(self.chunk_size, self.batch_size, self.max_new_tokens, self.answer_tokens) < 1:
+            raise ConfigError("--chunk-size, --batch-size, --max-new-tokens and --answer-tokens must be >= 1")
 
 
 @dataclass
@@ -169,11 +178,28 @@ class MLLMTrainConfig:
 
 
 @dataclass
+class RouterConfig(GateConfig):
+    """``router_loss`` (``mllm train --questions``): AVG-LLaVA's supervised router on the answer losses; the
+    gradient steps, learning rate, weight decay and seed are :class:`~dsanchor.gate.GateConfig`'s."""
+
+    margin: float = field(default=0.1, metadata={"help": "margin of the ranking loss (on probabilities)"})
+    rank_weight: float = field(default=1.0, metadata={"help": "weight of the ranking loss beside the cross-entropy"})
+    hidden: int = field(default=64, metadata={"help": "width of each hidden layer"})
+    layers: int = field(default=2, metadata={"help": "hidden layers"})
+
+    def __post_init__(self) -> None:
+        if self.steps < 1 or self.hidden < 1 or self.layers < 1:
+            raise ConfigError("--router-steps, --router-hidden and --router-layers must be >= 1")
+
+
+@dataclass
 class MLLMEvalConfig:
     """``mllm eval``: the controller to measure, POPE, retrieval and the bootstrap."""
 
     controller: str | None = field(default=None, metadata={"help": "controller from `mllm train --out` (the "
                                                                    "directory or its controller/ folder)"})
+    router: str | None = field(default=None, metadata={"help": "router_loss controller (--questions; default: the "
+                                                               "router/ folder of --controller's `mllm train --out`)"})
     pope_positives: int = field(default=3, metadata={"help": "POPE: at most this many present objects per image "
                                                              "(as many absent ones per sampling); 0 skips POPE"})
     retrieval: bool = field(default=True, metadata={"help": "R@1 / R@10 with the MLLM's own embeddings"})
@@ -279,6 +305,8 @@ class AnswerConfig:
     adapter: str | None = field(default=None, metadata={"help": "seam adapter from `dsanchor mllm adapt`"})
     batch_size: int = field(default=8, metadata={"help": "questions per generate call"})
     max_new_tokens: int = field(default=5, metadata={"help": "tokens generated per answer"})
+    caption_tokens: int = field(default=30, metadata={"help": "tokens generated per caption prompt (rows with "
+                                                              "references)"})
     limit: int | None = field(default=None, metadata={"help": "answer at most this many questions"})
     device: str = field(default="auto", metadata={"help": "cpu, cuda or auto"})
     dtype: str = field(default="auto", metadata={"help": "auto (the checkpoint's), float32, float16 or bfloat16"})

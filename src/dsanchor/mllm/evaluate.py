@@ -57,28 +57,18 @@ from dsanchor.integrations.handle import DSAHandle
 from dsanchor.mllm.config import GridConfig, MLLMConfig, MLLMEvalConfig
 from dsanchor.mllm.data import MLLMData, load_mllm_data
 from dsanchor.mllm.embed import image_embeddings, recalls, relevance, text_embeddings
+from dsanchor.mllm.evaluate_items import run_item_eval
 from dsanchor.mllm.generate import CaptionRun, caption_samples, write_captions
 from dsanchor.mllm.grid import GridCache
 from dsanchor.mllm.pope import Question, answer_questions, f1_of_counts, pope_counts, pope_questions, pope_scores
 from dsanchor.mllm.rewards import GridRewards, objective_scores, split_rewards
-from dsanchor.mllm.scores import per_image_scores, score_captions
+from dsanchor.mllm.scores import per_image_scores, score_captions, vocabulary_matches
+from dsanchor.mllm.seeds import mean_over_seeds, resolve_controllers
 from dsanchor.report.mllm import write_mllm_report
 
 __all__ = ["METHODS", "resolve_controllers", "mean_over_seeds", "run_mllm_eval"]
 
 METHODS = ("base", "fixed_best", "dsa_ppo", "oracle")
-
-
-def resolve_controllers(path: str | None) -> list[Path]:
-    """The controller folders of ``--controller``: a controller, a ``mllm train --out`` folder, or one with
-    a ``seed*/controller`` per training seed (``mllm train --seeds N``)."""
-    if path is None:
-        return []
-    p = Path(path)
-    if (p / "controller").is_dir():
-        return [p / "controller"]
-    seeds = sorted(q / "controller" for q in p.glob("seed*") if (q / "controller").is_dir())
-    return seeds or [p]
 
 
 @dataclass
@@ -173,23 +163,6 @@ def measure(setup: EvalSetup, method: str, ctrl: GranularityController | None = 
     return MethodRun(entry, per_image, run)
 
 
-def mean_over_seeds(entries: list[dict[str, Any]]) -> dict[str, Any]:
-    """Mean over training seeds of every number (nested dicts too), with ``<key>_std`` beside it."""
-    if len(entries) == 1:
-        return entries[0]
-    out: dict[str, Any] = {}
-    for key, v in entries[0].items():
-        vals = [e.get(key) for e in entries]
-        if isinstance(v, dict):
-            out[key] = mean_over_seeds(vals)
-        elif isinstance(v, (int, float)) and not isinstance(v, bool):
-            out[key] = float(np.mean(vals))
-            out[f"{key}_std"] = float(np.std(vals))
-        else:
-            out[key] = v
-    return out
-
-
 def _mean(x: np.ndarray) -> float:
     return float(x.mean()) if len(x) else 0.0
 
@@ -275,6 +248,8 @@ def _measure_methods(setup: EvalSetup, ctrls: list[GranularityController],
 def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, progress: bool = True,
                   data: MLLMData | None = None) -> dict[str, Any] | None:
     """Every method and column of the module docstring; writes results.json and report.md to ``cfg.out``.
+    With ``--questions`` the evaluation is per item and question family instead
+    (:func:`dsanchor.mllm.evaluate_items.run_item_eval`).
 
     With several training seeds (``mllm train --seeds N``) ``dsa_ppo`` is measured once per seed: its numbers
     are the means with ``_std`` beside them, and its intervals resample seeds as well as images.
@@ -284,6 +259,8 @@ def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, progres
     ctrls = [GranularityController.from_pretrained(p).to(data.device) for p in resolve_controllers(ev.controller)]
     for c in ctrls:
         data.attach(c, cfg.coarse_layer).detach()  # the layout check, before any work
+    if cfg.questions:  # per item and question family
+        return run_item_eval(cfg, grid, ev, data, progress, ctrls)
     setup, info = _setup(cfg, grid, ev, data, progress)
     if setup is None:
         return None
@@ -303,6 +280,8 @@ def run_mllm_eval(cfg: MLLMConfig, grid: GridConfig, ev: MLLMEvalConfig, progres
     results.update({"model_type": cfg.model_type, "model_path": str(cfg.model_path), "data": str(cfg.data),
                     "split_note": data.split_note, "n_test_images": len(setup.test),
                     "n_judged_chair": int(per_image["base"]["judged"][0].sum()),
+                    "chair_vocabulary": data.vocabulary,
+                    "chair_vocabulary_matches": vocabulary_matches(setup.test, data.vocabulary),
                     "n_pope_questions": {s: len(q) for s, q in setup.questions.items()},
                     "retrieval_protocol": setup.protocol, "n_captions": len(setup.texts), "controller": ev.controller,
                     "controllers": [str(p) for p in resolve_controllers(ev.controller)],

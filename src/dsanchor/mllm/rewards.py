@@ -11,10 +11,12 @@ between grid points for PPO; :func:`split_rewards` builds (or resumes) a split's
 
 from __future__ import annotations
 
+import functools
 import hashlib
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -26,14 +28,14 @@ from dsanchor.features.store import FeatureStore
 from dsanchor.features.types import ImageFeatures
 from dsanchor.hallucination import HallucinationDetector
 from dsanchor.hallucination.mentions import caption_objects, hallucination_share
-from dsanchor.integrations import processor_fns, state_layout
+from dsanchor.integrations import get_family, processor_fns, state_layout
 from dsanchor.mllm.config import GridConfig, MLLMConfig
 from dsanchor.mllm.data import MLLMData
-from dsanchor.mllm.grid import GridCache, build_grid_cache, load_grid_cache, model_fingerprint
+from dsanchor.mllm.grid import AnswerLoss, GridCache, GridRow, build_grid_cache, load_grid_cache, model_fingerprint
 from dsanchor.mllm.scores import caption_mentions, chair_truth
 
 __all__ = ["GridRewards", "GridRewardModel", "DetectorShares", "grid_rewards",
-           "objective_scores", "mllm_objective", "split_rewards", "reward_model"]
+           "objective_scores", "mllm_objective", "split_rewards", "split_cache", "reward_model"]
 
 
 @dataclass
@@ -45,6 +47,12 @@ class GridRewards:
     judged: np.ndarray  # (N,) bool: CHAIR's ground truth judged the image
     n_unjudged: int  # images without annotated objects
     n_detector: int  # of those, how many the hallucination detector scored
+    accuracy_name: str = "cider"  # what R_acc is (items: "accuracy", :class:`dsanchor.mllm.items.ItemRewards`)
+
+    @property
+    def accuracy(self) -> np.ndarray:
+        """R_acc of every cached caption: its CIDEr-D."""
+        return self.cider
 
 
 class DetectorShares:
@@ -175,20 +183,29 @@ def split_rewards(cfg: MLLMConfig, data: MLLMData, split: str, grid: GridConfig,
     samples = data.split(split, cfg.limit)
     if not samples:
         raise ConfigError(f"the {split} split is empty ({data.split_note})")
-    prepare, decode = processor_fns(cfg.model_type, data.processor, cfg.caption_prompt)
     meta = {"model": model_fingerprint(cfg.model_path), "model_type": cfg.model_type, "prompt": cfg.caption_prompt,
             "adapter": str(cfg.adapter), "split": split}
-    out = cfg.cache_dir(split)
-    layout = state_layout(data.model, cfg.coarse_layer)
-    build_grid_cache(data.model, prepare, decode, samples, data.root, out, grid, layout, meta,
-                     coarse_layer=cfg.coarse_layer, progress=progress, adapter=data.adapter)
-    cache = load_grid_cache(out)
+    rows = [GridRow(s.image_id, s, cfg.caption_prompt) for s in samples]
+    cache = split_cache(cfg, data, split, grid, rows, meta, progress)
     detector = None
     if cfg.hall_detector and any(not s.objects for s in samples):
         detector = DetectorShares(cfg.hall_detector, cfg.features, data.vocabulary)
     return cache, grid_rewards(cache, samples, data.vocabulary, detector)
 
 
-def reward_model(cache: GridCache, rewards: GridRewards) -> GridRewardModel:
-    """The PPO reward of a cache: its rewards interpolated between its grid points."""
-    return GridRewardModel(cache.grid, rewards.cider, rewards.hallucination)
+def split_cache(cfg: MLLMConfig, data: MLLMData, split: str, grid: GridConfig, rows: Sequence[GridRow],
+                meta: dict[str, Any], progress: bool = True, loss: AnswerLoss | None = None,
+                items: bool = False) -> GridCache:
+    """Build (or resume) the grid cache of ``split`` over ``rows`` under ``cfg.cache_dir(split)`` and load it."""
+    prepare = functools.partial(get_family(cfg.model_type).prepare, data.processor)
+    _, decode = processor_fns(cfg.model_type, data.processor)
+    out, layout = cfg.cache_dir(split), state_layout(data.model, cfg.coarse_layer)
+    build_grid_cache(data.model, prepare, decode, rows, data.root, out, grid, layout, meta,
+                     coarse_layer=cfg.coarse_layer, progress=progress, adapter=data.adapter, loss=loss, items=items)
+    return load_grid_cache(out)
+
+
+def reward_model(cache: GridCache, rewards) -> GridRewardModel:
+    """The PPO reward of a cache: its reward terms (:class:`GridRewards` or
+    :class:`~dsanchor.mllm.items.ItemRewards`) interpolated between its grid points."""
+    return GridRewardModel(cache.grid, rewards.accuracy, rewards.hallucination)

@@ -11,20 +11,20 @@ from typing import Any
 
 from dsanchor.files import atomic_write_text
 
-__all__ = ["write_mllm_report", "mllm_table"]
+__all__ = ["write_mllm_report", "mllm_table", "chair_notes", "pope_table", "fmt", "cell"]
 
 LABELS = {"base": "base (unmodified model)", "fixed_best": "fixed_best (g chosen on val)", "dsa_ppo": "dsa_ppo",
           "oracle": "oracle (upper bound of CIDEr-D − hallucinated share: g per test image on its own references)"}
 
 
-def _f(x: Any, nd: int = 3) -> str:
+def fmt(x: Any, nd: int = 3) -> str:
     return "—" if x is None else f"{x:.{nd}f}"
 
 
-def _c(d: dict[str, Any], key: str, nd: int = 3) -> str:
+def cell(d: dict[str, Any], key: str, nd: int = 3) -> str:
     """A cell: the value, with ``± std`` over training seeds where there are several."""
     v, sd = d.get(key), d.get(f"{key}_std")
-    return _f(v, nd) if sd is None else f"{_f(v, nd)} ± {sd:.{nd}f}"
+    return fmt(v, nd) if sd is None else f"{fmt(v, nd)} ± {sd:.{nd}f}"
 
 
 def mllm_table(results: dict[str, Any]) -> list[str]:
@@ -38,10 +38,38 @@ def mllm_table(results: dict[str, Any]) -> list[str]:
         g = "—" if "g_mean" not in r else (f"{r['g_mean']:.2f}" if r.get("g_std", 0) < 1e-9 else
                                            f"{r['g_mean']:.2f} ± {r['g_std']:.2f}")
         lines.append(
-            f"| {LABELS.get(name, name)} | {g} | {_c(r, 'BLEU-4')} | {_c(r, 'CIDEr')} | {_c(r, 'CHAIR_i')} | "
-            f"{_c(r, 'CHAIR_s')} | {_c(pope, 'accuracy')} | {_c(pope, 'f1')} | {_c(pope, 'yes_ratio')} | "
-            f"{_c(ret.get('t2i', {}), 'R@1')} | {_c(ret.get('t2i', {}), 'R@10')} | {_c(ret.get('i2t', {}), 'R@1')} | "
-            f"{_c(ret.get('i2t', {}), 'R@10')} | {_c(r, 'ms_per_image', 1)} |")
+            f"| {LABELS.get(name, name)} | {g} | {cell(r, 'BLEU-4')} | {cell(r, 'CIDEr')} | {cell(r, 'CHAIR_i')} | "
+            f"{cell(r, 'CHAIR_s')} | {cell(pope, 'accuracy')} | {cell(pope, 'f1')} | {cell(pope, 'yes_ratio')} | "
+            f"{cell(ret.get('t2i', {}), 'R@1')} | {cell(ret.get('t2i', {}), 'R@10')} | "
+            f"{cell(ret.get('i2t', {}), 'R@1')} | {cell(ret.get('i2t', {}), 'R@10')} | {cell(r, 'ms_per_image', 1)} |")
+    return lines
+
+
+def chair_notes(results: dict[str, Any]) -> list[str]:
+    """Why CHAIR cells are empty (a vocabulary that names none of the objects), and on synth CHAIR with negated
+    mentions left out beside the published count of the table."""
+    if results.get("chair_vocabulary_matches") is False:
+        return ["", f"CHAIR judges no image: the {results['chair_vocabulary']} vocabulary names none of the dataset's "
+                    "objects, so its cells are empty (not 0)."]
+    kept = [(n, r) for n, r in results["methods"].items() if "CHAIR_i_no_negated" in r]
+    if not kept:
+        return []
+    return ["", "CHAIR with negated mentions left out (\"there are no cubes\" claims no cube; the table has the "
+                "published count): " + "; ".join(f"{n} CHAIR_i {cell(r, 'CHAIR_i_no_negated')}, CHAIR_s "
+                                                  f"{cell(r, 'CHAIR_s_no_negated')}" for n, r in kept) + "."]
+
+
+def pope_table(results: dict[str, Any]) -> list[str]:
+    """The "POPE by sampling" section: one row per method and sampling (empty when no method has POPE)."""
+    rows = [(n, r["pope"]) for n, r in results["methods"].items() if "pope" in r]
+    if not rows:
+        return []
+    lines = ["", "## POPE by sampling", "", "| method | sampling | accuracy | precision | recall | F1 | yes-ratio |",
+             "|---|---|---|---|---|---|---|"]
+    for n, p in rows:
+        for s, m in p.items():
+            lines.append(f"| {n} | {s} | {fmt(m['accuracy'])} | {fmt(m['precision'])} | {fmt(m['recall'])} | "
+                         f"{fmt(m['f1'])} | {fmt(m['yes_ratio'])} |")
     return lines
 
 
@@ -109,6 +137,7 @@ def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
              f"({sum(results['n_pope_questions'].values())} questions); retrieval with the MLLM's own E5-V embeddings, "
              f"{results['retrieval_protocol'] or 'not run'} relevance over {results['n_captions']} captions.", ""]
     lines += mllm_table(results)
+    lines += chair_notes(results)
     if results.get("n_controller_seeds", 1) > 1:
         lines += ["", f"dsa_ppo: mean ± std over {results['n_controller_seeds']} PPO training seeds (one model, "
                       "one grid cache)."]
@@ -124,15 +153,7 @@ def write_mllm_report(results: dict[str, Any], out: str | Path) -> Path:
                   f"Captioning: base {o['base_ms_per_image']:.1f} ms / image, dsa_ppo {o['dsa_ppo_ms_per_image']:.1f} "
                   f"ms / image in the same run; the state and controller take {o['controller_ms_per_image']:.2f} ms "
                   f"/ image, {100 * o['controller_share']:.2f}% of dsa_ppo's generation time."]
-    pope_rows = [(n, r["pope"]) for n, r in results["methods"].items() if "pope" in r]
-    if pope_rows:
-        lines += ["", "## POPE by sampling", "",
-                  "| method | sampling | accuracy | precision | recall | F1 | yes-ratio |",
-                  "|---|---|---|---|---|---|---|"]
-        for n, p in pope_rows:
-            for s, m in p.items():
-                lines.append(f"| {n} | {s} | {_f(m['accuracy'])} | {_f(m['precision'])} | {_f(m['recall'])} | "
-                             f"{_f(m['f1'])} | {_f(m['yes_ratio'])} |")
+    lines += pope_table(results)
     plot = _plot(results, out)
     if plot is not None:
         lines += ["", "## Objective against fixed g", "", f"![objective vs g]({plot.name})"]
