@@ -12,6 +12,7 @@ from pathlib import Path
 import pytest
 
 from dsanchor.cli import main as cli_main
+from dsanchor.errors import ConfigError
 
 
 def snapshot(folder: Path) -> dict[str, str]:
@@ -177,6 +178,18 @@ def test_refused_run_leaves_the_run_untouched_and_overwrite_replaces_it(fake_sta
     assert after["features/store.bin"] == before["features/store.bin"]
     assert after["seed0/heads/heads.bin"] != before["seed0/heads/heads.bin"]
     assert json.loads((out / ".run.json").read_text())["align_epochs"] == 3
+
+
+def test_more_seeds_extend_a_run_without_overwrite(tmp_path):
+    from dsanchor.run import RunConfig, run_inputs, start_run
+
+    out = tmp_path / "run"
+    start_run(out, 7, run_inputs({"path": "d"}, "synth", None, RunConfig()))
+    (out / "seed0").mkdir()
+    for seeds in (3, 1):  # each seed's stages are keyed by their seed, so the count is not an input
+        assert start_run(out, 19, run_inputs({"path": "d"}, "synth", None, RunConfig(seeds=seeds))) is not None
+    with pytest.raises(ConfigError, match="different align_epochs"):
+        start_run(out, 19, run_inputs({"path": "d"}, "synth", None, RunConfig(seeds=3, align_epochs=2)))
 
 
 def test_run_from_before_the_record_is_checked_stage_by_stage(fake_stages, tmp_path, capsys):

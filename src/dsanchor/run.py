@@ -98,6 +98,9 @@ class RunConfig:
 
 RUN_RECORD = ".run.json"  # in a run's folder: the inputs of the run (what --overwrite is needed to change)
 RUNTIME_FIELDS = ("workers", "tune_workers")  # RunConfig fields that do not change what a run computes
+# RunConfig fields that say how many of something to run, each keyed on its own: `--seeds 3` over a 1-seed run
+# adds seeds 1 and 2 and reuses seed 0 (results are merged anew on every run)
+COUNT_FIELDS = ("seeds",)
 # fields added (or given a new default) later: left out of the inputs at these defaults, so a run recorded before
 # them resumes
 LATER_FIELDS = {"region_stage": "auto", "object_labels": "auto", "region_source": "auto"}
@@ -157,7 +160,7 @@ def run_inputs(data_key: dict[str, Any], fmt: str, splits: str | None, config: A
     """What a run's outputs depend on: the data, its format and splits, the config (runtime fields left out) and
     ``extra`` entries, as JSON values."""
     cfg = {k: v for k, v in dataclasses.asdict(config).items()
-           if k not in RUNTIME_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
+           if k not in RUNTIME_FIELDS + COUNT_FIELDS and not (k in LATER_FIELDS and v == LATER_FIELDS[k])}
     return json.loads(json.dumps({"data": data_key, "format": fmt, "splits": splits, **cfg, **extra}, default=str))
 
 
@@ -183,8 +186,8 @@ def start_run(out: Path, total: int, inputs: dict[str, Any], overwrite: bool = F
         old = json.loads(record.read_text())
         # a field left out at its default (LATER_FIELDS) matches what a record before it holds; the stage keys
         # still decide what is reused
-        old = {k: v for k, v in old.items()
-               if not (k in LATER_FIELDS and k not in inputs and v == PREVIOUS_DEFAULTS.get(k, v))}
+        old = {k: v for k, v in old.items() if k not in COUNT_FIELDS
+               and not (k in LATER_FIELDS and k not in inputs and v == PREVIOUS_DEFAULTS.get(k, v))}
         if old != inputs and not overwrite:
             raise ConfigError(f"{out} holds a run made with other inputs ({_key_diff(old, inputs)}); pass a new "
                               "--out, or --overwrite to replace it")
