@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-METHODS = ("coarse", "fine", "fixed_best", "gate_grad", "dsa_ppo", "oracle")
+METHODS = ("coarse", "fine", "fixed_best", "gate_grad", "dsa_ppo", "gate_pair", "dsa_pair", "oracle")
 # The 2014 generation of published Flickr8k results (ImageNet CNN image features + a trained sentence encoder), on
 # Flickr8k's standard 1,000 test images and 5,000 captions, R@K as fractions. Transcribed from the papers' tables
 # (row, t2i R@1, R@5, R@10, MedR, i2t R@1, R@5, R@10, MedR, source); the offline machine could not re-check them.
@@ -60,7 +60,8 @@ def retrieval_table(res: dict) -> str:
 def differences_table(res: dict) -> str:
     pairs = res.get("paired", {}).get("pairs", {})
     lines = ["| comparison | t2i R@1 | t2i R@10 | i2t R@1 | i2t R@10 |", "|---|---|---|---|---|"]
-    for name in ("dsa_ppo-fixed_best", "dsa_ppo-fine", "dsa_ppo-coarse", "fixed_best-fine", "fixed_best-coarse"):
+    for name in ("dsa_ppo-fixed_best", "dsa_ppo-fine", "dsa_ppo-coarse", "dsa_ppo-gate_grad", "gate_grad-fine",
+                 "dsa_pair-fixed_best", "gate_pair-fixed_best", "dsa_pair-gate_pair"):
         p = pairs.get(name, {}).get("paired")
         if not p:
             continue
@@ -69,7 +70,7 @@ def differences_table(res: dict) -> str:
             for k in ("R@1", "R@10"):
                 r = p[d][k]
                 star = "**" if r["lo"] > 0 or r["hi"] < 0 else ""
-                cells.append(f"{star}{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]{star}")
+                cells.append(f"{star}{r['diff']:+.3f} [{r['lo']:+.3f}, {r['hi']:+.3f}]{star}".replace("-", "−"))
         lines.append(f"| {name.replace('-', ' − ')} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 

@@ -60,6 +60,8 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--list", action="store_true", help="list the variants and exit")
     p.add_argument("--epochs", type=int, default=EPOCHS, help="maximum epochs where a variant sets none")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--heads", nargs="+", default=[], help="saved heads to score instead of training (variant 'run'; "
+                   "seed from a 'seedN' folder in the path)")
     return p
 
 
@@ -73,10 +75,7 @@ def _scores(view, g: float) -> dict:
 def run_one(features: str, name: str, seed: int, epochs: int = EPOCHS) -> dict:
     from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig, train_heads
-    from dsanchor.eval.methods import EvalConfig, select_fixed_g
-    from dsanchor.eval.views import prepare_view
     from dsanchor.features.store import FeatureStore
-    from dsanchor.state import StateConfig
 
     heads_o, train_o = VARIANTS[name]
     store = FeatureStore(features)
@@ -88,10 +87,32 @@ def run_one(features: str, name: str, seed: int, epochs: int = EPOCHS) -> dict:
     heads, info = train_heads(store.images("train"), store.texts("train"), store.images("val"), store.texts("val"),
                               cfg, train)
     seconds = time.perf_counter() - t0
+    return score(store, heads, {"features": features, "variant": name, "seed": seed, "max_epochs": train.epochs,
+                                "best_epoch": info["best_epoch"], "epochs_run": len(info["history"]),
+                                "train_s": round(seconds, 1)})
+
+
+def run_heads(features: str, heads_dir: str, seed: int) -> dict:
+    """Score heads trained elsewhere (a run's ``seed{N}/heads``) the same way, as variant ``run``."""
+    from dsanchor.align.heads import AlignmentHeads
+    from dsanchor.features.store import FeatureStore
+
+    info = json.loads((Path(heads_dir) / "align_metrics.json").read_text())
+    return score(FeatureStore(features), AlignmentHeads.from_pretrained(heads_dir),
+                 {"features": features, "variant": "run", "seed": seed, "max_epochs": EPOCHS,
+                  "best_epoch": info["best_epoch"], "epochs_run": len(info["history"]),
+                  "train_s": round(info["train_time_s"], 1), "heads": str(heads_dir)})
+
+
+def score(store, heads, row: dict) -> dict:
+    """``row`` with g chosen on val (as ``fixed_best``) and val and test recalls at it, both directions."""
+    from dsanchor.eval.methods import EvalConfig, select_fixed_g
+    from dsanchor.eval.views import prepare_view
+    from dsanchor.state import StateConfig
+
     views = {s: prepare_view(heads, store.images(s), store.texts(s), StateConfig()) for s in ("val", "test")}
     g, _ = select_fixed_g(views["val"], EvalConfig())
-    row = {"features": features, "variant": name, "seed": seed, "max_epochs": train.epochs, "g": g,
-           "best_epoch": info["best_epoch"], "epochs_run": len(info["history"]), "train_s": round(seconds, 1)}
+    row["g"] = g
     for split, view in views.items():
         row.update({f"{split}_{k}": v for k, v in _scores(view, g).items()})
         row.update({f"{split}_coarse_{k}": v for k, v in _scores(view, 0.0).items() if k.endswith("R@10")})
@@ -134,6 +155,17 @@ def main(argv=None) -> int:
         raise SystemExit(f"unknown variant {unknown[0]!r}; --list shows them")
     torch.set_num_threads(args.threads)
     rows = []
+    for feats in args.features if args.heads else []:
+        for h in args.heads:
+            seed = next((int(p[4:]) for p in Path(h).parts if p.startswith("seed") and p[4:].isdigit()), -1)
+            rows.append(run_heads(feats, h, seed))
+            print(json.dumps(rows[-1]), flush=True)
+            if args.out:
+                with open(args.out, "a") as fh:
+                    fh.write(json.dumps(rows[-1]) + "\n")
+    if args.heads:
+        print(table(rows))
+        return 0
     for feats in args.features:
         for name in args.variants:
             for seed in range(args.first_seed, args.first_seed + args.seeds):

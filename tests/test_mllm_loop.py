@@ -311,12 +311,17 @@ def test_demo_mllm_runs_every_stage_and_reuses_them(tmp_path, capsys):
             "--mllm-tune-trials", "2", "--mllm-tune-timesteps", "64", "--mllm-ppo-timesteps", "256", "--threads", "1"]
     assert cli_main(argv) == 0
     res = json.loads((tmp_path / "d" / "eval" / "results.json").read_text())
-    assert list(res["methods"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
-    assert {"build", "tune", "ppo", "eval", "total"} <= set(res["demo_timing_s"])
+    assert set(res["methods"]) == {"base", "fixed_best", "family_best", "router_loss", "dsa_ppo", "oracle"}
+    assert {"questions", "build", "tune", "ppo", "eval", "total"} <= set(res["demo_timing_s"])
     assert (tmp_path / "d" / "llava" / "config.json").is_file() and (tmp_path / "d" / "eval" / "report.md").is_file()
+    assert "question family" in (tmp_path / "d" / "eval" / "report.md").read_text()
     capsys.readouterr()
     assert cli_main(argv) == 0
-    assert capsys.readouterr().out.count("reused") == 5
+    assert capsys.readouterr().out.count("reused") == 6
+    captions = argv[:3] + [str(tmp_path / "c")] + argv[4:] + ["--no-mllm-questions"]  # one caption per image
+    assert cli_main(captions) == 0
+    res = json.loads((tmp_path / "c" / "eval" / "results.json").read_text())
+    assert list(res["methods"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
 
 
 def test_images_without_annotations_get_the_detectors_estimate(parts, tmp_path):

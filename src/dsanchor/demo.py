@@ -9,11 +9,14 @@ inside a small LLaVA (``dsanchor demo --mllm``, :func:`run_mllm_demo`).
 ``dsanchor demo --mllm``, with its own 10-minute budget (:class:`MLLMDemoConfig`):
 
     data/         the demo's synthetic scenes (the same stage and key as ``dsanchor demo``: reused when there)
+    questions.json  ``dsanchor data questions``: questions whose answers the scene graphs decide, and caption
+                  prompts per granularity (CLEVR's questions format; ``--no-mllm-questions``: one caption per image)
     llava/        ``dsanchor mllm build``: the small LLaVA that stands in for LLaVA-1.5
     grid/         the grid caches of train, val and test (shared by the three stages below)
     tune/         ``dsanchor mllm tune``: the reward weights (Optuna GPSampler on val)
     controller/   ``dsanchor mllm train --tuned tune``: PPO on the cached rewards
-    eval/         ``dsanchor mllm eval``: results.json and report.md (the MLLM table)
+    eval/         ``dsanchor mllm eval``: results.json and report.md (per question family with questions, the
+                  paper's Table 1 layout without)
 
 Every MLLM stage is the library function its command calls, with the command's defaults except the budget
 fields of :class:`MLLMDemoConfig`. It is a separate command because the build alone takes minutes on 2 cores,
@@ -47,6 +50,7 @@ from dsanchor.mllm import (
 )
 from dsanchor.mllm.config import MLLM_PPO_DEFAULTS, MLLM_TUNE_DEFAULTS
 from dsanchor.report.mllm import write_mllm_report
+from dsanchor.report.mllm_items import write_items_report
 from dsanchor.run import RunConfig
 
 __all__ = ["DemoConfig", "MLLMDemoConfig", "run_demo", "run_mllm_demo"]
@@ -92,6 +96,20 @@ class MLLMDemoConfig:
         "help": "PPO steps of each fold of a trial"})
     ppo_timesteps: int = field(default=MLLM_PPO_DEFAULTS["timesteps"], metadata={"help": "PPO steps"})
     seed: int = field(default=0, metadata={"help": "seed of the build, tuning and PPO"})
+    questions: bool = field(default=True, metadata={
+        "help": "learn and measure on scene-graph questions and caption prompts (`dsanchor data questions`), per "
+                "question family; off: one caption per image"})
+
+
+def _questions_stage(data: Path, out: Path) -> None:
+    """``dsanchor data questions`` on the demo's scenes, with its defaults: ``out/questions.json``."""
+    from dsanchor.data import load_dataset
+    from dsanchor.data.questions import QuestionConfig, generate_questions, write_clevr_questions
+
+    cfg = QuestionConfig()
+    questions = generate_questions(load_dataset("synth", data), cfg)
+    write_clevr_questions(questions, out / "questions.json", {"data": str(data), "format": "synth", "split": None,
+                                                             "seed": cfg.seed})
 
 
 def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig | None = None,
@@ -109,19 +127,29 @@ def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig 
     data_key = {"scenes": demo.scenes, "image_size": demo.image_size, "seed": demo.data_seed, "facts": 1,
                 "color_space": demo.color_space}
     build = build or BuildConfig(seed=config.seed)
-    stages = start_run(out, 5, run_inputs(data_key, "synth", None, config, build=dataclasses.asdict(build)), overwrite)
+    stages = start_run(out, 5 + config.questions,
+                       run_inputs(data_key, "synth", None, config, build=dataclasses.asdict(build)), overwrite)
     out.mkdir(parents=True, exist_ok=True)
     data = stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, demo), "synth")
+    questions, q_key = None, None
+    if config.questions:
+        from dsanchor.data.questions import QuestionConfig
+
+        q_key = {"data": data_key, "questions": dataclasses.asdict(QuestionConfig())}
+        questions = stages.run("questions (scene graphs)", out / "questions", q_key,
+                               lambda d: _questions_stage(data, d), "questions") / "questions.json"
 
     def mllm(stage_out: Path, limit: int | None = None, model: bool = True) -> MLLMConfig:
         return MLLMConfig(model_type="llava" if model else None, model_path=str(out / "llava") if model else None,
-                          data=str(data), format="synth", limit=limit, cache=str(out / "grid"), out=str(stage_out))
+                          data=str(data), format="synth", limit=limit, cache=str(out / "grid"), out=str(stage_out),
+                          questions=str(questions) if questions and model else None)
 
     stages.run("mllm build (small LLaVA)", out / "llava", {"data": data_key, "build": dataclasses.asdict(build)},
                lambda d: build_from_dataset(mllm(d, model=False), build, progress=False), "build")
     grid = GridConfig(grid=config.grid)
     ppo = mllm_ppo(timesteps=config.ppo_timesteps, seed=config.seed)
-    base_key = {"data": data_key, "build": dataclasses.asdict(build), "grid": dataclasses.asdict(grid)}
+    base_key = {"data": data_key, "build": dataclasses.asdict(build), "grid": dataclasses.asdict(grid),
+                **({"questions": q_key} if questions else {})}
     tune = mllm_tune(trials=config.tune_trials, seed=config.seed, study_name="demo-mllm",
                      timesteps=config.tune_timesteps)
     stages.run("mllm tune (reward weights)", out / "tune", {**base_key, "tune": dataclasses.asdict(tune),
@@ -139,7 +167,7 @@ def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig 
     results = read_json(out / "eval" / "results.json")
     results["demo_timing_s"] = {**stages.times, "total": time.perf_counter() - t0}
     write_json(out / "eval" / "results.json", results)
-    write_mllm_report(results, out / "eval")
+    (write_items_report if questions else write_mllm_report)(results, out / "eval")
     if stages.record is not None:  # a demo from before RUN_RECORD, now finished with these inputs
         write_json(out / RUN_RECORD, stages.record, indent=1)
     return results
