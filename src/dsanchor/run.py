@@ -218,6 +218,7 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
     has no hallucination term and the report no hallucination cells."""
     from dsanchor.align.heads import AlignConfig
     from dsanchor.align.train import AlignTrainConfig
+    from dsanchor.captioning import CaptionTrainConfig
     from dsanchor.gate import GateConfig
     from dsanchor.hallucination import DetectorTrainConfig, PopeConfig
     from dsanchor.pairs import PairPPOConfig
@@ -253,9 +254,11 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
     stages.run(f"PPO controllers (seed {seed})", sd / "ppo", ppo_key,
                lambda d: train_stage(feats, sd / "heads", hall, d, read_best(sd / "tune"), ppo=ppo, pair=pair),
                "ppo")
-    cap_key = {**heads_key, **det_key, "steps": config.caption_steps, "ppo_steps": config.caption_ppo_timesteps}
+    decoder = CaptionTrainConfig(steps=config.caption_steps, seed=seed)
+    cap_key = {**heads_key, **det_key, "steps": config.caption_steps, "ppo_steps": config.caption_ppo_timesteps,
+               "decoder": dataclasses.asdict(decoder)}
     stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
-               lambda d: caption_stage(feats, sd, d, config, seed, detector=detector), "caption")
+               lambda d: caption_stage(feats, sd, d, config, seed, detector=detector, train=decoder), "caption")
     eval_key = {**ppo_key, **cap_key}
     stages.run(f"evaluate (seed {seed})", sd / "eval", eval_key,
                lambda d: eval_stage(feats, sd / "heads", d, sd / "ppo", sd / "caption", hall,
