@@ -141,6 +141,15 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def _emit(row: dict, out: str | None) -> dict:
+    """Print ``row`` as a JSON line and append it to ``out`` (when given); returns it."""
+    print(json.dumps(row), flush=True)
+    if out:
+        with open(out, "a") as fh:
+            fh.write(json.dumps(row) + "\n")
+    return row
+
+
 def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.list:
@@ -158,23 +167,14 @@ def main(argv=None) -> int:
     for feats in args.features if args.heads else []:
         for h in args.heads:
             seed = next((int(p[4:]) for p in Path(h).parts if p.startswith("seed") and p[4:].isdigit()), -1)
-            rows.append(run_heads(feats, h, seed))
-            print(json.dumps(rows[-1]), flush=True)
-            if args.out:
-                with open(args.out, "a") as fh:
-                    fh.write(json.dumps(rows[-1]) + "\n")
+            rows.append(_emit(run_heads(feats, h, seed), args.out))
     if args.heads:
         print(table(rows))
         return 0
     for feats in args.features:
         for name in args.variants:
             for seed in range(args.first_seed, args.first_seed + args.seeds):
-                row = run_one(feats, name, seed, args.epochs)
-                rows.append(row)
-                print(json.dumps(row), flush=True)
-                if args.out:
-                    with open(args.out, "a") as fh:
-                        fh.write(json.dumps(row) + "\n")
+                rows.append(_emit(run_one(feats, name, seed, args.epochs), args.out))
     print(table(rows))
     return 0
 

@@ -101,17 +101,6 @@ class MLLMDemoConfig:
                 "question family; off: one caption per image"})
 
 
-def _questions_stage(data: Path, out: Path) -> None:
-    """``dsanchor data questions`` on the demo's scenes, with its defaults: ``out/questions.json``."""
-    from dsanchor.data import load_dataset
-    from dsanchor.data.questions import QuestionConfig, generate_questions, write_clevr_questions
-
-    cfg = QuestionConfig()
-    questions = generate_questions(load_dataset("synth", data), cfg)
-    write_clevr_questions(questions, out / "questions.json", {"data": str(data), "format": "synth", "split": None,
-                                                             "seed": cfg.seed})
-
-
 def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig | None = None,
                   build: BuildConfig | None = None, overwrite: bool = False) -> dict[str, Any]:
     """Every MLLM stage of the module docstring on the data of ``demo``, the small LLaVA built with ``build``
@@ -133,11 +122,12 @@ def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig 
     data = stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, demo), "synth")
     questions, q_key = None, None
     if config.questions:
-        from dsanchor.data.questions import QuestionConfig
+        from dsanchor.data.questions import QuestionConfig, questions_file
 
         q_key = {"data": data_key, "questions": dataclasses.asdict(QuestionConfig())}
         questions = stages.run("questions (scene graphs)", out / "questions", q_key,
-                               lambda d: _questions_stage(data, d), "questions") / "questions.json"
+                               lambda d: questions_file(data, "synth", d / "questions.json"),
+                               "questions") / "questions.json"
 
     def mllm(stage_out: Path, limit: int | None = None, model: bool = True) -> MLLMConfig:
         return MLLMConfig(model_type="llava" if model else None, model_path=str(out / "llava") if model else None,

@@ -31,21 +31,17 @@ def _check(args: argparse.Namespace) -> int:
 
 
 def _questions(args: argparse.Namespace) -> int:
-    from dsanchor.data import load_dataset
-    from dsanchor.data.questions import QuestionConfig, generate_questions, write_clevr_questions
+    from dsanchor.data.questions import QuestionConfig, questions_file
     from dsanchor.errors import ConfigError
 
     cfg = resolve_config(QuestionConfig, args, load_yaml(args.config), section="questions")
-    samples = load_dataset(args.format, args.data, args.split)
     try:
-        questions = generate_questions(samples, cfg)
+        questions = questions_file(args.data, args.format, args.out, cfg, args.split)
     except ValueError as exc:
         raise ConfigError(f"--format {args.format}: {exc}") from None
-    info = {"data": str(args.data), "format": args.format, "split": args.split, "seed": cfg.seed}
-    path = write_clevr_questions(questions, args.out, info)
     families = len({q.family for q in questions})
     print(f"{len(questions)} questions of {families} families about {len({q.image_id for q in questions})} images "
-          f"written to {path}")
+          f"written to {args.out}")
     return 0
 
 

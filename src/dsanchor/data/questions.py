@@ -45,7 +45,7 @@ from dsanchor.data.records import Sample
 from dsanchor.data.scene import RELATIONS, attribute_values, clevr_vocabulary, matches
 from dsanchor.files import write_json
 
-__all__ = ["QUESTION_FAMILIES", "CAPTION_PROMPTS", "CAPTION_FAMILIES", "Question", "caption_items",
+__all__ = ["questions_file", "QUESTION_FAMILIES", "CAPTION_PROMPTS", "CAPTION_FAMILIES", "Question", "caption_items",
            "QuestionConfig", "scene_questions", "generate_questions",
            "write_clevr_questions", "normalize_answer"]
 
@@ -315,3 +315,16 @@ def write_clevr_questions(questions: Sequence[Question], out: str | Path, info: 
              "question_family": q.family, "split": q.split} for q in questions]
     meta = {"generator": "dsanchor", "families": dict(counts), **(info or {})}
     return write_json(out, {"info": meta, "questions": rows})
+
+
+def questions_file(data: str | Path, fmt: str, out: str | Path, config: QuestionConfig | None = None,
+                   split: str | None = None) -> list[Question]:
+    """``dsanchor data questions``: the questions of a dataset on disk (one split, or all), written to ``out`` in
+    CLEVR's format with where they came from; returns them. Raises ValueError as :func:`generate_questions`."""
+    from dsanchor.data import load_dataset
+
+    cfg = config or QuestionConfig()
+    questions = generate_questions(load_dataset(fmt, data, split), cfg)
+    write_clevr_questions(questions, out, {"data": str(data), "format": fmt, "split": split, "seed": cfg.seed})
+    return questions
+
