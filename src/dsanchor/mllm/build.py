@@ -69,9 +69,11 @@ from dsanchor.encoders.transforms import load_rgb
 from dsanchor.errors import ConfigError
 from dsanchor.files import write_json
 from dsanchor.integrations import UniformG, attach_dsa, get_family
-from dsanchor.integrations.small_models import caption_tokenizer, small_llava, words
+from dsanchor.integrations.small_models import caption_tokenizer, small_llava
 from dsanchor.mllm.config import BuildConfig, MLLMConfig
 from dsanchor.mllm.data import split_samples
+from dsanchor.mllm.distill import TeacherMaps, distill_vision, standardise, teacher_maps
+from dsanchor.mllm.instructions import Row, conversation_batches, pack_turns, scene_rows
 from dsanchor.mllm.pope import read_yes_no, training_questions
 from dsanchor.mllm.pretrain import embed_texts, multi_hot, object_labels, pretrain_vision
 
@@ -91,23 +93,9 @@ def build_llava(tokenizer, cfg: BuildConfig):
 def token_batches(tok, rows: Sequence[tuple[str, str]], n_image_tokens: int,
                   max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (C, L) of prompt (its ``<image>`` expanded to the image's tokens) + answer + </s> and labels
-    (C, L), -100 outside the answer, right padded. ``rows``: (prompt, answer) per text."""
-    heads: dict[str, list[int]] = {}
-    seqs = []
-    for prompt, answer in rows:
-        if prompt not in heads:
-            heads[prompt] = tok(prompt.replace("<image>", "<image>" * n_image_tokens),
-                                add_special_tokens=False).input_ids
-        head = heads[prompt]
-        body = tok(" ".join(words(answer)[:max_words]), add_special_tokens=False).input_ids + [tok.eos_token_id]
-        seqs.append((head + body, [-100] * len(head) + body))
-    width = max(len(r[0]) for r in seqs)
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    labels = torch.full((len(seqs), width), -100)
-    for i, (a, b) in enumerate(seqs):
-        ids[i, :len(a)] = torch.tensor(a)
-        labels[i, :len(b)] = torch.tensor(b)
-    return ids, labels
+    (C, L), -100 outside the answer, right padded. ``rows``: (prompt, answer) per text (one-turn
+    :func:`~dsanchor.mllm.instructions.conversation_batches`)."""
+    return conversation_batches(tok, [[r] for r in rows], n_image_tokens, max_words)
 
 
 def derangement(n: int, seed: int) -> torch.Tensor:
@@ -153,11 +141,12 @@ class _Build:
     processor: Any
     tokenizer: Any
     g_source: UniformG
-    train: TextBatch  # captions and yes/no questions of the train images
+    train: TextBatch  # captions, yes/no questions and scene questions of the train images, packed in conversations
     val: TextBatch  # val captions
     questions: list[tuple[Any, str, str]]
     val_questions: list[tuple[Any, str, str]]
     n_img: int  # image tokens per image
+    n_items: int = 0  # scene questions and caption prompts among the train rows
 
     def texts(self, rows: Sequence[tuple[str, str]], images: Sequence[Any], cfg: BuildConfig) -> TextBatch:
         """(prompt, answer) rows seeing ``images`` (one per row) as a :class:`TextBatch`."""
@@ -166,20 +155,28 @@ class _Build:
         ids, labels = token_batches(self.tokenizer, rows, self.n_img, cfg.max_words)
         return TextBatch(ids, labels, pixels, index, unique)
 
+    def conversations(self, rows: Sequence[Row], cfg: BuildConfig) -> TextBatch:
+        """``(image, prompt, answer)`` rows packed into conversations of up to ``cfg.turns_per_text`` turns."""
+        convs = pack_turns(rows, cfg.turns_per_text, cfg.seed)
+        unique, index = _image_index([im for im, _ in convs])
+        pixels = self.processor.image_processor(images=unique, return_tensors="pt")["pixel_values"]
+        ids, labels = conversation_batches(self.tokenizer, [c for _, c in convs], self.n_img, cfg.max_words)
+        return TextBatch(ids, labels, pixels, index, unique)
+
 
 def _prepare(train: Pairs, val: Pairs, cfg: BuildConfig, prompt: str, train_objects: Objects,
-             val_objects: Objects) -> _Build:
+             val_objects: Objects, train_items: Sequence[Row] = ()) -> _Build:
     """Questions, tokenizer, the randomly initialised model and the tokenised texts."""
     questions = training_questions(train_objects, cfg.questions_per_image, cfg.seed)
     val_questions = (training_questions(val_objects, max(cfg.questions_per_image, 2), cfg.seed + 1)
                      if questions else [])
     tokenizer = caption_tokenizer([c for _, c in train] + [prompt, get_family("llava").QUESTION_PROMPT, "yes no"]
-                                  + [p for _, p, _ in questions])
+                                  + [p for _, p, _ in questions] + [f"{p} {a}" for _, p, a in train_items])
     model, processor = build_llava(tokenizer, cfg)
     b = _Build(model, processor, tokenizer, UniformG(cfg.seed), None, None, questions, val_questions,
                (cfg.image_size // cfg.patch_size) ** 2)
-    b.train = b.texts([(prompt, c) for _, c in train] + [(p, a) for _, p, a in questions],
-                      [im for im, _ in train] + [im for im, _, _ in questions], cfg)
+    b.n_items = len(train_items)
+    b.train = b.conversations([(im, prompt, c) for im, c in train] + list(questions) + list(train_items), cfg)
     b.val = b.texts([(prompt, c) for _, c in val], [im for im, _ in val], cfg)
     return b
 
@@ -190,11 +187,27 @@ def _pretrain(b: _Build, train: Pairs, val: Pairs, train_objects: Objects, val_o
     if text_encoder is None:
         text_encoder = effnet_minilm.load_minilm("cpu")
     names = sorted({n for _, ns in train_objects for n in object_labels(ns)})
+    where = {id(im): i for i, im in enumerate(b.train.unique)}
+    text_image = torch.tensor([where[id(im)] for im, _ in train])  # (C,) the image of each caption
     return pretrain_vision(b.model.model.vision_tower, b.train.pixels, embed_texts(text_encoder, [c for _, c in train]),
-                           b.train.image_of[:len(train)], cfg,
+                           text_image, cfg,
                            val=(b.val.pixels, embed_texts(text_encoder, [c for _, c in val]), b.val.image_of),
                            objects=multi_hot(b.train.unique, train_objects, names),
                            val_objects=multi_hot(b.val.unique, val_objects, names), progress=progress)
+
+
+def _distill(b: _Build, cfg: BuildConfig, progress: bool) -> dict[str, Any]:
+    """Stage 0: :func:`~dsanchor.mllm.distill.distill_vision` from EfficientNet-Lite0 on the train images."""
+    tic = time.perf_counter()
+    grid = cfg.image_size // cfg.patch_size
+    stages = (cfg.distill_stage, cfg.distill_coarse_stage)
+    (fine, coarse), (fine_val, coarse_val) = (teacher_maps(p, grid, stages) for p in (b.train.pixels, b.val.pixels))
+    fine, fine_val = standardise(fine, fine_val)
+    coarse, coarse_val = standardise(coarse, coarse_val)
+    seconds = time.perf_counter() - tic
+    info = distill_vision(b.model.model.vision_tower, b.train.pixels, TeacherMaps(fine, coarse, seconds), cfg,
+                          val=(b.val.pixels, TeacherMaps(fine_val, coarse_val, 0.0)), progress=progress)
+    return {**info, "teacher_s": seconds, "n_images": len(b.train.pixels)}
 
 
 @torch.no_grad()
@@ -312,7 +325,8 @@ def _final_val(b: _Build, cfg: BuildConfig) -> dict[str, Any]:
 
 
 def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, prompt: str, progress: bool = True,
-                train_objects: Objects = (), val_objects: Objects = (), text_encoder: Any = None) -> dict[str, Any]:
+                train_objects: Objects = (), val_objects: Objects = (), text_encoder: Any = None,
+                train_items: Sequence[Row] = ()) -> dict[str, Any]:
     """Pre-train the vision tower, then train a small LLaVA on (PIL image, caption) pairs (and yes/no questions
     about ``train_objects``); save it with its processor and ``build_info.json`` to ``out``.
 
@@ -323,6 +337,8 @@ def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, pro
             questions, whatever ``cfg.questions_per_image``).
         text_encoder: something with ``encode(texts, ...)`` like a SentenceTransformer, for the pre-training;
             None loads all-MiniLM-L6-v2 offline (:func:`dsanchor.encoders.effnet_minilm.load_minilm`).
+        train_items: more ``(image, prompt, answer)`` rows about train images (scene questions and caption
+            prompts: :func:`~dsanchor.mllm.instructions.scene_rows`), trained with the captions and questions.
 
     Returns:
         The contents of ``build_info.json``: ``stage_times_s`` (pretrain, align + tune, final val), ``best_step``,
@@ -332,9 +348,11 @@ def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, pro
     """
     if not train or not val:
         raise ConfigError("mllm build needs train and val captions")
-    b = _prepare(train, val, cfg, prompt, train_objects, val_objects)
+    b = _prepare(train, val, cfg, prompt, train_objects, val_objects, train_items)
     times: dict[str, float] = {}
     tic = time.perf_counter()
+    distill_info = _distill(b, cfg, progress) if cfg.distill_steps else None
+    times["distill"], tic = time.perf_counter() - tic, time.perf_counter()
     pre_info = _pretrain(b, train, val, train_objects, val_objects, cfg, text_encoder,
                          progress) if cfg.pretrain_steps else {}
     times["pretrain"], tic = time.perf_counter() - tic, time.perf_counter()
@@ -350,21 +368,25 @@ def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, pro
     b.processor.save_pretrained(out)
     info = {"train_time_s": sum(times.values()), "stage_times_s": times, "best_step": best_step,
             "best_val_loss": best, "history": history, **final, "pretrain": pre_info or None,
-            "vocab_size": len(b.tokenizer), "n_train_captions": len(train), "n_train_questions": len(b.questions),
+            "distill": distill_info, "vocab_size": len(b.tokenizer), "n_train_captions": len(train),
+            "n_train_questions": len(b.questions), "n_train_items": b.n_items,
+            "n_train_sequences": len(b.train.ids),
             "image_tokens": b.n_img, "prompt": prompt}
     write_json(out / "build_info.json", info)
     return info
 
 
-def _split_pairs(samples, name: str, root: Path) -> tuple[list[tuple[Any, str]], list[tuple[Any, list[str]]]]:
-    """(image, caption) pairs and (image, object names) per image of one split (one image object each)."""
-    pairs, objects = [], []
+def _split_pairs(samples, name: str, root: Path) -> tuple[list[tuple[Any, str]], list[tuple[Any, list[str]]], list]:
+    """(image, caption) pairs, (image, object names) and (image, sample) per image of one split (one image
+    object each)."""
+    pairs, objects, images = [], [], []
     for s in samples:
         if s.split == name and s.captions:
             image = load_rgb(root / s.image_path)
             pairs += [(image, c.text) for c in s.captions]
             objects.append((image, [o.name for o in s.objects]))
-    return pairs, objects
+            images.append((image, s))
+    return pairs, objects, images
 
 
 def build_from_dataset(cfg: MLLMConfig, build: BuildConfig, progress: bool = True) -> dict[str, Any]:
@@ -377,10 +399,13 @@ def build_from_dataset(cfg: MLLMConfig, build: BuildConfig, progress: bool = Tru
     """
     cfg.check(model=False)
     samples, how = split_samples(cfg)
-    (train, train_objects), (val, val_objects) = (_split_pairs(samples, n, cfg.image_root) for n in ("train", "val"))
+    (train, train_objects, train_images), (val, val_objects, _) = (_split_pairs(samples, n, cfg.image_root)
+                                                                   for n in ("train", "val"))
     if not train or not val:
         raise ConfigError(f"mllm build needs captions in the train and val splits ({how})")
+    items = scene_rows(train_images, build.question_families, build.questions_per_family, build.caption_prompts,
+                       build.seed) if build.questions_per_family else []
     info = train_llava(train, val, build, cfg.out, get_family("llava").CAPTION_PROMPT, train_objects=train_objects,
-                       val_objects=val_objects, progress=progress)
+                       val_objects=val_objects, progress=progress, train_items=items)
     info["split_note"] = how
     return info

@@ -249,6 +249,17 @@ class BuildConfig:
     pretrain_shift: int = field(default=4, metadata={
         "help": "pre-training augmentation: random shift of each image by up to this many pixels (edges "
                 "replicated; no flips, the captions say left and right; 0: none)"})
+    distill_steps: int = field(default=0, metadata={
+        "help": "feature distillation steps before the pre-training: the tower's patch tokens regress the "
+                "pretrained EfficientNet-Lite0's map of distill_stage on the same images (0: none)"})
+    distill_stage: str = field(default="stage5", metadata={
+        "help": "EfficientNet-Lite0 stage the last layer's patch tokens regress (stage5: 112 channels, stride 16)"})
+    distill_coarse_stage: str = field(default="stage3", metadata={
+        "help": "EfficientNet-Lite0 stage the coarse layer's patch tokens regress (pooled to the patch grid)"})
+    distill_coarse_weight: float = field(default=0.5, metadata={
+        "help": "weight of the coarse layer's distillation loss (grounds V_coarse; 0: off)"})
+    distill_batch_size: int = field(default=64, metadata={"help": "images per distillation step"})
+    distill_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the distillation"})
     steps: int = field(default=1200, metadata={"help": "LLaVA optimizer steps (alignment included)"})
     align_steps: int = field(default=200, metadata={
         "help": "first LLaVA steps with the vision tower frozen (LLaVA's stage 1; 0: none)"})
@@ -256,6 +267,18 @@ class BuildConfig:
         "help": "vision tower learning rate after alignment, as a multiple of lr (0: keep it frozen)"})
     questions_per_image: int = field(default=6, metadata={
         "help": "POPE-style yes/no questions per training image, half yes half no (even; 0: captions only)"})
+    question_families: tuple[str, ...] = field(default=(
+        "exist", "count", "query_color", "query_size", "query_material", "query_shape", "compare_integer", "relate"),
+        metadata={"help": "families of `dsanchor data questions` to train on, with exact answers from the train "
+                          "scene graphs (synth and CLEVR; other data has none)"})
+    questions_per_family: int = field(default=2, metadata={
+        "help": "scene questions per family and train image, at most (yes/no families balanced; 0: none)"})
+    caption_prompts: bool = field(default=True, metadata={
+        "help": "also train the caption prompts of `dsanchor data questions` (scene, object, relation), one row "
+                "per reference caption, where the data has scene graphs"})
+    turns_per_text: int = field(default=1, metadata={
+        "help": "pack up to this many rows of one image into one multi-turn sequence (the image tokens paid once; "
+                "1: one row per sequence)"})
     loss_per_text: bool = field(default=False, metadata={
         "help": "average the training loss over each text's tokens, then over texts, so a one-word yes/no "
                 "answer weighs as much as a caption (off: over all tokens, as transformers does)"})
@@ -282,6 +305,10 @@ class BuildConfig:
             raise ConfigError(f"align_steps {self.align_steps} must be smaller than steps {self.steps}")
         if self.questions_per_image % 2:
             raise ConfigError(f"questions_per_image must be even (half yes, half no); got {self.questions_per_image}")
+        if self.turns_per_text < 1 or self.questions_per_family < 0:
+            raise ConfigError("turns_per_text must be >= 1 and questions_per_family >= 0")
+        if self.distill_steps < 0 or self.distill_batch_size < 1 or self.distill_coarse_weight < 0:
+            raise ConfigError("distill_steps and distill_coarse_weight must be >= 0, distill_batch_size >= 1")
         if min(self.vision_lr_scale, self.pretrain_coarse_weight, self.pretrain_object_weight) < 0:
             raise ConfigError("vision_lr_scale, pretrain_coarse_weight and pretrain_object_weight must be >= 0")
         if not 0 <= self.coarse_layer <= self.vision_layers:
