@@ -135,15 +135,15 @@ def chair_block(model, processor, test, images: dict) -> dict:
     return out
 
 
-def measure(model_dir: Path, data: Path, split: str, train_majority: dict[str, str]) -> dict:
-    """Every target on ``split`` of ``data`` ("all": every image)."""
+def measure(model_dir: Path, data: Path, split: str, train_majority: dict[str, str], limit: int | None = None) -> dict:
+    """Every target on ``split`` of ``data`` ("all": every image), its first ``limit`` images."""
     import transformers
 
     model = transformers.LlavaForConditionalGeneration.from_pretrained(model_dir, local_files_only=True).eval()
     processor = transformers.AutoProcessor.from_pretrained(model_dir, local_files_only=True)
     processor.tokenizer.padding_side = "left"
     samples = load_dataset("synth", data)
-    test = [s for s in samples if split == "all" or s.split == split]
+    test = [s for s in samples if split == "all" or s.split == split][:limit]
     images = {s.image_id: load_rgb(data / s.image_path) for s in test}
     out: dict = {"data": str(data), "split": split, "n_images": len(test), "seconds": {}}
     with torch.inference_mode():
@@ -206,6 +206,7 @@ def main(argv: list[str] | None = None) -> dict:
     p.add_argument("--model", default=None, help="measure this build instead of building one")
     p.add_argument("--set", nargs="*", default=[], help="BuildConfig overrides, field=value (JSON values)")
     p.add_argument("--threads", type=int, default=2)
+    p.add_argument("--limit", type=int, default=None, help="measure on the first N images of each split")
     args = p.parse_args(argv)
     torch.set_num_threads(args.threads)
     data, fresh, out = Path(args.data), Path(args.fresh), Path(args.out)
@@ -225,7 +226,7 @@ def main(argv: list[str] | None = None) -> dict:
         print(json.dumps(results["build"], default=str), flush=True)
     majority = majority_answers(data)
     for name, d, split in (("synth test", data, "test"), (f"fresh seed {args.fresh_seed} (all)", fresh, "all")):
-        results["evals"].append({"name": name, **measure(model_dir, d, split, majority)})
+        results["evals"].append({"name": name, **measure(model_dir, d, split, majority, args.limit)})
     results["table"] = table(results)
     print(results["table"])
     write_json(out / "see_bench.json", results)

@@ -155,7 +155,7 @@ def test_pretrain_steps_0_skips_the_text_encoder(tmp_path):
     red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
     cfg = BuildConfig(image_size=32, patch_size=16, vision_width=16, vision_layers=1, text_width=16, text_layers=1,
                       heads=2, steps=3, align_steps=1, eval_every=3, batch_size=4, pretrain_steps=0,
-                      questions_per_image=0)
+                      questions_per_image=0, distill_steps=0)
     pairs = [(red, "a red cube ."), (blue, "a blue sphere .")]
     info = train_llava(pairs, pairs, cfg, tmp_path, "USER: <image>\nDescribe the image in one sentence. ASSISTANT:",
                        progress=False, text_encoder=Refuse())
@@ -274,3 +274,40 @@ def test_scene_rows_ask_the_scene_questions_in_the_answer_prompt(tmp_path):
         mine = [(p, ans) for im, p, ans in rows if im == k]
         assert {family.ANSWER_PROMPT.format(question=q): ans for q, ans in asked.items()}.items() <= set(mine)
         assert len(mine) == len(asked) + len(s.captions)  # every reference caption is a row of its prompt
+
+
+def test_scene_labels_count_values_and_pairs_in_question_word_order():
+    from dsanchor.mllm.distill import scene_labels
+
+    scene = {"objects": [{"size": "large", "color": "red", "material": "metal", "shape": "cube"},
+                         {"size": "small", "color": "red", "material": "rubber", "shape": "sphere"}]}
+    labels = scene_labels(scene)
+    assert labels["red"] == 2 and labels["cube"] == 1 and labels["red cube"] == 1 and labels["large red"] == 1
+    assert labels["small sphere"] == 1 and labels["red sphere"] == 1 and labels["cube red"] == 0
+    assert len(labels) == 7 + 12  # 7 distinct values (red in both), 6 pairs per object, none shared
+
+
+def test_summary_token_is_kept_and_learns_what_the_image_holds():
+    """With summary_token the CLS token is the first image token, and distillation teaches it label counts."""
+    from PIL import Image
+
+    from dsanchor.integrations.small_models import caption_tokenizer
+    from dsanchor.mllm.build import build_llava
+    from dsanchor.mllm.config import BuildConfig
+    from dsanchor.mllm.distill import TeacherMaps, distill_vision, standardise
+
+    cfg = BuildConfig(image_size=32, patch_size=16, vision_width=32, vision_layers=2, text_width=16, text_layers=1,
+                      heads=2, distill_steps=40, distill_batch_size=32, distill_lr=3e-3, summary_token=True)
+    model, processor = build_llava(caption_tokenizer(["a b"]), cfg)
+    inputs = processor(images=[Image.new("RGB", (32, 32))], text=["<image> a"], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 5  # CLS + 2 x 2 patches
+    assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+    gen = torch.Generator().manual_seed(0)
+    colours = torch.randn(160, 3, 2, 2, generator=gen)
+    pixels = colours.repeat_interleave(16, 2).repeat_interleave(16, 3)
+    cells = colours.flatten(2).transpose(1, 2)  # (160, 4, 3)
+    counts = (cells > 0.5).sum(1).float()  # (160, 3) patches whose channel is bright: a label count per image
+    fine, val = standardise(cells[:128], cells[128:])
+    info = distill_vision(model.model.vision_tower, pixels[:128], TeacherMaps(fine, None, 0.0, counts[:128]), cfg,
+                          val=(pixels[128:], TeacherMaps(val, None, 0.0, counts[128:])), progress=False)
+    assert info["val_summary_presence_acc"] > max(info["val_summary_all_absent"], 1 - info["val_summary_all_absent"])

@@ -55,6 +55,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -72,8 +73,9 @@ from dsanchor.integrations import UniformG, attach_dsa, get_family
 from dsanchor.integrations.small_models import caption_tokenizer, small_llava
 from dsanchor.mllm.config import BuildConfig, MLLMConfig
 from dsanchor.mllm.data import split_samples
-from dsanchor.mllm.distill import TeacherMaps, distill_vision, standardise, teacher_maps
-from dsanchor.mllm.instructions import Row, conversation_batches, pack_turns, scene_rows
+from dsanchor.mllm.distill import TeacherMaps, distill_vision, label_counts, scene_labels, standardise, teacher_maps
+from dsanchor.mllm.instructions import OBJECT_LIST_PROMPT, Row, conversation_batches, pack_turns, scene_rows
+from dsanchor.mllm.items import item_prompt
 from dsanchor.mllm.pope import read_yes_no, training_questions
 from dsanchor.mllm.pretrain import embed_texts, multi_hot, object_labels, pretrain_vision
 
@@ -81,13 +83,15 @@ __all__ = ["build_llava", "token_batches", "derangement", "per_text_loss", "trai
 
 Pairs = Sequence[tuple[Any, str]]  # (image, caption)
 Objects = Sequence[tuple[Any, Sequence[str]]]  # (image, object names in it)
+Summaries = Sequence[tuple[Any, Counter]]  # (image, how many objects carry each label)
 
 
 def build_llava(tokenizer, cfg: BuildConfig):
     """(model, processor) from ``cfg``: a randomly initialised small LLaVA and its LlavaProcessor."""
     return small_llava(tokenizer, cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers,
                        cfg.text_width, cfg.text_layers, cfg.heads, mlp_ratio=4,
-                       max_positions=(cfg.image_size // cfg.patch_size) ** 2 + 128, seed=cfg.seed)
+                       max_positions=(cfg.image_size // cfg.patch_size) ** 2 + 128 * cfg.turns_per_text,
+                       seed=cfg.seed, keep_cls=cfg.summary_token)
 
 
 def token_batches(tok, rows: Sequence[tuple[str, str]], n_image_tokens: int,
@@ -157,7 +161,8 @@ class _Build:
 
     def conversations(self, rows: Sequence[Row], cfg: BuildConfig) -> TextBatch:
         """``(image, prompt, answer)`` rows packed into conversations of up to ``cfg.turns_per_text`` turns."""
-        convs = pack_turns(rows, cfg.turns_per_text, cfg.seed)
+        convs = pack_turns(rows, cfg.turns_per_text, cfg.seed,
+                           alone=[item_prompt("llava", OBJECT_LIST_PROMPT, caption=True)])
         unique, index = _image_index([im for im, _ in convs])
         pixels = self.processor.image_processor(images=unique, return_tensors="pt")["pixel_values"]
         ids, labels = conversation_batches(self.tokenizer, [c for _, c in convs], self.n_img, cfg.max_words)
@@ -174,7 +179,7 @@ def _prepare(train: Pairs, val: Pairs, cfg: BuildConfig, prompt: str, train_obje
                                   + [p for _, p, _ in questions] + [f"{p} {a}" for _, p, a in train_items])
     model, processor = build_llava(tokenizer, cfg)
     b = _Build(model, processor, tokenizer, UniformG(cfg.seed), None, None, questions, val_questions,
-               (cfg.image_size // cfg.patch_size) ** 2)
+               (cfg.image_size // cfg.patch_size) ** 2 + int(cfg.summary_token))
     b.n_items = len(train_items)
     b.train = b.conversations([(im, prompt, c) for im, c in train] + list(questions) + list(train_items), cfg)
     b.val = b.texts([(prompt, c) for _, c in val], [im for im, _ in val], cfg)
@@ -196,17 +201,23 @@ def _pretrain(b: _Build, train: Pairs, val: Pairs, train_objects: Objects, val_o
                            val_objects=multi_hot(b.val.unique, val_objects, names), progress=progress)
 
 
-def _distill(b: _Build, cfg: BuildConfig, progress: bool) -> dict[str, Any]:
-    """Stage 0: :func:`~dsanchor.mllm.distill.distill_vision` from EfficientNet-Lite0 on the train images."""
+def _distill(b: _Build, cfg: BuildConfig, progress: bool, summaries: Summaries) -> dict[str, Any]:
+    """Stage 0: :func:`~dsanchor.mllm.distill.distill_vision` from EfficientNet-Lite0 on the train images (and,
+    with ``cfg.summary_token``, the CLS token on ``summaries``)."""
     tic = time.perf_counter()
+    summary = val_summary = None
+    if cfg.summary_token and summaries:
+        names = sorted({n for _, c in summaries for n in c})
+        summary, val_summary = (label_counts(batch.unique, summaries, names) for batch in (b.train, b.val))
     grid = cfg.image_size // cfg.patch_size
     stages = (cfg.distill_stage, cfg.distill_coarse_stage)
     (fine, coarse), (fine_val, coarse_val) = (teacher_maps(p, grid, stages) for p in (b.train.pixels, b.val.pixels))
     fine, fine_val = standardise(fine, fine_val)
     coarse, coarse_val = standardise(coarse, coarse_val)
     seconds = time.perf_counter() - tic
-    info = distill_vision(b.model.model.vision_tower, b.train.pixels, TeacherMaps(fine, coarse, seconds), cfg,
-                          val=(b.val.pixels, TeacherMaps(fine_val, coarse_val, 0.0)), progress=progress)
+    info = distill_vision(b.model.model.vision_tower, b.train.pixels, TeacherMaps(fine, coarse, seconds, summary),
+                          cfg, val=(b.val.pixels, TeacherMaps(fine_val, coarse_val, 0.0, val_summary)),
+                          progress=progress)
     return {**info, "teacher_s": seconds, "n_images": len(b.train.pixels)}
 
 
@@ -326,7 +337,7 @@ def _final_val(b: _Build, cfg: BuildConfig) -> dict[str, Any]:
 
 def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, prompt: str, progress: bool = True,
                 train_objects: Objects = (), val_objects: Objects = (), text_encoder: Any = None,
-                train_items: Sequence[Row] = ()) -> dict[str, Any]:
+                train_items: Sequence[Row] = (), summaries: Summaries = ()) -> dict[str, Any]:
     """Pre-train the vision tower, then train a small LLaVA on (PIL image, caption) pairs (and yes/no questions
     about ``train_objects``); save it with its processor and ``build_info.json`` to ``out``.
 
@@ -339,6 +350,9 @@ def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, pro
             None loads all-MiniLM-L6-v2 offline (:func:`dsanchor.encoders.effnet_minilm.load_minilm`).
         train_items: more ``(image, prompt, answer)`` rows about train images (scene questions and caption
             prompts: :func:`~dsanchor.mllm.instructions.scene_rows`), trained with the captions and questions.
+        summaries: ``(image, Counter of labels)`` per train and val image, what the summary token learns
+            (:func:`~dsanchor.mllm.distill.scene_labels`); none: the object names of ``train_objects`` and
+            ``val_objects``.
 
     Returns:
         The contents of ``build_info.json``: ``stage_times_s`` (pretrain, align + tune, final val), ``best_step``,
@@ -349,9 +363,10 @@ def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, pro
     if not train or not val:
         raise ConfigError("mllm build needs train and val captions")
     b = _prepare(train, val, cfg, prompt, train_objects, val_objects, train_items)
+    summaries = summaries or [(im, Counter(names)) for im, names in [*train_objects, *val_objects]]
     times: dict[str, float] = {}
     tic = time.perf_counter()
-    distill_info = _distill(b, cfg, progress) if cfg.distill_steps else None
+    distill_info = _distill(b, cfg, progress, summaries) if cfg.distill_steps else None
     times["distill"], tic = time.perf_counter() - tic, time.perf_counter()
     pre_info = _pretrain(b, train, val, train_objects, val_objects, cfg, text_encoder,
                          progress) if cfg.pretrain_steps else {}
@@ -399,13 +414,14 @@ def build_from_dataset(cfg: MLLMConfig, build: BuildConfig, progress: bool = Tru
     """
     cfg.check(model=False)
     samples, how = split_samples(cfg)
-    (train, train_objects, train_images), (val, val_objects, _) = (_split_pairs(samples, n, cfg.image_root)
-                                                                   for n in ("train", "val"))
+    (train, train_objects, train_images), (val, val_objects, val_images) = (_split_pairs(samples, n, cfg.image_root)
+                                                                            for n in ("train", "val"))
     if not train or not val:
         raise ConfigError(f"mllm build needs captions in the train and val splits ({how})")
-    items = scene_rows(train_images, build.question_families, build.questions_per_family, build.caption_prompts,
-                       build.seed) if build.questions_per_family else []
+    items = scene_rows(train_images, build.question_families if build.questions_per_family else (),
+                       max(build.questions_per_family, 1), build.caption_prompts, build.seed, build.object_lists)
+    summaries = [(im, scene_labels(s.scene)) for im, s in [*train_images, *val_images] if s.scene is not None]
     info = train_llava(train, val, build, cfg.out, get_family("llava").CAPTION_PROMPT, train_objects=train_objects,
-                       val_objects=val_objects, progress=progress, train_items=items)
+                       val_objects=val_objects, progress=progress, train_items=items, summaries=summaries)
     info["split_note"] = how
     return info

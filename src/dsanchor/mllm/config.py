@@ -230,14 +230,15 @@ class AdaptConfig:
 class BuildConfig:
     """The small LLaVA, its training stages and their budgets."""
 
-    image_size: int = field(default=64, metadata={"help": "input side of the vision tower in pixels"})
+    image_size: int = field(default=128, metadata={"help": "input side of the vision tower in pixels (synth objects "
+                                                         "are a few pixels wide at 64)"})
     patch_size: int = field(default=16, metadata={"help": "vision patch size (image_size / patch_size squared tokens)"})
     vision_width: int = field(default=96, metadata={"help": "CLIP vision hidden size"})
     vision_layers: int = field(default=4, metadata={"help": "CLIP vision layers"})
     text_width: int = field(default=128, metadata={"help": "Llama hidden size"})
     text_layers: int = field(default=3, metadata={"help": "Llama layers"})
     heads: int = field(default=4, metadata={"help": "attention heads of both towers"})
-    pretrain_steps: int = field(default=400, metadata={
+    pretrain_steps: int = field(default=0, metadata={
         "help": "contrastive vision pre-training steps against MiniLM caption embeddings (0: none)"})
     pretrain_batch_size: int = field(default=128, metadata={"help": "images per pre-training step"})
     pretrain_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the pre-training"})
@@ -249,7 +250,7 @@ class BuildConfig:
     pretrain_shift: int = field(default=4, metadata={
         "help": "pre-training augmentation: random shift of each image by up to this many pixels (edges "
                 "replicated; no flips, the captions say left and right; 0: none)"})
-    distill_steps: int = field(default=0, metadata={
+    distill_steps: int = field(default=1500, metadata={
         "help": "feature distillation steps before the pre-training: the tower's patch tokens regress the "
                 "pretrained EfficientNet-Lite0's map of distill_stage on the same images (0: none)"})
     distill_stage: str = field(default="stage5", metadata={
@@ -258,10 +259,17 @@ class BuildConfig:
         "help": "EfficientNet-Lite0 stage the coarse layer's patch tokens regress (pooled to the patch grid)"})
     distill_coarse_weight: float = field(default=0.5, metadata={
         "help": "weight of the coarse layer's distillation loss (grounds V_coarse; 0: off)"})
+    summary_token: bool = field(default=False, metadata={
+        "help": "keep the vision tower's CLS token as the first image token (LLaVA's 'full' feature strategy) and "
+                "teach it, during the distillation, how many objects of each attribute value and pair of values "
+                "the image holds (train scene graphs; object names elsewhere): a summary the language model can "
+                "read at one position"})
+    distill_summary_weight: float = field(default=1.0, metadata={
+        "help": "weight of the summary token's loss (squared error of log(1 + count) per label)"})
     distill_batch_size: int = field(default=64, metadata={"help": "images per distillation step"})
     distill_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the distillation"})
-    steps: int = field(default=1200, metadata={"help": "LLaVA optimizer steps (alignment included)"})
-    align_steps: int = field(default=200, metadata={
+    steps: int = field(default=2500, metadata={"help": "LLaVA optimizer steps (alignment included)"})
+    align_steps: int = field(default=250, metadata={
         "help": "first LLaVA steps with the vision tower frozen (LLaVA's stage 1; 0: none)"})
     vision_lr_scale: float = field(default=0.1, metadata={
         "help": "vision tower learning rate after alignment, as a multiple of lr (0: keep it frozen)"})
@@ -276,17 +284,22 @@ class BuildConfig:
     caption_prompts: bool = field(default=True, metadata={
         "help": "also train the caption prompts of `dsanchor data questions` (scene, object, relation), one row "
                 "per reference caption, where the data has scene graphs"})
-    turns_per_text: int = field(default=1, metadata={
+    object_lists: bool = field(default=True, metadata={
+        "help": "also train an object list per train image (every object's colour and shape, left to right), "
+                "where the data has scene graphs"})
+    turns_per_text: int = field(default=8, metadata={
         "help": "pack up to this many rows of one image into one multi-turn sequence (the image tokens paid once; "
                 "1: one row per sequence)"})
     loss_per_text: bool = field(default=False, metadata={
         "help": "average the training loss over each text's tokens, then over texts, so a one-word yes/no "
                 "answer weighs as much as a caption (off: over all tokens, as transformers does)"})
-    batch_size: int = field(default=32, metadata={"help": "training texts (captions and questions) per step"})
+    batch_size: int = field(default=16, metadata={"help": "training sequences (conversations of up to "
+                                                          "turns_per_text rows) per step"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear warm-up, cosine decay)"})
-    eval_every: int = field(default=250, metadata={"help": "steps between val losses (early stopping)"})
+    eval_every: int = field(default=500, metadata={"help": "steps between val losses (early stopping)"})
     coarse_layer: int = field(default=1, metadata={"help": "vision hidden state that gives V_coarse"})
-    max_words: int = field(default=24, metadata={"help": "longest caption in words; longer ones are cut"})
+    max_words: int = field(default=32, metadata={"help": "longest answer in words (captions, object lists); "
+                                                            "longer ones are cut"})
     uniform_g: bool = field(default=True, metadata={
         "help": "train with g ~ U[0, 1] per image (--no-uniform-g: g = 1 throughout, like a pretrained MLLM that "
                 "has only seen V_fine at its seam; the model `dsanchor mllm adapt` is for)"})

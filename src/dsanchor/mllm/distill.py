@@ -15,7 +15,10 @@ way. The heads are thrown away afterwards; only the tower keeps what it learnt (
 from __future__ import annotations
 
 import math
+from collections import Counter
+from collections.abc import Sequence
 from dataclasses import dataclass
+from itertools import combinations
 from typing import Any
 
 import torch
@@ -25,7 +28,28 @@ from tqdm.auto import tqdm
 from dsanchor.encoders.transforms import CLIP_MEAN, CLIP_STD, EFFNET_LITE_MEAN, EFFNET_LITE_STD
 from dsanchor.mllm.config import BuildConfig
 
-__all__ = ["TeacherMaps", "clip_to_effnet", "teacher_maps", "standardise", "patch_tokens", "distill_vision"]
+__all__ = ["TeacherMaps", "SCENE_ATTRIBUTES", "scene_labels", "label_counts", "clip_to_effnet", "teacher_maps",
+           "standardise", "patch_tokens", "distill_vision"]
+
+
+SCENE_ATTRIBUTES = ("size", "color", "material", "shape")
+
+
+def scene_labels(scene: dict[str, Any]) -> Counter:
+    """How many objects of a scene carry each attribute value and each pair of values, in the questions' word
+    order ("large", "red", "large red", "red cube", ...): what the summary token learns."""
+    out: Counter = Counter()
+    for o in scene["objects"]:
+        values = [str(o[a]) for a in SCENE_ATTRIBUTES]
+        out.update(values)
+        out.update(f"{a} {b}" for a, b in combinations(values, 2))
+    return out
+
+
+def label_counts(unique: Sequence[Any], summaries: Sequence[tuple[Any, Counter]], names: Sequence[str]) -> torch.Tensor:
+    """(I, K) counts of the label ``names`` per image of ``unique`` (by identity; 0 for an image without one)."""
+    held = {id(im): c for im, c in summaries}
+    return torch.tensor([[float(held.get(id(im), Counter())[n]) for n in names] for im in unique])
 
 
 @dataclass
@@ -35,6 +59,7 @@ class TeacherMaps:
     fine: torch.Tensor
     coarse: torch.Tensor | None
     seconds: float  # time spent in the teacher
+    summary: torch.Tensor | None = None  # (I, K) how many objects carry each label: the CLS token's target
 
 
 def clip_to_effnet(pixels: torch.Tensor) -> torch.Tensor:
@@ -112,7 +137,10 @@ def distill_vision(tower: nn.Module, pixels: torch.Tensor, teacher: TeacherMaps,
     if teacher.coarse is not None and cfg.distill_coarse_weight > 0:
         layers.append((cfg.coarse_layer, cfg.distill_coarse_weight, teacher.coarse))
     heads = nn.ModuleList([nn.Linear(width, t.shape[-1]) for _, _, t in layers])
-    params = [*tower.parameters(), *heads.parameters()]
+    summary = None if teacher.summary is None else torch.log1p(teacher.summary)  # (I, K)
+    summary_heads = nn.ModuleList([nn.Linear(width, summary.shape[1]) for _ in layers]) if summary is not None \
+        else nn.ModuleList()
+    params = [*tower.parameters(), *heads.parameters(), *summary_heads.parameters()]
     opt = torch.optim.AdamW(params, lr=cfg.distill_lr, weight_decay=0.05)
     warm = max(1, cfg.distill_steps // 20)
     sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: min(1.0, (s + 1) / warm) * 0.5 * (
@@ -125,6 +153,9 @@ def distill_vision(tower: nn.Module, pixels: torch.Tensor, teacher: TeacherMaps,
         hidden = tower(pixel_values=pixels[idx].float(), output_hidden_states=True).hidden_states
         loss = sum(w * nn.functional.mse_loss(head(hidden[layer][:, 1:]), t[idx])  # (B, N, C) each
                    for (layer, w, t), head in zip(layers, heads, strict=True))
+        for (layer, w, _), head in zip(layers if summary_heads else [], summary_heads, strict=True):  # CLS token
+            loss = loss + w * cfg.distill_summary_weight * nn.functional.mse_loss(head(hidden[layer][:, 0]),
+                                                                                 summary[idx])
         opt.zero_grad()
         loss.backward()
         torch.nn.utils.clip_grad_norm_(params, 1.0)
@@ -134,7 +165,22 @@ def distill_vision(tower: nn.Module, pixels: torch.Tensor, teacher: TeacherMaps,
     info: dict[str, Any] = {"distill_loss": float(loss.detach())}
     if val is not None:
         info.update(_val_r2(tower, heads, layers, *val))
+        if summary is not None and val[1].summary is not None:
+            info.update(_val_summary(tower, summary_heads[0], *val))
     return info
+
+
+@torch.no_grad()
+def _val_summary(tower: nn.Module, head: nn.Module, pixels: torch.Tensor, maps: TeacherMaps) -> dict[str, float]:
+    """Share of (val image, label) pairs whose presence the CLS token gets right (count read as > 0.5), and the
+    share a summary that says "absent" everywhere gets."""
+    tower.eval()
+    cls = torch.cat([tower(pixel_values=pixels[a:a + 128].float()).last_hidden_state[:, 0]
+                     for a in range(0, len(pixels), 128)])  # (I, D)
+    tower.train()
+    said, truth = head(cls) > math.log1p(0.5), maps.summary > 0  # (I, K)
+    return {"val_summary_presence_acc": float((said == truth).float().mean()),
+            "val_summary_all_absent": float((~truth).float().mean())}
 
 
 @torch.no_grad()
