@@ -57,9 +57,9 @@ def test_build_saves_a_llava_that_loads_offline_with_its_processor(built):
     model = transformers.LlavaForConditionalGeneration.from_pretrained(built / "llava", local_files_only=True)
     proc = transformers.AutoProcessor.from_pretrained(built / "llava", local_files_only=True)
     info = _info(built)
-    assert info["best_step"] in (2, 4) and len(info["history"]) == 2 and info["image_tokens"] == 4
+    assert info["best_step"] in (2, 4) and len(info["history"]) == 2 and info["image_tokens"] == 5
     inputs = proc(images=[Image.new("RGB", (50, 30))], text=[info["prompt"]], return_tensors="pt")
-    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 4  # (32 / 16)^2 image tokens
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 5  # CLS (summary) + (32 / 16)^2
     ids = proc.tokenizer("there are three objects .", add_special_tokens=False).input_ids
     assert proc.tokenizer.unk_token_id not in ids  # the captions' words are in the vocabulary
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)

@@ -259,7 +259,7 @@ class BuildConfig:
         "help": "EfficientNet-Lite0 stage the coarse layer's patch tokens regress (pooled to the patch grid)"})
     distill_coarse_weight: float = field(default=0.5, metadata={
         "help": "weight of the coarse layer's distillation loss (grounds V_coarse; 0: off)"})
-    summary_token: bool = field(default=False, metadata={
+    summary_token: bool = field(default=True, metadata={
         "help": "keep the vision tower's CLS token as the first image token (LLaVA's 'full' feature strategy) and "
                 "teach it, during the distillation, how many objects of each attribute value and pair of values "
                 "the image holds (train scene graphs; object names elsewhere): a summary the language model can "
