@@ -182,6 +182,8 @@ def test_derangement_moves_every_image_and_random_shift_keeps_the_shape():
     ({"questions_per_image": 3}, "must be even"),
     ({"steps": 10, "align_steps": 10}, "smaller than steps"),
     ({"vision_lr_scale": -1.0}, ">= 0"),
+    ({"question_families": ("exist", "nope")}, "unknown question_families"),
+    ({"turns_per_text": 0}, "turns_per_text must be >= 1"),
 ])
 def test_build_config_rejects_bad_values(kwargs, match):
     from dsanchor.errors import ConfigError

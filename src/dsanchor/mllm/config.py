@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsanchor.data import list_formats
+from dsanchor.data.questions import QUESTION_FAMILIES
 from dsanchor.errors import ConfigError, DataError
 from dsanchor.gate import GateConfig
 from dsanchor.integrations.families import get_family
@@ -318,6 +319,9 @@ class BuildConfig:
             raise ConfigError(f"align_steps {self.align_steps} must be smaller than steps {self.steps}")
         if self.questions_per_image % 2:
             raise ConfigError(f"questions_per_image must be even (half yes, half no); got {self.questions_per_image}")
+        unknown = sorted(set(self.question_families) - set(QUESTION_FAMILIES))
+        if unknown:
+            raise ConfigError(f"unknown question_families {unknown}; valid: {', '.join(QUESTION_FAMILIES)}")
         if self.turns_per_text < 1 or self.questions_per_family < 0:
             raise ConfigError("turns_per_text must be >= 1 and questions_per_family >= 0")
         if self.distill_steps < 0 or self.distill_batch_size < 1 or self.distill_coarse_weight < 0:
