@@ -48,12 +48,11 @@ images answers it right 52% after 200 steps and 100% after 800 (chance 12.5%), w
 caption at once (val caption loss 0.02, shuffled 0.91): matching a question word against the image is what a
 from-scratch language model learns slowly, and slower still when the object is one of 64 tokens.
 
-Issue 20's targets, measured by ``scripts/mllm_see_bench.py`` (4000 train images at 128 px, distillation 1000
-steps, LLaVA 1500 steps, 16 min on one thread; 150 test images): POPE F1 0.39 / 0.39 / 0.38 (random, popular,
-adversarial; accuracy 0.49-0.51), exist 0.65 (deranged images 0.65), query attributes 0.37 (0.36), relate 0.49
-(0.47), count 0.47 (0.28; majority 0.20: counts are what the summary token holds, and naming a count is a
-readout, not a match), CHAIR_i of object captions 0.75 (0.73). None of the targets is met
-(``scripts/mllm_see_diag/README.md``).
+Issue 20's targets, measured by ``scripts/mllm_see_bench.py`` on the default build (4000 train images at 128 px,
+26 min on one CPU thread; 150 test images; blind baselines in brackets: deranged images): POPE F1 0.36 / 0.38 /
+0.37 (random, popular, adversarial), exist 0.62 (0.63), query attributes 0.41 (0.36), relate 0.49 (0.47), count
+0.48 (0.25; majority 0.20: counts are what the summary token holds, and naming a count is a readout, not a
+match), CHAIR_i of object captions 0.73 (0.70). None of the targets is met (``scripts/mllm_see_diag/README.md``).
 
 DSA is attached during stages 2 and 3 (:func:`dsanchor.integrations.attach_dsa`) with g drawn uniformly in
 [0, 1] for every image of every batch, so the model learns to answer from any
