@@ -15,7 +15,8 @@ from dsanchor.cli import main as cli_main
 TINY = ["--image-size", "32", "--patch-size", "16", "--vision-width", "16", "--vision-layers", "1",
         "--text-width", "16", "--text-layers", "1", "--heads", "2", "--steps", "4", "--eval-every", "2",
         "--batch-size", "4", "--threads", "1", "--pretrain-steps", "3", "--pretrain-batch-size", "4",
-        "--align-steps", "2", "--questions-per-image", "2"]
+        "--align-steps", "2", "--questions-per-image", "2", "--distill-steps", "2", "--distill-batch-size", "4",
+        "--questions-per-family", "1", "--turns-per-text", "3"]
 
 
 class FakeTextEncoder:
@@ -56,9 +57,9 @@ def test_build_saves_a_llava_that_loads_offline_with_its_processor(built):
     model = transformers.LlavaForConditionalGeneration.from_pretrained(built / "llava", local_files_only=True)
     proc = transformers.AutoProcessor.from_pretrained(built / "llava", local_files_only=True)
     info = _info(built)
-    assert info["best_step"] in (2, 4) and len(info["history"]) == 2 and info["image_tokens"] == 4
+    assert info["best_step"] in (2, 4) and len(info["history"]) == 2 and info["image_tokens"] == 5
     inputs = proc(images=[Image.new("RGB", (50, 30))], text=[info["prompt"]], return_tensors="pt")
-    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 4  # (32 / 16)^2 image tokens
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 5  # CLS (summary) + (32 / 16)^2
     ids = proc.tokenizer("there are three objects .", add_special_tokens=False).input_ids
     assert proc.tokenizer.unk_token_id not in ids  # the captions' words are in the vocabulary
     out = model.generate(**inputs, max_new_tokens=3, do_sample=False)
@@ -67,8 +68,11 @@ def test_build_saves_a_llava_that_loads_offline_with_its_processor(built):
 
 def test_build_info_reports_stage_times_shuffled_image_loss_and_pope(built, capsys):
     info = _info(built)
-    assert set(info["stage_times_s"]) == {"pretrain", "llava", "final_val"}
+    assert set(info["stage_times_s"]) == {"distill", "pretrain", "llava", "final_val"}
     assert all(t > 0 for t in info["stage_times_s"].values())
+    assert info["distill"]["n_images"] > 0 and math.isfinite(info["distill"]["val_fine_r2"])
+    rows = info["n_train_captions"] + info["n_train_questions"] + info["n_train_items"]
+    assert info["n_train_items"] > 0 and info["n_train_sequences"] < rows  # packed 3 turns to a sequence
     assert info["pretrain"]["val_retrieval_chance"] > 0 and 0 <= info["pretrain"]["val_retrieval_acc"] <= 1
     for key in ("val_loss_true_images", "val_loss_shuffled_images"):
         assert set(info[key]) == {"g=1", "g=0"} and all(math.isfinite(v) and v > 0 for v in info[key].values())
@@ -151,7 +155,7 @@ def test_pretrain_steps_0_skips_the_text_encoder(tmp_path):
     red, blue = Image.new("RGB", (32, 32), "red"), Image.new("RGB", (32, 32), "blue")
     cfg = BuildConfig(image_size=32, patch_size=16, vision_width=16, vision_layers=1, text_width=16, text_layers=1,
                       heads=2, steps=3, align_steps=1, eval_every=3, batch_size=4, pretrain_steps=0,
-                      questions_per_image=0)
+                      questions_per_image=0, distill_steps=0)
     pairs = [(red, "a red cube ."), (blue, "a blue sphere .")]
     info = train_llava(pairs, pairs, cfg, tmp_path, "USER: <image>\nDescribe the image in one sentence. ASSISTANT:",
                        progress=False, text_encoder=Refuse())
@@ -178,6 +182,8 @@ def test_derangement_moves_every_image_and_random_shift_keeps_the_shape():
     ({"questions_per_image": 3}, "must be even"),
     ({"steps": 10, "align_steps": 10}, "smaller than steps"),
     ({"vision_lr_scale": -1.0}, ">= 0"),
+    ({"question_families": ("exist", "nope")}, "unknown question_families"),
+    ({"turns_per_text": 0}, "turns_per_text must be >= 1"),
 ])
 def test_build_config_rejects_bad_values(kwargs, match):
     from dsanchor.errors import ConfigError
@@ -196,3 +202,114 @@ def test_per_text_loss_weighs_a_short_answer_as_much_as_a_caption():
                                               ignore_index=-100, reduction="none").view(2, 5)
     caption, answer = token[0, 1:].mean(), token[1, 3]
     assert float(_per_text_loss(logits, labels)) == pytest.approx(float((caption + answer) / 2), rel=1e-5)
+
+
+def test_distillation_teaches_the_patch_tokens_the_teacher_cells():
+    """The teacher cell of each patch is its mean colour: after distillation the tokens explain most of it."""
+    from dsanchor.integrations.small_models import caption_tokenizer
+    from dsanchor.mllm.build import build_llava
+    from dsanchor.mllm.config import BuildConfig
+    from dsanchor.mllm.distill import TeacherMaps, distill_vision, standardise
+
+    cfg = BuildConfig(image_size=32, patch_size=16, vision_width=32, vision_layers=2, text_width=16, text_layers=1,
+                      heads=2, distill_steps=30, distill_batch_size=32, distill_lr=3e-3)
+    model, _ = build_llava(caption_tokenizer(["a b"]), cfg)
+    gen = torch.Generator().manual_seed(0)
+    colours = torch.randn(160, 3, 2, 2, generator=gen)  # one colour per 16-px patch
+    pixels = colours.repeat_interleave(16, 2).repeat_interleave(16, 3) + 0.1 * torch.randn(160, 3, 32, 32,
+                                                                                             generator=gen)
+    cells = colours.flatten(2).transpose(1, 2)  # (160, 4, 3) row-major like the patches
+    fine, val = standardise(cells[:128], cells[128:])
+    info = distill_vision(model.model.vision_tower, pixels[:128], TeacherMaps(fine, fine, 0.0), cfg,
+                          val=(pixels[128:], TeacherMaps(val, val, 0.0)), progress=False)
+    assert info["val_fine_r2"] > 0.5 and info["val_coarse_r2"] > 0.5
+
+
+def test_teacher_maps_are_effnet_stages_on_the_patch_grid():
+    from dsanchor.encoders.transforms import CLIP_MEAN, CLIP_STD
+    from dsanchor.mllm.distill import clip_to_effnet, standardise, teacher_maps
+
+    grey = (torch.full((1, 3, 1, 1), 127 / 255) - torch.tensor(CLIP_MEAN).view(1, 3, 1, 1)) / torch.tensor(
+        CLIP_STD).view(1, 3, 1, 1)
+    assert torch.allclose(clip_to_effnet(grey), torch.zeros(1, 3, 1, 1), atol=1e-5)  # EfficientNet-Lite's 127 / 128
+    pixels = torch.randn(3, 3, 64, 64, generator=torch.Generator().manual_seed(0))
+    fine, coarse = teacher_maps(pixels, 4, ("stage5", "stage3"))
+    assert fine.shape == (3, 16, 112) and coarse.shape == (3, 16, 40)
+    train, other = standardise(fine, fine[:1])
+    assert torch.allclose(train.flatten(0, 1).mean(0), torch.zeros(112), atol=1e-4)
+    assert torch.equal(other, train[:1])
+
+
+def test_packed_conversations_keep_every_answer_once_and_the_image_in_the_first_turn():
+    from dsanchor.integrations.small_models import caption_tokenizer
+    from dsanchor.mllm.instructions import conversation_batches, pack_turns
+
+    a, b = object(), object()
+    rows = [(a, "USER: <image>\nq1 ASSISTANT:", "yes"), (a, "USER: <image>\nq2 ASSISTANT:", "no"),
+            (a, "USER: <image>\nq3 ASSISTANT:", "red"), (b, "USER: <image>\nq1 ASSISTANT:", "no")]
+    convs = pack_turns(rows, turns=2, seed=0)
+    assert sorted(len(c) for _, c in convs) == [1, 1, 2]
+    packed = sorted((id(im), p, ans) for im, c in convs for p, ans in c)
+    assert packed == sorted((id(im), p, ans) for im, p, ans in rows)
+    tok = caption_tokenizer([p + " " + ans for _, p, ans in rows])
+    ids, labels = conversation_batches(tok, [c for _, c in convs], n_image_tokens=4, max_words=5)
+    image = tok.convert_tokens_to_ids("<image>")
+    for row, (_, conv) in zip(range(len(convs)), convs, strict=True):
+        assert int((ids[row] == image).sum()) == 4  # the image once, in the first turn
+        said = tok.convert_ids_to_tokens(labels[row][labels[row] != -100].tolist())
+        assert said == [w for _, ans in conv for w in (ans, "</s>")]  # only the answers are learnt
+
+
+def test_scene_rows_ask_the_scene_questions_in_the_answer_prompt(tmp_path):
+    from dsanchor.data import SynthConfig, generate_synth, load_dataset
+    from dsanchor.data.questions import QuestionConfig, scene_questions
+    from dsanchor.integrations import get_family
+    from dsanchor.mllm.instructions import scene_rows
+
+    generate_synth(tmp_path, SynthConfig(scenes=3, image_size=64, max_objects=3, supersample=1))
+    samples = load_dataset("synth", tmp_path)
+    rows = scene_rows([(k, s) for k, s in enumerate(samples)], ("exist", "count"), 2, captions=True, seed=0)
+    family = get_family("llava")
+    for k, s in enumerate(samples):
+        asked = {q.question: q.answer for q in scene_questions(s.scene, QuestionConfig(
+            per_family=2, families=("exist", "count"), seed=0), s.image_id)}
+        mine = [(p, ans) for im, p, ans in rows if im == k]
+        assert {family.ANSWER_PROMPT.format(question=q): ans for q, ans in asked.items()}.items() <= set(mine)
+        assert len(mine) == len(asked) + len(s.captions)  # every reference caption is a row of its prompt
+
+
+def test_scene_labels_count_values_and_pairs_in_question_word_order():
+    from dsanchor.mllm.distill import scene_labels
+
+    scene = {"objects": [{"size": "large", "color": "red", "material": "metal", "shape": "cube"},
+                         {"size": "small", "color": "red", "material": "rubber", "shape": "sphere"}]}
+    labels = scene_labels(scene)
+    assert labels["red"] == 2 and labels["cube"] == 1 and labels["red cube"] == 1 and labels["large red"] == 1
+    assert labels["small sphere"] == 1 and labels["red sphere"] == 1 and labels["cube red"] == 0
+    assert len(labels) == 7 + 12  # 7 distinct values (red in both), 6 pairs per object, none shared
+
+
+def test_summary_token_is_kept_and_learns_what_the_image_holds():
+    """With summary_token the CLS token is the first image token, and distillation teaches it label counts."""
+    from PIL import Image
+
+    from dsanchor.integrations.small_models import caption_tokenizer
+    from dsanchor.mllm.build import build_llava
+    from dsanchor.mllm.config import BuildConfig
+    from dsanchor.mllm.distill import TeacherMaps, distill_vision, standardise
+
+    cfg = BuildConfig(image_size=32, patch_size=16, vision_width=32, vision_layers=2, text_width=16, text_layers=1,
+                      heads=2, distill_steps=40, distill_batch_size=32, distill_lr=3e-3, summary_token=True)
+    model, processor = build_llava(caption_tokenizer(["a b"]), cfg)
+    inputs = processor(images=[Image.new("RGB", (32, 32))], text=["<image> a"], return_tensors="pt")
+    assert int((inputs["input_ids"] == model.config.image_token_id).sum()) == 5  # CLS + 2 x 2 patches
+    assert model(**inputs).logits.shape[1] == inputs["input_ids"].shape[1]
+    gen = torch.Generator().manual_seed(0)
+    colours = torch.randn(160, 3, 2, 2, generator=gen)
+    pixels = colours.repeat_interleave(16, 2).repeat_interleave(16, 3)
+    cells = colours.flatten(2).transpose(1, 2)  # (160, 4, 3)
+    counts = (cells > 0.5).sum(1).float()  # (160, 3) patches whose channel is bright: a label count per image
+    fine, val = standardise(cells[:128], cells[128:])
+    info = distill_vision(model.model.vision_tower, pixels[:128], TeacherMaps(fine, None, 0.0, counts[:128]), cfg,
+                          val=(pixels[128:], TeacherMaps(val, None, 0.0, counts[128:])), progress=False)
+    assert info["val_summary_presence_acc"] > max(info["val_summary_all_absent"], 1 - info["val_summary_all_absent"])

@@ -46,7 +46,7 @@ from dsanchor.encoders.regions import roi_vectors
 from dsanchor.encoders.transforms import EFFNET_LITE_MEAN, EFFNET_LITE_STD, ImageTransform
 from dsanchor.errors import ConfigError, MissingDependencyError
 
-__all__ = ["EffnetMiniLMConfig", "EffnetMiniLMEncoder", "fuse_for_inference", "stage_outputs"]
+__all__ = ["EffnetMiniLMConfig", "EffnetMiniLMEncoder", "fuse_for_inference", "stage_outputs", "load_efficientnet"]
 
 
 @dataclass
@@ -68,6 +68,11 @@ class EffnetMiniLMConfig(EncoderConfig):
             raise ConfigError(f"image_size must be a multiple of 32, got {self.image_size}")
         if self.coarse_pool not in COARSE_POOLS:
             raise ConfigError(f"coarse_pool must be one of {list(COARSE_POOLS)}, got {self.coarse_pool!r}")
+
+
+def load_efficientnet(image_size: int) -> torch.nn.Module:
+    """The pretrained EfficientNet-Lite0 (offline), BatchNorms folded, in eval mode, channels-last."""
+    return _load_efficientnet(image_size)
 
 
 def _load_efficientnet(image_size: int) -> torch.nn.Module:

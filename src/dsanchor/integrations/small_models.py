@@ -87,11 +87,13 @@ def byte_level_clip_tokenizer(model_max_length: int | None = None) -> tuple[Any,
 
 def small_llava(tokenizer, image_size: int, patch_size: int, vision_width: int, vision_layers: int,
                 text_width: int, text_layers: int, heads: int, mlp_ratio: int = 4, max_positions: int | None = None,
-                seed: int = 0):
+                seed: int = 0, keep_cls: bool = False):
     """(model, processor): a randomly initialised (``torch.manual_seed(seed)``) LLaVA of this size and its
-    LlavaProcessor; the tokenizer's ``<image>`` is the image token, one per patch (the CLS token is dropped)."""
+    LlavaProcessor; the tokenizer's ``<image>`` is the image token, one per patch (the CLS token is dropped, or
+    kept as the first image token with ``keep_cls``: LLaVA's ``vision_feature_select_strategy="full"``)."""
     import transformers
 
+    strategy = "full" if keep_cls else "default"
     vision = transformers.CLIPVisionConfig(hidden_size=vision_width, intermediate_size=mlp_ratio * vision_width,
                                            num_hidden_layers=vision_layers, num_attention_heads=heads,
                                            image_size=image_size, patch_size=patch_size)
@@ -103,7 +105,7 @@ def small_llava(tokenizer, image_size: int, patch_size: int, vision_width: int, 
                                     eos_token_id=tokenizer.eos_token_id, **extra)
     config = transformers.LlavaConfig(vision_config=vision, text_config=text,
                                       image_token_id=tokenizer.convert_tokens_to_ids("<image>"),
-                                      vision_feature_layer=-1, vision_feature_select_strategy="default")
+                                      vision_feature_layer=-1, vision_feature_select_strategy=strategy)
     torch.manual_seed(seed)
     model = transformers.LlavaForConditionalGeneration(config)
     model.generation_config.pad_token_id = tokenizer.pad_token_id
@@ -112,7 +114,7 @@ def small_llava(tokenizer, image_size: int, patch_size: int, vision_width: int, 
         size={"height": image_size, "width": image_size}, do_center_crop=False,
         crop_size={"height": image_size, "width": image_size})
     processor = transformers.LlavaProcessor(image_processor=image_processor, tokenizer=tokenizer,
-                                            patch_size=patch_size, vision_feature_select_strategy="default",
+                                            patch_size=patch_size, vision_feature_select_strategy=strategy,
                                             image_token="<image>", num_additional_image_tokens=1)
     return model, processor
 

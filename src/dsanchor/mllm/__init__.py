@@ -6,8 +6,9 @@ item), :mod:`.rewards` scores captions for PPO and :mod:`.items` questions and c
 (:mod:`.train`: train and tune; :mod:`.router` the ``router_loss`` baseline); :mod:`.evaluate` measures base /
 fixed_best / dsa_ppo / oracle with :mod:`.scores` (BLEU, CIDEr, CHAIR), :mod:`.pope` and :mod:`.embed`
 (retrieval), and :mod:`.evaluate_items` the methods per question family (:mod:`.seeds`: several PPO seeds);
-:mod:`.caption` is ``mllm caption``, :mod:`.answer` ``mllm answer``; :mod:`.build` and :mod:`.pretrain` train the
-small LLaVA; :mod:`.adapt` the seam adapter.
+:mod:`.caption` is ``mllm caption``, :mod:`.answer` ``mllm answer``; :mod:`.build` trains the small LLaVA, with
+:mod:`.distill` (EfficientNet-Lite0 teaches its tower), :mod:`.pretrain` (contrastive tower pre-training) and
+:mod:`.instructions` (its training rows, packed in conversations); :mod:`.adapt` the seam adapter.
 """
 
 from dsanchor.mllm.adapt import run_adapt

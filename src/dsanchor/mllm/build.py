@@ -12,35 +12,47 @@ Why stages: trained end to end from scratch on a few thousand captions, the smal
 language prior long before a random vision tower gives it anything, and ends up ignoring the image (its val
 loss is the same with shuffled images). So the build runs, on the train split only:
 
-1. **Vision pre-training** (``pretrain_steps``; like CLIP before LLaVA): the CLIP vision tower is trained
-   contrastively (InfoNCE in both directions, learnable temperature) against frozen all-MiniLM-L6-v2
-   embeddings of the training captions (the project's offline text encoder), through a linear projection of
-   the pooled vision output (the mean of the patch tokens of the layer the projector reads). The same loss on
-   the coarse layer's pooled tokens (weight ``pretrain_coarse_weight``) grounds V_coarse too, which the model
-   sees alone at g = 0. Contrastive learning alone barely beats chance with ~600 images in a few hundred steps
-   (synth: val caption-to-image retrieval 0.007-0.014 against a chance of 0.005), so an auxiliary multi-label loss
-   (``pretrain_object_weight``) also asks the pooled features which annotated object names and name words
-   ("red cube", "red", "cube") are in the image (in a side experiment a ViT trained on colour presence alone
-   reached 0.73 on val, majority 0.56). Both use only the train split; projections, heads and temperature are
-   dropped afterwards.
-   Images are shifted by a few pixels (``pretrain_shift``) but never flipped (captions say left and right).
+0. **Distillation** (``distill_steps``; :mod:`dsanchor.mllm.distill`): the pretrained EfficientNet-Lite0 reads
+   the same images; each patch token of the tower's last layer regresses the teacher's stage-5 cell under it
+   (stride 16, one cell per 16-px patch at 128 px), the coarse layer's tokens an earlier stage
+   (``distill_coarse_stage``), through linear heads that are dropped afterwards. With ``summary_token`` the
+   tower's CLS token is kept as the first image token (LLaVA's "full" feature strategy) and learns how many
+   objects carry each attribute value and pair of values (train scene graphs), a summary at one fixed position.
+1. **Vision pre-training** (``pretrain_steps``, off by default since distillation; like CLIP before LLaVA): the
+   tower is trained contrastively (InfoNCE both ways, learnable temperature) against frozen all-MiniLM-L6-v2
+   embeddings of the training captions through a linear projection of the pooled patch tokens, the coarse
+   layer's pooled tokens too (``pretrain_coarse_weight``), with an auxiliary multi-label loss on the annotated
+   object names and name words (``pretrain_object_weight``); images shifted by up to ``pretrain_shift`` pixels.
+   With ~600 images it barely beat chance on val retrieval (0.007-0.014, chance 0.005).
 2. **Alignment** (``align_steps``, as LLaVA's stage 1): the tower is frozen while projector and language model
    learn to read its features.
 3. **Instruction tuning**: everything, the tower at ``vision_lr_scale`` times the learning rate.
 
-Stages 2 and 3 train on the captions with teacher forcing (prompt: LLaVA's ``CAPTION_PROMPT``) mixed with
-POPE-style yes/no questions (``questions_per_image`` per training image, half about objects in it, "yes",
-half about objects of the dataset vocabulary that are not, "no"; :func:`~dsanchor.mllm.pope.training_questions`,
-prompt :func:`~dsanchor.mllm.pope.question_prompt`), as LLaVA-1.5 mixes VQA data into its tuning.
-``loss_per_text`` averages each text's loss over its own tokens first, so a one-word answer weighs as much as a
-caption; it is off by default because on synth it did not help (the model still answered "no" to every val
-question, POPE 0.500) and cost val caption loss (0.847 against 0.837).
+Stages 2 and 3 train on the rows of :mod:`dsanchor.mllm.instructions`, answers only in the loss: the captions
+(LLaVA's ``CAPTION_PROMPT``), POPE-style yes/no questions (``questions_per_image``, half "yes" about objects in
+the image, half "no" about absent vocabulary objects; :func:`~dsanchor.mllm.pope.training_questions`), and where
+the data has scene graphs the questions of ``dsanchor data questions`` (``question_families``,
+``questions_per_family``; exact answers), its caption prompts (``caption_prompts``) and an object list per image
+(``object_lists``). The rows of an image are packed into conversations of up to ``turns_per_text`` turns, the
+image tokens paid once (an object list always alone: it would give later turns their answers as text).
+``loss_per_text`` averages each text's loss over its own tokens first; off by default (it did not help).
 
-Measured on the synth demo data (600 train images, 2 CPU threads, defaults, ~8 min): val caption loss 0.837
-with the true images against 0.891 with shuffled ones (the build before these stages: 0.595 against 0.598),
-but the yes/no questions are not learnt (val POPE 0.500: the language model does
-not bind the object named in the question to the image). Training the tower at the full learning rate after
-alignment (``vision_lr_scale`` 1) undid the pre-training (0.863 against 0.868).
+What limits it (synth, measured with ``scripts/mllm_tower_probe.py`` and ``scripts/mllm_see_bench.py``): not the
+tower. Linear probes on the objects' patch tokens at 128 px read colour 0.93, shape 0.71, size 0.95, material
+0.95 after 1200 distillation steps (teacher stage 5: 0.93 / 0.90 / 0.98 / 0.96; random tower 0.83 / 0.45 / 0.75 /
+0.79). The language model does not learn to bind a word of the question to what the image tokens hold: trained
+800 steps on 1000 images with every row type, val POPE stayed 0.50 and "Is there a <colour> thing?" ranked
+colours at AUC 0.58; trained only on that colour question for 1500 steps it reached AUC 0.63 on the *train*
+images (16 image tokens or 64, with a CLS summary token or without: the same). The same build on one-colour
+images answers it right 52% after 200 steps and 100% after 800 (chance 12.5%), while it names the colour in a
+caption at once (val caption loss 0.02, shuffled 0.91): matching a question word against the image is what a
+from-scratch language model learns slowly, and slower still when the object is one of 64 tokens.
+
+Issue 20's targets, measured by ``scripts/mllm_see_bench.py`` on the default build (4000 train images at 128 px,
+26 min on one CPU thread; 150 test images; blind baselines in brackets: deranged images): POPE F1 0.36 / 0.38 /
+0.37 (random, popular, adversarial), exist 0.62 (0.63), query attributes 0.41 (0.36), relate 0.49 (0.47), count
+0.48 (0.25; majority 0.20: counts are what the summary token holds, and naming a count is a readout, not a
+match), CHAIR_i of object captions 0.73 (0.70). None of the targets is met (``scripts/mllm_see_diag/README.md``).
 
 DSA is attached during stages 2 and 3 (:func:`dsanchor.integrations.attach_dsa`) with g drawn uniformly in
 [0, 1] for every image of every batch, so the model learns to answer from any
@@ -55,6 +67,7 @@ from __future__ import annotations
 import copy
 import math
 import time
+from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -69,9 +82,12 @@ from dsanchor.encoders.transforms import load_rgb
 from dsanchor.errors import ConfigError
 from dsanchor.files import write_json
 from dsanchor.integrations import UniformG, attach_dsa, get_family
-from dsanchor.integrations.small_models import caption_tokenizer, small_llava, words
+from dsanchor.integrations.small_models import caption_tokenizer, small_llava
 from dsanchor.mllm.config import BuildConfig, MLLMConfig
 from dsanchor.mllm.data import split_samples
+from dsanchor.mllm.distill import TeacherMaps, distill_vision, label_counts, scene_labels, standardise, teacher_maps
+from dsanchor.mllm.instructions import OBJECT_LIST_PROMPT, Row, conversation_batches, pack_turns, scene_rows
+from dsanchor.mllm.items import item_prompt
 from dsanchor.mllm.pope import read_yes_no, training_questions
 from dsanchor.mllm.pretrain import embed_texts, multi_hot, object_labels, pretrain_vision
 
@@ -79,35 +95,23 @@ __all__ = ["build_llava", "token_batches", "derangement", "per_text_loss", "trai
 
 Pairs = Sequence[tuple[Any, str]]  # (image, caption)
 Objects = Sequence[tuple[Any, Sequence[str]]]  # (image, object names in it)
+Summaries = Sequence[tuple[Any, Counter]]  # (image, how many objects carry each label)
 
 
 def build_llava(tokenizer, cfg: BuildConfig):
     """(model, processor) from ``cfg``: a randomly initialised small LLaVA and its LlavaProcessor."""
     return small_llava(tokenizer, cfg.image_size, cfg.patch_size, cfg.vision_width, cfg.vision_layers,
                        cfg.text_width, cfg.text_layers, cfg.heads, mlp_ratio=4,
-                       max_positions=(cfg.image_size // cfg.patch_size) ** 2 + 128, seed=cfg.seed)
+                       max_positions=(cfg.image_size // cfg.patch_size) ** 2 + 128 * cfg.turns_per_text,
+                       seed=cfg.seed, keep_cls=cfg.summary_token)
 
 
 def token_batches(tok, rows: Sequence[tuple[str, str]], n_image_tokens: int,
                   max_words: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Token ids (C, L) of prompt (its ``<image>`` expanded to the image's tokens) + answer + </s> and labels
-    (C, L), -100 outside the answer, right padded. ``rows``: (prompt, answer) per text."""
-    heads: dict[str, list[int]] = {}
-    seqs = []
-    for prompt, answer in rows:
-        if prompt not in heads:
-            heads[prompt] = tok(prompt.replace("<image>", "<image>" * n_image_tokens),
-                                add_special_tokens=False).input_ids
-        head = heads[prompt]
-        body = tok(" ".join(words(answer)[:max_words]), add_special_tokens=False).input_ids + [tok.eos_token_id]
-        seqs.append((head + body, [-100] * len(head) + body))
-    width = max(len(r[0]) for r in seqs)
-    ids = torch.full((len(seqs), width), tok.pad_token_id)
-    labels = torch.full((len(seqs), width), -100)
-    for i, (a, b) in enumerate(seqs):
-        ids[i, :len(a)] = torch.tensor(a)
-        labels[i, :len(b)] = torch.tensor(b)
-    return ids, labels
+    (C, L), -100 outside the answer, right padded. ``rows``: (prompt, answer) per text (one-turn
+    :func:`~dsanchor.mllm.instructions.conversation_batches`)."""
+    return conversation_batches(tok, [[r] for r in rows], n_image_tokens, max_words)
 
 
 def derangement(n: int, seed: int) -> torch.Tensor:
@@ -153,11 +157,12 @@ class _Build:
     processor: Any
     tokenizer: Any
     g_source: UniformG
-    train: TextBatch  # captions and yes/no questions of the train images
+    train: TextBatch  # captions, yes/no questions and scene questions of the train images, packed in conversations
     val: TextBatch  # val captions
     questions: list[tuple[Any, str, str]]
     val_questions: list[tuple[Any, str, str]]
     n_img: int  # image tokens per image
+    n_items: int = 0  # scene questions and caption prompts among the train rows
 
     def texts(self, rows: Sequence[tuple[str, str]], images: Sequence[Any], cfg: BuildConfig) -> TextBatch:
         """(prompt, answer) rows seeing ``images`` (one per row) as a :class:`TextBatch`."""
@@ -166,20 +171,29 @@ class _Build:
         ids, labels = token_batches(self.tokenizer, rows, self.n_img, cfg.max_words)
         return TextBatch(ids, labels, pixels, index, unique)
 
+    def conversations(self, rows: Sequence[Row], cfg: BuildConfig) -> TextBatch:
+        """``(image, prompt, answer)`` rows packed into conversations of up to ``cfg.turns_per_text`` turns."""
+        convs = pack_turns(rows, cfg.turns_per_text, cfg.seed,
+                           alone=[item_prompt("llava", OBJECT_LIST_PROMPT, caption=True)])
+        unique, index = _image_index([im for im, _ in convs])
+        pixels = self.processor.image_processor(images=unique, return_tensors="pt")["pixel_values"]
+        ids, labels = conversation_batches(self.tokenizer, [c for _, c in convs], self.n_img, cfg.max_words)
+        return TextBatch(ids, labels, pixels, index, unique)
+
 
 def _prepare(train: Pairs, val: Pairs, cfg: BuildConfig, prompt: str, train_objects: Objects,
-             val_objects: Objects) -> _Build:
+             val_objects: Objects, train_items: Sequence[Row] = ()) -> _Build:
     """Questions, tokenizer, the randomly initialised model and the tokenised texts."""
     questions = training_questions(train_objects, cfg.questions_per_image, cfg.seed)
     val_questions = (training_questions(val_objects, max(cfg.questions_per_image, 2), cfg.seed + 1)
                      if questions else [])
     tokenizer = caption_tokenizer([c for _, c in train] + [prompt, get_family("llava").QUESTION_PROMPT, "yes no"]
-                                  + [p for _, p, _ in questions])
+                                  + [p for _, p, _ in questions] + [f"{p} {a}" for _, p, a in train_items])
     model, processor = build_llava(tokenizer, cfg)
     b = _Build(model, processor, tokenizer, UniformG(cfg.seed), None, None, questions, val_questions,
-               (cfg.image_size // cfg.patch_size) ** 2)
-    b.train = b.texts([(prompt, c) for _, c in train] + [(p, a) for _, p, a in questions],
-                      [im for im, _ in train] + [im for im, _, _ in questions], cfg)
+               (cfg.image_size // cfg.patch_size) ** 2 + int(cfg.summary_token))
+    b.n_items = len(train_items)
+    b.train = b.conversations([(im, prompt, c) for im, c in train] + list(questions) + list(train_items), cfg)
     b.val = b.texts([(prompt, c) for _, c in val], [im for im, _ in val], cfg)
     return b
 
@@ -190,11 +204,33 @@ def _pretrain(b: _Build, train: Pairs, val: Pairs, train_objects: Objects, val_o
     if text_encoder is None:
         text_encoder = effnet_minilm.load_minilm("cpu")
     names = sorted({n for _, ns in train_objects for n in object_labels(ns)})
+    where = {id(im): i for i, im in enumerate(b.train.unique)}
+    text_image = torch.tensor([where[id(im)] for im, _ in train])  # (C,) the image of each caption
     return pretrain_vision(b.model.model.vision_tower, b.train.pixels, embed_texts(text_encoder, [c for _, c in train]),
-                           b.train.image_of[:len(train)], cfg,
+                           text_image, cfg,
                            val=(b.val.pixels, embed_texts(text_encoder, [c for _, c in val]), b.val.image_of),
                            objects=multi_hot(b.train.unique, train_objects, names),
                            val_objects=multi_hot(b.val.unique, val_objects, names), progress=progress)
+
+
+def _distill(b: _Build, cfg: BuildConfig, progress: bool, summaries: Summaries) -> dict[str, Any]:
+    """Stage 0: :func:`~dsanchor.mllm.distill.distill_vision` from EfficientNet-Lite0 on the train images (and,
+    with ``cfg.summary_token``, the CLS token on ``summaries``)."""
+    tic = time.perf_counter()
+    summary = val_summary = None
+    if cfg.summary_token and summaries:
+        names = sorted({n for _, c in summaries for n in c})
+        summary, val_summary = (label_counts(batch.unique, summaries, names) for batch in (b.train, b.val))
+    grid = cfg.image_size // cfg.patch_size
+    stages = (cfg.distill_stage, cfg.distill_coarse_stage)
+    (fine, coarse), (fine_val, coarse_val) = (teacher_maps(p, grid, stages) for p in (b.train.pixels, b.val.pixels))
+    fine, fine_val = standardise(fine, fine_val)
+    coarse, coarse_val = standardise(coarse, coarse_val)
+    seconds = time.perf_counter() - tic
+    info = distill_vision(b.model.model.vision_tower, b.train.pixels, TeacherMaps(fine, coarse, seconds, summary),
+                          cfg, val=(b.val.pixels, TeacherMaps(fine_val, coarse_val, 0.0, val_summary)),
+                          progress=progress)
+    return {**info, "teacher_s": seconds, "n_images": len(b.train.pixels)}
 
 
 @torch.no_grad()
@@ -312,7 +348,8 @@ def _final_val(b: _Build, cfg: BuildConfig) -> dict[str, Any]:
 
 
 def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, prompt: str, progress: bool = True,
-                train_objects: Objects = (), val_objects: Objects = (), text_encoder: Any = None) -> dict[str, Any]:
+                train_objects: Objects = (), val_objects: Objects = (), text_encoder: Any = None,
+                train_items: Sequence[Row] = (), summaries: Summaries = ()) -> dict[str, Any]:
     """Pre-train the vision tower, then train a small LLaVA on (PIL image, caption) pairs (and yes/no questions
     about ``train_objects``); save it with its processor and ``build_info.json`` to ``out``.
 
@@ -323,6 +360,11 @@ def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, pro
             questions, whatever ``cfg.questions_per_image``).
         text_encoder: something with ``encode(texts, ...)`` like a SentenceTransformer, for the pre-training;
             None loads all-MiniLM-L6-v2 offline (:func:`dsanchor.encoders.effnet_minilm.load_minilm`).
+        train_items: more ``(image, prompt, answer)`` rows about train images (scene questions and caption
+            prompts: :func:`~dsanchor.mllm.instructions.scene_rows`), trained with the captions and questions.
+        summaries: ``(image, Counter of labels)`` per train and val image, what the summary token learns
+            (:func:`~dsanchor.mllm.distill.scene_labels`); none: the object names of ``train_objects`` and
+            ``val_objects``.
 
     Returns:
         The contents of ``build_info.json``: ``stage_times_s`` (pretrain, align + tune, final val), ``best_step``,
@@ -332,9 +374,12 @@ def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, pro
     """
     if not train or not val:
         raise ConfigError("mllm build needs train and val captions")
-    b = _prepare(train, val, cfg, prompt, train_objects, val_objects)
+    b = _prepare(train, val, cfg, prompt, train_objects, val_objects, train_items)
+    summaries = summaries or [(im, Counter(names)) for im, names in [*train_objects, *val_objects]]
     times: dict[str, float] = {}
     tic = time.perf_counter()
+    distill_info = _distill(b, cfg, progress, summaries) if cfg.distill_steps else None
+    times["distill"], tic = time.perf_counter() - tic, time.perf_counter()
     pre_info = _pretrain(b, train, val, train_objects, val_objects, cfg, text_encoder,
                          progress) if cfg.pretrain_steps else {}
     times["pretrain"], tic = time.perf_counter() - tic, time.perf_counter()
@@ -350,21 +395,25 @@ def train_llava(train: Pairs, val: Pairs, cfg: BuildConfig, out: str | Path, pro
     b.processor.save_pretrained(out)
     info = {"train_time_s": sum(times.values()), "stage_times_s": times, "best_step": best_step,
             "best_val_loss": best, "history": history, **final, "pretrain": pre_info or None,
-            "vocab_size": len(b.tokenizer), "n_train_captions": len(train), "n_train_questions": len(b.questions),
+            "distill": distill_info, "vocab_size": len(b.tokenizer), "n_train_captions": len(train),
+            "n_train_questions": len(b.questions), "n_train_items": b.n_items,
+            "n_train_sequences": len(b.train.ids),
             "image_tokens": b.n_img, "prompt": prompt}
     write_json(out / "build_info.json", info)
     return info
 
 
-def _split_pairs(samples, name: str, root: Path) -> tuple[list[tuple[Any, str]], list[tuple[Any, list[str]]]]:
-    """(image, caption) pairs and (image, object names) per image of one split (one image object each)."""
-    pairs, objects = [], []
+def _split_pairs(samples, name: str, root: Path) -> tuple[list[tuple[Any, str]], list[tuple[Any, list[str]]], list]:
+    """(image, caption) pairs, (image, object names) and (image, sample) per image of one split (one image
+    object each)."""
+    pairs, objects, images = [], [], []
     for s in samples:
         if s.split == name and s.captions:
             image = load_rgb(root / s.image_path)
             pairs += [(image, c.text) for c in s.captions]
             objects.append((image, [o.name for o in s.objects]))
-    return pairs, objects
+            images.append((image, s))
+    return pairs, objects, images
 
 
 def build_from_dataset(cfg: MLLMConfig, build: BuildConfig, progress: bool = True) -> dict[str, Any]:
@@ -377,10 +426,14 @@ def build_from_dataset(cfg: MLLMConfig, build: BuildConfig, progress: bool = Tru
     """
     cfg.check(model=False)
     samples, how = split_samples(cfg)
-    (train, train_objects), (val, val_objects) = (_split_pairs(samples, n, cfg.image_root) for n in ("train", "val"))
+    (train, train_objects, train_images), (val, val_objects, val_images) = (_split_pairs(samples, n, cfg.image_root)
+                                                                            for n in ("train", "val"))
     if not train or not val:
         raise ConfigError(f"mllm build needs captions in the train and val splits ({how})")
+    items = scene_rows(train_images, build.question_families if build.questions_per_family else (),
+                       max(build.questions_per_family, 1), build.caption_prompts, build.seed, build.object_lists)
+    summaries = [(im, scene_labels(s.scene)) for im, s in [*train_images, *val_images] if s.scene is not None]
     info = train_llava(train, val, build, cfg.out, get_family("llava").CAPTION_PROMPT, train_objects=train_objects,
-                       val_objects=val_objects, progress=progress)
+                       val_objects=val_objects, progress=progress, train_items=items, summaries=summaries)
     info["split_note"] = how
     return info

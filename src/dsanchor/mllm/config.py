@@ -23,6 +23,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from dsanchor.data import list_formats
+from dsanchor.data.questions import QUESTION_FAMILIES
 from dsanchor.errors import ConfigError, DataError
 from dsanchor.gate import GateConfig
 from dsanchor.integrations.families import get_family
@@ -230,14 +231,15 @@ class AdaptConfig:
 class BuildConfig:
     """The small LLaVA, its training stages and their budgets."""
 
-    image_size: int = field(default=64, metadata={"help": "input side of the vision tower in pixels"})
+    image_size: int = field(default=128, metadata={"help": "input side of the vision tower in pixels (synth objects "
+                                                         "are a few pixels wide at 64)"})
     patch_size: int = field(default=16, metadata={"help": "vision patch size (image_size / patch_size squared tokens)"})
     vision_width: int = field(default=96, metadata={"help": "CLIP vision hidden size"})
     vision_layers: int = field(default=4, metadata={"help": "CLIP vision layers"})
     text_width: int = field(default=128, metadata={"help": "Llama hidden size"})
     text_layers: int = field(default=3, metadata={"help": "Llama layers"})
     heads: int = field(default=4, metadata={"help": "attention heads of both towers"})
-    pretrain_steps: int = field(default=400, metadata={
+    pretrain_steps: int = field(default=0, metadata={
         "help": "contrastive vision pre-training steps against MiniLM caption embeddings (0: none)"})
     pretrain_batch_size: int = field(default=128, metadata={"help": "images per pre-training step"})
     pretrain_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the pre-training"})
@@ -249,21 +251,56 @@ class BuildConfig:
     pretrain_shift: int = field(default=4, metadata={
         "help": "pre-training augmentation: random shift of each image by up to this many pixels (edges "
                 "replicated; no flips, the captions say left and right; 0: none)"})
-    steps: int = field(default=1200, metadata={"help": "LLaVA optimizer steps (alignment included)"})
-    align_steps: int = field(default=200, metadata={
+    distill_steps: int = field(default=1500, metadata={
+        "help": "feature distillation steps before the pre-training: the tower's patch tokens regress the "
+                "pretrained EfficientNet-Lite0's map of distill_stage on the same images (0: none)"})
+    distill_stage: str = field(default="stage5", metadata={
+        "help": "EfficientNet-Lite0 stage the last layer's patch tokens regress (stage5: 112 channels, stride 16)"})
+    distill_coarse_stage: str = field(default="stage3", metadata={
+        "help": "EfficientNet-Lite0 stage the coarse layer's patch tokens regress (pooled to the patch grid)"})
+    distill_coarse_weight: float = field(default=0.5, metadata={
+        "help": "weight of the coarse layer's distillation loss (grounds V_coarse; 0: off)"})
+    summary_token: bool = field(default=True, metadata={
+        "help": "keep the vision tower's CLS token as the first image token (LLaVA's 'full' feature strategy) and "
+                "teach it, during the distillation, how many objects of each attribute value and pair of values "
+                "the image holds (train scene graphs; object names elsewhere): a summary the language model can "
+                "read at one position"})
+    distill_summary_weight: float = field(default=1.0, metadata={
+        "help": "weight of the summary token's loss (squared error of log(1 + count) per label)"})
+    distill_batch_size: int = field(default=64, metadata={"help": "images per distillation step"})
+    distill_lr: float = field(default=1e-3, metadata={"help": "peak learning rate of the distillation"})
+    steps: int = field(default=2500, metadata={"help": "LLaVA optimizer steps (alignment included)"})
+    align_steps: int = field(default=250, metadata={
         "help": "first LLaVA steps with the vision tower frozen (LLaVA's stage 1; 0: none)"})
     vision_lr_scale: float = field(default=0.1, metadata={
         "help": "vision tower learning rate after alignment, as a multiple of lr (0: keep it frozen)"})
     questions_per_image: int = field(default=6, metadata={
         "help": "POPE-style yes/no questions per training image, half yes half no (even; 0: captions only)"})
+    question_families: tuple[str, ...] = field(default=(
+        "exist", "count", "query_color", "query_size", "query_material", "query_shape", "compare_integer", "relate"),
+        metadata={"help": "families of `dsanchor data questions` to train on, with exact answers from the train "
+                          "scene graphs (synth and CLEVR; other data has none)"})
+    questions_per_family: int = field(default=2, metadata={
+        "help": "scene questions per family and train image, at most (yes/no families balanced; 0: none)"})
+    caption_prompts: bool = field(default=True, metadata={
+        "help": "also train the caption prompts of `dsanchor data questions` (scene, object, relation), one row "
+                "per reference caption, where the data has scene graphs"})
+    object_lists: bool = field(default=True, metadata={
+        "help": "also train an object list per train image (every object's colour and shape, left to right), "
+                "where the data has scene graphs"})
+    turns_per_text: int = field(default=8, metadata={
+        "help": "pack up to this many rows of one image into one multi-turn sequence (the image tokens paid once; "
+                "1: one row per sequence)"})
     loss_per_text: bool = field(default=False, metadata={
         "help": "average the training loss over each text's tokens, then over texts, so a one-word yes/no "
                 "answer weighs as much as a caption (off: over all tokens, as transformers does)"})
-    batch_size: int = field(default=32, metadata={"help": "training texts (captions and questions) per step"})
+    batch_size: int = field(default=16, metadata={"help": "training sequences (conversations of up to "
+                                                          "turns_per_text rows) per step"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear warm-up, cosine decay)"})
-    eval_every: int = field(default=250, metadata={"help": "steps between val losses (early stopping)"})
+    eval_every: int = field(default=500, metadata={"help": "steps between val losses (early stopping)"})
     coarse_layer: int = field(default=1, metadata={"help": "vision hidden state that gives V_coarse"})
-    max_words: int = field(default=24, metadata={"help": "longest caption in words; longer ones are cut"})
+    max_words: int = field(default=32, metadata={"help": "longest answer in words (captions, object lists); "
+                                                            "longer ones are cut"})
     uniform_g: bool = field(default=True, metadata={
         "help": "train with g ~ U[0, 1] per image (--no-uniform-g: g = 1 throughout, like a pretrained MLLM that "
                 "has only seen V_fine at its seam; the model `dsanchor mllm adapt` is for)"})
@@ -282,6 +319,13 @@ class BuildConfig:
             raise ConfigError(f"align_steps {self.align_steps} must be smaller than steps {self.steps}")
         if self.questions_per_image % 2:
             raise ConfigError(f"questions_per_image must be even (half yes, half no); got {self.questions_per_image}")
+        unknown = sorted(set(self.question_families) - set(QUESTION_FAMILIES))
+        if unknown:
+            raise ConfigError(f"unknown question_families {unknown}; valid: {', '.join(QUESTION_FAMILIES)}")
+        if self.turns_per_text < 1 or self.questions_per_family < 0:
+            raise ConfigError("turns_per_text must be >= 1 and questions_per_family >= 0")
+        if self.distill_steps < 0 or self.distill_batch_size < 1 or self.distill_coarse_weight < 0:
+            raise ConfigError("distill_steps and distill_coarse_weight must be >= 0, distill_batch_size >= 1")
         if min(self.vision_lr_scale, self.pretrain_coarse_weight, self.pretrain_object_weight) < 0:
             raise ConfigError("vision_lr_scale, pretrain_coarse_weight and pretrain_object_weight must be >= 0")
         if not 0 <= self.coarse_layer <= self.vision_layers:
