@@ -4,6 +4,7 @@ the seam and the prompt, the saved state layout, the grid cache (resume, torchru
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 import shutil
@@ -306,8 +307,8 @@ def test_demo_mllm_runs_every_stage_and_reuses_them(tmp_path, capsys):
     tiny.pop("threads")
     (tmp_path / "tiny.yaml").write_text("build:\n" + "".join(
         f"  {k}: {v}\n" for k, v in tiny.items()))
-    argv = ["demo", "--mllm", "--out", str(tmp_path / "d"), "--config", str(tmp_path / "tiny.yaml"), "--scenes", "40",
-            "--image-size", "64", "--mllm-train-images", "8", "--mllm-eval-images", "4", "--mllm-grid", "3",
+    argv = ["demo", "--mllm", "--out", str(tmp_path / "d"), "--config", str(tmp_path / "tiny.yaml"), "--mllm-build",
+            "--mllm-scenes", "40", "--mllm-train-images", "8", "--mllm-eval-images", "4", "--mllm-grid", "3",
             "--mllm-tune-trials", "2", "--mllm-tune-timesteps", "64", "--mllm-ppo-timesteps", "256", "--threads", "1"]
     assert cli_main(argv) == 0
     res = json.loads((tmp_path / "d" / "eval" / "results.json").read_text())
@@ -322,6 +323,49 @@ def test_demo_mllm_runs_every_stage_and_reuses_them(tmp_path, capsys):
     assert cli_main(captions) == 0
     res = json.loads((tmp_path / "c" / "eval" / "results.json").read_text())
     assert list(res["methods"]) == ["base", "fixed_best", "dsa_ppo", "oracle"]
+
+
+def test_shipped_model_loads_offline_and_matches_its_record():
+    """The small LLaVA in the package loads with plain transformers offline; its weights are the ones its record's
+    SHA-256 names, and its build.yaml resolves to the BuildConfig it records."""
+    import hashlib
+
+    import yaml
+    from transformers import AutoProcessor, LlavaForConditionalGeneration
+
+    from dsanchor.config import resolve_config
+    from dsanchor.mllm.config import BuildConfig
+    from dsanchor.mllm.shipped import SMALL_LLAVA, shipped_record
+
+    record = shipped_record()
+    assert hashlib.sha256((SMALL_LLAVA / "model.safetensors").read_bytes()).hexdigest() == record["sha256"]
+    build = resolve_config(BuildConfig, None, yaml.safe_load((SMALL_LLAVA / "build.yaml").read_text()), section="build")
+    assert json.loads(json.dumps(dataclasses.asdict(build))) == record["build"]
+    assert record["data"]["seed"] == 0 and record["data"]["image_size"] == build.image_size
+    model = LlavaForConditionalGeneration.from_pretrained(SMALL_LLAVA, local_files_only=True)
+    processor = AutoProcessor.from_pretrained(SMALL_LLAVA, local_files_only=True)
+    assert model.config.vision_config.image_size == build.image_size
+    assert processor.tokenizer("a red cube")["input_ids"]
+
+
+@pytest.mark.slow
+def test_demo_mllm_starts_from_the_shipped_model(tmp_path, capsys):
+    """`dsanchor demo --mllm` without --mllm-build: no build stage, the shipped model on scenes of a seed it never
+    saw at its image size; the seed of its training scenes is refused in one line."""
+    from PIL import Image
+
+    argv = ["demo", "--mllm", "--out", str(tmp_path / "d"), "--mllm-scenes", "20", "--mllm-train-images", "2",
+            "--mllm-eval-images", "4", "--mllm-grid", "2", "--mllm-tune-trials", "2", "--mllm-tune-timesteps", "32",
+            "--mllm-ppo-timesteps", "64", "--threads", "1"]
+    assert cli_main([*argv[:3], str(tmp_path / "bad"), "--mllm-data-seed", "0"]) == 2
+    assert "seed of the shipped model's training scenes" in capsys.readouterr().err
+    assert not (tmp_path / "bad").exists()
+    assert cli_main(argv) == 0
+    res = json.loads((tmp_path / "d" / "eval" / "results.json").read_text())
+    assert "build" not in res["demo_timing_s"] and not (tmp_path / "d" / "llava").exists()
+    assert set(res["methods"]) == {"base", "fixed_best", "family_best", "router_loss", "dsa_ppo", "oracle"}
+    image = next((tmp_path / "d" / "data" / "images").iterdir())
+    assert Image.open(image).size[0] == 128
 
 
 def test_images_without_annotations_get_the_detectors_estimate(parts, tmp_path):

@@ -8,21 +8,25 @@ inside a small LLaVA (``dsanchor demo --mllm``, :func:`run_mllm_demo`).
 
 ``dsanchor demo --mllm``, with its own 10-minute budget (:class:`MLLMDemoConfig`):
 
-    data/         the demo's synthetic scenes (the same stage and key as ``dsanchor demo``: reused when there)
+    data/         the MLLM demo's synthetic scenes (``--mllm-scenes``, ``--mllm-data-seed``), at the model's
+                  image size; by default seed 1, none of whose scenes the shipped model has seen
     questions.json  ``dsanchor data questions``: questions whose answers the scene graphs decide, and caption
                   prompts per granularity (CLEVR's questions format; ``--no-mllm-questions``: one caption per image)
-    llava/        ``dsanchor mllm build``: the small LLaVA that stands in for LLaVA-1.5
+    llava/        only with ``--mllm-build``: ``dsanchor mllm build`` on the demo's train split; by default the
+                  small LLaVA shipped in the package (:mod:`dsanchor.mllm.shipped`) stands in for LLaVA-1.5
     grid/         the grid caches of train, val and test (shared by the three stages below)
     tune/         ``dsanchor mllm tune``: the reward weights (Optuna GPSampler on val)
-    controller/   ``dsanchor mllm train --tuned tune``: PPO on the cached rewards
+    controller/   ``dsanchor mllm train --tuned tune``: PPO on the cached rewards, and the router_loss baseline
     eval/         ``dsanchor mllm eval``: results.json and report.md (per question family with questions, the
                   paper's Table 1 layout without)
 
 Every MLLM stage is the library function its command calls, with the command's defaults except the budget
-fields of :class:`MLLMDemoConfig`. It is a separate command because the build alone takes minutes on 2 cores,
-and ``make demo`` has its own 10-minute budget.
+fields of :class:`MLLMDemoConfig`. It is a separate command because the MLLM stages take minutes on 2 cores,
+and ``make demo`` has its own 10-minute budget. The shipped model exists for the same reason: ``mllm build``'s
+defaults take about 26 minutes on 2 cores.
 
-``--data-seed N`` generates a fresh benchmark; a rerun reuses the stages that already finished.
+``--data-seed N`` (``--mllm-data-seed N``) generates a fresh benchmark; a rerun reuses the stages that already
+finished.
 """
 
 from __future__ import annotations
@@ -33,6 +37,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
+from dsanchor.errors import ConfigError
 from dsanchor.files import read_json, write_json
 from dsanchor.mllm import (
     BuildConfig,
@@ -49,6 +54,7 @@ from dsanchor.mllm import (
     tune_mllm_reward,
 )
 from dsanchor.mllm.config import MLLM_PPO_DEFAULTS, MLLM_TUNE_DEFAULTS
+from dsanchor.mllm.shipped import SMALL_LLAVA, shipped_record
 from dsanchor.report.mllm import write_mllm_report
 from dsanchor.report.mllm_items import write_items_report
 from dsanchor.run import RunConfig
@@ -96,6 +102,15 @@ class MLLMDemoConfig:
         "help": "PPO steps of each fold of a trial"})
     ppo_timesteps: int = field(default=MLLM_PPO_DEFAULTS["timesteps"], metadata={"help": "PPO steps"})
     seed: int = field(default=0, metadata={"help": "seed of the build, tuning and PPO"})
+    build: bool = field(default=False, metadata={
+        "help": "build the small LLaVA on the demo's train split (`mllm build`'s defaults: about 26 minutes on 2 "
+                "cores) instead of starting from the one shipped in the package (dsanchor/mllm/shipped/llava_small, "
+                "which `dsanchor mllm build` rebuilds from its build.yaml)"})
+    scenes: int = field(default=500, metadata={"help": "synthetic scenes of the MLLM demo (split 60/20/20), rendered "
+                                                       "at the model's image size"})
+    data_seed: int = field(default=1, metadata={
+        "help": "seed of the MLLM demo's scenes; the shipped model was built on seed 0's train split, so with it "
+                "seed 0 is refused (its val and test scenes would include scenes it was trained on)"})
     questions: bool = field(default=True, metadata={
         "help": "learn and measure on scene-graph questions and caption prompts (`dsanchor data questions`), per "
                 "question family; off: one caption per image"})
@@ -112,12 +127,22 @@ def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig 
     quiet_progress()
     t0 = time.perf_counter()
     out = Path(out_dir)
-    demo = demo or DemoConfig()
+    demo = dataclasses.replace(demo or DemoConfig(), scenes=config.scenes, data_seed=config.data_seed)
+    build = build or BuildConfig(seed=config.seed)
+    if config.build:
+        model_key: dict[str, Any] = {"build": dataclasses.asdict(build)}
+        demo.image_size = build.image_size
+    else:
+        record = shipped_record()
+        if config.data_seed == record["data"]["seed"]:
+            raise ConfigError(f"--mllm-data-seed {config.data_seed} is the seed of the shipped model's training "
+                              f"scenes; give another (default 1), or --mllm-build")
+        model_key = {"shipped": record["sha256"]}
+        demo.image_size = record["data"]["image_size"]
     data_key = {"scenes": demo.scenes, "image_size": demo.image_size, "seed": demo.data_seed, "facts": 1,
                 "color_space": demo.color_space}
-    build = build or BuildConfig(seed=config.seed)
-    stages = start_run(out, 5 + config.questions,
-                       run_inputs(data_key, "synth", None, config, build=dataclasses.asdict(build)), overwrite)
+    stages = start_run(out, 4 + config.build + config.questions,
+                       run_inputs(data_key, "synth", None, config, **model_key), overwrite)
     out.mkdir(parents=True, exist_ok=True)
     data = stages.run("synth data", out / "data", data_key, lambda d: synth_stage(d, demo), "synth")
     questions, q_key = None, None
@@ -129,16 +154,19 @@ def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig 
                                lambda d: questions_file(data, "synth", d / "questions.json"),
                                "questions") / "questions.json"
 
+    model_path = out / "llava" if config.build else SMALL_LLAVA
+
     def mllm(stage_out: Path, limit: int | None = None, model: bool = True) -> MLLMConfig:
-        return MLLMConfig(model_type="llava" if model else None, model_path=str(out / "llava") if model else None,
+        return MLLMConfig(model_type="llava" if model else None, model_path=str(model_path) if model else None,
                           data=str(data), format="synth", limit=limit, cache=str(out / "grid"), out=str(stage_out),
                           questions=str(questions) if questions and model else None)
 
-    stages.run("mllm build (small LLaVA)", out / "llava", {"data": data_key, "build": dataclasses.asdict(build)},
-               lambda d: build_from_dataset(mllm(d, model=False), build, progress=False), "build")
+    if config.build:
+        stages.run("mllm build (small LLaVA)", out / "llava", {"data": data_key, **model_key},
+                   lambda d: build_from_dataset(mllm(d, model=False), build, progress=False), "build")
     grid = GridConfig(grid=config.grid)
     ppo = mllm_ppo(timesteps=config.ppo_timesteps, seed=config.seed)
-    base_key = {"data": data_key, "build": dataclasses.asdict(build), "grid": dataclasses.asdict(grid),
+    base_key = {"data": data_key, **model_key, "grid": dataclasses.asdict(grid),
                 **({"questions": q_key} if questions else {})}
     tune = mllm_tune(trials=config.tune_trials, seed=config.seed, study_name="demo-mllm",
                      timesteps=config.tune_timesteps)

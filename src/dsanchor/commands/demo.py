@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from dsanchor.commands._common import add_common, set_threads, yaml_of
 from dsanchor.config import add_config_args, resolve_config
+from dsanchor.errors import ConfigError
 
 
 def add_parser(sub) -> None:
@@ -13,8 +14,9 @@ def add_parser(sub) -> None:
     p = sub.add_parser("demo", help="run the whole pipeline on synthetic data (about 4 minutes on 2 idle cores)")
     p.add_argument("--out", default=None, help="output directory (rerun to reuse finished stages; default "
                                                "runs/demo, with --mllm runs/demo_mllm)")
-    p.add_argument("--mllm", action="store_true", help="the MLLM part instead: build a small LLaVA, grid cache, "
-                                                       "tune, PPO and eval (its own ~10-minute budget)")
+    p.add_argument("--mllm", action="store_true", help="the MLLM part instead: questions, grid cache, tune, PPO, "
+                                                       "router and eval on the small LLaVA shipped in the package "
+                                                       "(its own ~10-minute budget; --mllm-build builds one)")
     add_overwrite(p)
     add_common(p)
     add_config_args(p, DemoConfig)
@@ -32,7 +34,9 @@ def run(args) -> int:
         from dsanchor.mllm.config import BuildConfig
 
         mllm = resolve_config(MLLMDemoConfig, args, yaml_of(args), prefix="mllm_", section="demo_mllm")
-        build = resolve_config(BuildConfig, None, yaml_of(args), section="build")  # YAML only: the model's size
+        build = resolve_config(BuildConfig, None, yaml_of(args), section="build")  # YAML only: with --mllm-build
+        if yaml_of(args).get("build") and not mllm.build:
+            raise ConfigError("the config's build: section sizes a model built here: add --mllm-build")
         if "seed" not in (yaml_of(args).get("build") or {}):
             build.seed = mllm.seed
         out = args.out or "runs/demo_mllm"
