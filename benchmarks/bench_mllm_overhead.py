@@ -12,7 +12,7 @@ ways, interleaved over ``repeats`` rounds so machine noise hits all three alike:
 
 Reported: the median seconds of each, the ratios ``fixed / base`` and ``controller / base``, and the share of
 the controller run spent in the state and the controller (timed inside the hook). Target: the controller's share
-below 5 % (the seed's claim for inference overhead).
+below 5 % (the DSA proposal's claim for inference overhead).
 
 Run alone: ``python benchmarks/bench_mllm_overhead.py [--images 32] [--batch 8]``.
 """

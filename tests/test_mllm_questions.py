@@ -180,7 +180,7 @@ def test_train_and_eval_per_family_end_to_end(world, tmp_path, model_type):
     assert {"ms_per_item", "controller_ms_per_item", "controller_share"} <= set(res["methods"]["dsa_ppo"])
     assert "ms_per_item" in res["methods"]["router_loss"] and "ms_per_item" not in res["methods"]["oracle"]
     assert set(res["differences"]) == {"dsa_ppo - fixed_best", "dsa_ppo - router_loss", "router_loss - fixed_best",
-                                       "family_best - fixed_best"}
+                                       "family_best - fixed_best", "oracle - fixed_best"}
     d = res["differences"]["dsa_ppo - router_loss"]
     assert {"accuracy", "CIDEr", "false_yes", "POPE_F1", "by_family"} <= set(d)
     assert d["accuracy"]["low"] <= d["accuracy"]["diff"] <= d["accuracy"]["high"] and "exist" in d["by_family"]

@@ -1,4 +1,4 @@
-"""``dsanchor mllm eval``: the unmodified MLLM against DSA inside it (the seed's Table 1 layout).
+"""``dsanchor mllm eval``: the unmodified MLLM against DSA inside it (the paper's Table 1 layout).
 
 Methods (``results.json``'s ``methods``, the project's schema; every g is applied through
 :func:`~dsanchor.integrations.attach_dsa`):

@@ -58,7 +58,7 @@ __all__ = ["ITEM_METHODS", "choose_item_g", "run_item_eval"]
 ITEM_METHODS = ("base", "fixed_best", "family_best", "router_loss", "dsa_ppo", "oracle")
 GRID_METHODS = ("fixed_best", "family_best", "oracle")
 PAIRS = (("dsa_ppo", "fixed_best"), ("dsa_ppo", "router_loss"), ("router_loss", "fixed_best"),
-         ("family_best", "fixed_best"))
+         ("family_best", "fixed_best"), ("oracle", "fixed_best"))  # the last two: the headroom a controller has
 # per test image, summed: what the bootstrap resamples (columns of ItemSetup.per_image)
 COLUMNS = ("correct", "questions", "cider", "captions", "false_yes", "yes_no_absent")
 

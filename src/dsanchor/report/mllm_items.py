@@ -75,10 +75,12 @@ def _differences(results: dict[str, Any]) -> list[str]:
     for name, d in results.get("differences", {}).items():
         lines.append(f"| {name} | " + " | ".join(_interval(d.get(k)) for k in ("accuracy", "CIDEr", "false_yes",
                                                                                  "POPE_F1")) + " |")
-    fam = [(name, f, v) for name, d in results.get("differences", {}).items() for f, v in d["by_family"].items()]
-    if fam:
-        lines += ["", "| difference | family | accuracy |", "|---|---|---|"]
-        lines += [f"| {name} | {f} | {_interval(v)} |" for name, f, v in fam]
+    diffs = results.get("differences", {})
+    families = sorted({f for d in diffs.values() for f in d["by_family"]})
+    if families:  # accuracy per family: one column per difference
+        lines += ["", "| family | " + " | ".join(diffs) + " |", "|---|" + "---|" * len(diffs)]
+        lines += [f"| {f} | " + " | ".join(_interval(d["by_family"].get(f)) for d in diffs.values()) + " |"
+                  for f in families]
     return lines
 
 
