@@ -184,6 +184,7 @@ def test_derangement_moves_every_image_and_random_shift_keeps_the_shape():
     ({"vision_lr_scale": -1.0}, ">= 0"),
     ({"question_families": ("exist", "nope")}, "unknown question_families"),
     ({"turns_per_text": 0}, "turns_per_text must be >= 1"),
+    ({"ground_weight": -0.5}, "ground_weight must be >= 0"),
 ])
 def test_build_config_rejects_bad_values(kwargs, match):
     from dsanchor.errors import ConfigError
@@ -313,3 +314,32 @@ def test_summary_token_is_kept_and_learns_what_the_image_holds():
     info = distill_vision(model.model.vision_tower, pixels[:128], TeacherMaps(fine, None, 0.0, counts[:128]), cfg,
                           val=(pixels[128:], TeacherMaps(val, None, 0.0, counts[128:])), progress=False)
     assert info["val_summary_presence_acc"] > max(info["val_summary_all_absent"], 1 - info["val_summary_all_absent"])
+
+
+def test_patch_targets_name_the_words_of_the_objects_over_each_patch():
+    from dsanchor.data.records import ObjectAnnotation
+    from dsanchor.mllm.ground import object_words, patch_targets
+
+    big = ObjectAnnotation("red cube", (0, 0, 64, 64), ("large", "metal"))  # patch (0, 0) of a 2 x 2 grid at 64 px
+    small = ObjectAnnotation("blue sphere", (56, 56, 16, 16), ("small",))  # a quarter of it on each of 4 patches
+    vocab = sorted({*object_words(big), *object_words(small)})
+    t = patch_targets([big, small], (128, 128), 32, 16, vocab, summary=True)  # boxes scaled by 1/4
+    on = {k: {vocab[j] for j in torch.nonzero(t[k]).flatten().tolist()} for k in range(len(t))}
+    assert on[0] == set(vocab)  # the summary token: every word in the image
+    assert on[1] == {"red", "cube", "large", "metal", "blue", "sphere", "small"}
+    assert on[2] == on[3] == on[4] == {"blue", "sphere", "small"}
+    assert patch_targets([big], (128, 128), 32, 16, vocab, summary=False).shape == (4, len(vocab))
+
+
+def test_ground_weight_trains_the_image_tokens_on_the_words_under_them(tmp_path):
+    from dsanchor.data import SynthConfig, generate_synth
+
+    generate_synth(tmp_path / "synth", SynthConfig(scenes=16, image_size=64, max_objects=3, supersample=1))
+    assert cli_main(["mllm", "build", "--data", str(tmp_path / "synth"), "--format", "synth", "--out",
+                     str(tmp_path / "llava"), *TINY[:-4], "--pretrain-steps", "0", "--ground-weight", "1.0"]) == 0
+    info = json.loads((tmp_path / "llava" / "build_info.json").read_text())
+    assert {"red", "cube", "large", "metal"} <= set(info["ground_words"])
+    assert all(math.isfinite(h["train_ground_loss"]) for h in info["history"])
+    val = info["val_ground"]
+    assert {"patch_auc g=1", "patch_auc g=0", "summary_auc g=1"} <= set(val)
+    assert 0.0 <= val["patch_auc g=1"] <= 1.0

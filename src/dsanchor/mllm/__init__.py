@@ -7,8 +7,9 @@ item), :mod:`.rewards` scores captions for PPO and :mod:`.items` questions and c
 fixed_best / dsa_ppo / oracle with :mod:`.scores` (BLEU, CIDEr, CHAIR), :mod:`.pope` and :mod:`.embed`
 (retrieval), and :mod:`.evaluate_items` the methods per question family (:mod:`.seeds`: several PPO seeds);
 :mod:`.caption` is ``mllm caption``, :mod:`.answer` ``mllm answer``; :mod:`.build` trains the small LLaVA, with
-:mod:`.distill` (EfficientNet-Lite0 teaches its tower), :mod:`.pretrain` (contrastive tower pre-training) and
-:mod:`.instructions` (its training rows, packed in conversations); :mod:`.adapt` the seam adapter.
+:mod:`.distill` (EfficientNet-Lite0 teaches its tower), :mod:`.pretrain` (contrastive tower pre-training),
+:mod:`.instructions` (its training rows, packed in conversations) and :mod:`.ground` (the patch-word grounding
+loss of its image tokens); :mod:`.adapt` the seam adapter.
 """
 
 from dsanchor.mllm.adapt import run_adapt

@@ -294,6 +294,12 @@ class BuildConfig:
     loss_per_text: bool = field(default=False, metadata={
         "help": "average the training loss over each text's tokens, then over texts, so a one-word yes/no "
                 "answer weighs as much as a caption (off: over all tokens, as transformers does)"})
+    ground_weight: float = field(default=1.0, metadata={
+        "help": "weight of an auxiliary patch-word grounding loss during the LLaVA stages: each image token after "
+                "the projector (at the drawn g) predicts, by cosine with the language model's word embeddings, the "
+                "words (colour, size, material, shape) of the objects whose box covers its patch, the summary token "
+                "every word in the image (multi-label; located objects of the train split; 0: off). On synth at "
+                "1.0 POPE F1 rose from 0.37 to 0.75 (scripts/mllm_see_diag/README.md)"})
     batch_size: int = field(default=16, metadata={"help": "training sequences (conversations of up to "
                                                           "turns_per_text rows) per step"})
     lr: float = field(default=1e-3, metadata={"help": "peak learning rate (linear warm-up, cosine decay)"})
@@ -328,6 +334,8 @@ class BuildConfig:
             raise ConfigError("distill_steps and distill_coarse_weight must be >= 0, distill_batch_size >= 1")
         if min(self.vision_lr_scale, self.pretrain_coarse_weight, self.pretrain_object_weight) < 0:
             raise ConfigError("vision_lr_scale, pretrain_coarse_weight and pretrain_object_weight must be >= 0")
+        if self.ground_weight < 0:
+            raise ConfigError(f"ground_weight must be >= 0; got {self.ground_weight}")
         if not 0 <= self.coarse_layer <= self.vision_layers:
             raise ConfigError(f"coarse_layer must lie in [0, {self.vision_layers}] (vision_layers); "
                               f"got {self.coarse_layer}")
