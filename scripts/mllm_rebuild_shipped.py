@@ -3,7 +3,7 @@
 ``dsanchor/mllm/shipped/llava_small/shipped.json`` records the synth data (generator settings) and the
 :class:`~dsanchor.mllm.config.BuildConfig` the model was built with, on how many torch threads. This script
 generates that data (or takes ``--data``), runs what ``dsanchor mllm build --config build.yaml`` runs, and says
-whether the rebuilt ``model.safetensors`` is byte-identical to the shipped one. About 26 minutes on one thread of
+whether the rebuilt ``model.safetensors`` is byte-identical to the shipped one. About 25 minutes on one thread of
 this project's 2-core machine (a benchmark, never a test). Floating-point order depends on the machine and the
 thread count, so another CPU can rebuild a model that differs in the last bits.
 

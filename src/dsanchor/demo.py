@@ -23,7 +23,7 @@ inside a small LLaVA (``dsanchor demo --mllm``, :func:`run_mllm_demo`).
 Every MLLM stage is the library function its command calls, with the command's defaults except the budget
 fields of :class:`MLLMDemoConfig`. It is a separate command because the MLLM stages take minutes on 2 cores,
 and ``make demo`` has its own 10-minute budget. The shipped model exists for the same reason: ``mllm build``'s
-defaults take about 26 minutes on 2 cores.
+defaults take about 25 minutes on 2 cores.
 
 ``--data-seed N`` (``--mllm-data-seed N``) generates a fresh benchmark; a rerun reuses the stages that already
 finished.
@@ -103,7 +103,7 @@ class MLLMDemoConfig:
     ppo_timesteps: int = field(default=MLLM_PPO_DEFAULTS["timesteps"], metadata={"help": "PPO steps"})
     seed: int = field(default=0, metadata={"help": "seed of the build, tuning and PPO"})
     build: bool = field(default=False, metadata={
-        "help": "build the small LLaVA on the demo's train split (`mllm build`'s defaults: about 26 minutes on 2 "
+        "help": "build the small LLaVA on the demo's train split (`mllm build`'s defaults: about 25 minutes on 2 "
                 "cores) instead of starting from the one shipped in the package (dsanchor/mllm/shipped/llava_small, "
                 "which `dsanchor mllm build` rebuilds from its build.yaml)"})
     scenes: int = field(default=500, metadata={"help": "synthetic scenes of the MLLM demo (split 60/20/20), rendered "

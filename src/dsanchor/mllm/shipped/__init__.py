@@ -2,7 +2,7 @@
 
 ``llava_small/`` is what ``dsanchor mllm build`` wrote with ``BuildConfig()``'s defaults (recorded in its
 ``build.yaml``) on the synth data recorded in its ``shipped.json`` (``dsanchor data synth --scenes 5000
---image-size 128 --seed 0 --split-fractions 0.8 0.1 0.1``), on one torch thread, in about 26 minutes on this
+--image-size 128 --seed 0 --split-fractions 0.8 0.1 0.1``), on one torch thread, in 24.6 minutes on this
 project's 2-core machine. It was trained on that data's train split only: its val and test scenes, and every scene
 of another data seed, are unseen. ``shipped.json`` also holds the SHA-256 of ``model.safetensors``;
 ``scripts/mllm_rebuild_shipped.py`` rebuilds the model and compares. It loads with plain
