@@ -1,4 +1,4 @@
-"""Does the small LLaVA of ``dsanchor mllm build`` see? Issue 20's targets, measured by one command.
+"""Does the small LLaVA of ``dsanchor mllm build`` see? The grounding targets, measured by one command.
 
 Builds the default model (``BuildConfig()``, or ``--set field=value`` overrides) on a synth dataset (generated
 here when missing), then measures on its test split and on every image of a fresh data seed (generated with
@@ -17,7 +17,7 @@ here when missing), then measures on its test split and on every image of a fres
 * that the model loads with plain ``LlavaForConditionalGeneration.from_pretrained`` and
   ``AutoProcessor.from_pretrained`` offline (local_files_only), which is how it is loaded for all of the above.
 
-Targets (issue 20): POPE F1 >= 0.85 per sampling; exist and query_attribute >= 0.85, relate >= 0.7, count >= 0.6;
+Targets: POPE F1 >= 0.85 per sampling; exist and query_attribute >= 0.85, relate >= 0.7, count >= 0.6;
 CHAIR_i <= 0.10.
 
 Usage (a benchmark, never a test; the build takes up to ~30 min on 2 cores):

@@ -1,5 +1,5 @@
 # ruff: noqa  (kept as it was run; not library code)
-# Diagnostic of issue 20 (see README.md here); run as it was, with PYTHONPATH=src.
+# Diagnostic of why the small LLaVA did not see (see README.md here); run as it was, with PYTHONPATH=src.
 """Sanity: can the build learn 'Is there a X thing?' (colour presence) when that is all it is asked?"""
 import sys
 from pathlib import Path

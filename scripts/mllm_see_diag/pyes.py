@@ -1,5 +1,5 @@
 # ruff: noqa  (kept as it was run; not library code)
-# Diagnostic of issue 20 (see README.md here); run as it was, with PYTHONPATH=src.
+# Diagnostic of why the small LLaVA did not see (see README.md here); run as it was, with PYTHONPATH=src.
 """P(yes) of a built model on val POPE questions and exist questions: AUC against the truth."""
 import sys
 from pathlib import Path
