@@ -78,6 +78,8 @@ def test_readme_usage_runs_on_a_tiny_demo(tmp_path, capsys):
         for argv in commands():
             if argv[0] in ("run", "extract", "mllm") or argv[:2] == ["data", "check"]:
                 continue  # parsed above; these need a user's dataset or weights
+            if argv[:2] == ["demo", "--mllm"]:
+                continue  # parsed above; minutes at its budget (tests/test_mllm_loop.py runs it at a tiny one)
             if runnable(argv) and "--help" not in argv:
                 assert main(argv) == 0, " ".join(argv)
         for snippet in blocks("python"):
