@@ -359,6 +359,8 @@ def test_demo_mllm_starts_from_the_shipped_model(tmp_path, capsys):
             "--mllm-ppo-timesteps", "64", "--threads", "1"]
     assert cli_main([*argv[:3], str(tmp_path / "bad"), "--mllm-data-seed", "0"]) == 2
     assert "seed of the shipped model's training scenes" in capsys.readouterr().err
+    assert cli_main([*argv[:3], str(tmp_path / "bad"), "--data-seed", "5"]) == 2
+    assert "--data-seed apply to the retrieval demo only; with --mllm use --mllm-scenes" in capsys.readouterr().err
     assert not (tmp_path / "bad").exists()
     assert cli_main(argv) == 0
     res = json.loads((tmp_path / "d" / "eval" / "results.json").read_text())

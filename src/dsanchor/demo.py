@@ -25,8 +25,8 @@ fields of :class:`MLLMDemoConfig`. It is a separate command because the MLLM sta
 and ``make demo`` has its own 10-minute budget. The shipped model exists for the same reason: ``mllm build``'s
 defaults take about 25 minutes on 2 cores.
 
-``--data-seed N`` (``--mllm-data-seed N``) generates a fresh benchmark; a rerun reuses the stages that already
-finished.
+``--data-seed N`` (with ``--mllm``: ``--mllm-data-seed N``) generates a fresh benchmark; a rerun reuses the stages
+that already finished.
 """
 
 from __future__ import annotations

@@ -35,6 +35,11 @@ def run(args) -> int:
 
         mllm = resolve_config(MLLMDemoConfig, args, yaml_of(args), prefix="mllm_", section="demo_mllm")
         build = resolve_config(BuildConfig, None, yaml_of(args), section="build")  # YAML only: with --mllm-build
+        given = [f"--{n.replace('_', '-')}" for n in ("scenes", "data_seed", "image_size") if getattr(args, n, None)
+                 is not None]
+        if given:
+            raise ConfigError(f"{', '.join(given)} apply to the retrieval demo only; with --mllm use --mllm-scenes and "
+                              "--mllm-data-seed (the images are rendered at the model's size)")
         if yaml_of(args).get("build") and not mllm.build:
             raise ConfigError("the config's build: section sizes a model built here: add --mllm-build")
         if "seed" not in (yaml_of(args).get("build") or {}):
