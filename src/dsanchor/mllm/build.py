@@ -342,9 +342,8 @@ def _step_loss(b: _Build, idx: torch.Tensor, cfg: BuildConfig,
 def _tune(b: _Build, cfg: BuildConfig, progress: bool) -> tuple[float, int, list[dict[str, float]]]:
     """Stages 2 and 3 (alignment, then instruction tuning) with early stopping on the val caption loss (mean of
     g = 1 and g = 0); the model is left at its best step. Returns (best val loss, best step, history)."""
-    g = b.ground
-    opt, sched, tower = _optimizer(b.model, cfg, list(g.head.parameters()) if g else [])
-    tap = ProjectorTap(b.model.model.multi_modal_projector) if g else None
+    opt, sched, tower = _optimizer(b.model, cfg, list(b.ground.head.parameters()) if b.ground else [])
+    tap = ProjectorTap(b.model.model.multi_modal_projector) if b.ground else None
     gen = torch.Generator().manual_seed(cfg.seed)
     best, best_state, best_step, history = float("inf"), None, -1, []
     b.model.train()
